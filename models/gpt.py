@@ -1,0 +1,171 @@
+"""The GPT of the ladder (method.md section 1), nanochat's core block and nothing more.
+
+Pre-norm blocks; parameter-free RMSNorm (after the embedding, before every sub-layer and before
+lm_head); rotary embeddings; RMS-normalised q and k; ReLU^2 MLP with 4x expansion; no biases;
+untied wte / lm_head; fp32 logits soft-capped as cap * tanh(z / cap). Output projections start at
+zero so a fresh block is the identity map, which is also what makes an inserted layer exact.
+
+The module knows nothing about training, sharding or inheritance: FSDP2, autocast and
+torch.compile are applied from outside (engine/), and growth (engine/growth.py) builds a new
+module from a new config.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.attention import SDPA, AttentionBackend
+from models.config import BlockConfig, GPTConfig
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [seq_len, head_dim/2], fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, hd]; rotates the two halves of each head (the GPT-NeoX convention)."""
+    T = x.size(1)
+    cos = cos[:T, None, :].to(x.dtype)
+    sin = sin[:T, None, :].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+def init_read_in_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Matrices that read the residual stream: uniform with bound sqrt(3)/sqrt(fan_in) (unit-variance
+    inputs give unit-variance outputs). Used for fresh models and for new coordinates in growth."""
+    bound = math.sqrt(3.0) / math.sqrt(weight.size(1))
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound, generator=generator)
+
+
+LM_HEAD_STD = 1e-3  # small lm_head so the initial logits are nearly uniform
+WTE_STD = 1.0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, model_dim: int, block: BlockConfig, head_dim: int):
+        super().__init__()
+        self.n_head, self.head_dim = block.n_head, head_dim
+        inner = block.n_head * head_dim
+        self.c_q = nn.Linear(model_dim, inner, bias=False)
+        self.c_k = nn.Linear(model_dim, inner, bias=False)
+        self.c_v = nn.Linear(model_dim, inner, bias=False)
+        self.c_proj = nn.Linear(inner, model_dim, bias=False)
+
+    def forward(self, x, cos, sin, backend: AttentionBackend):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))  # QK-norm
+        y = backend.fn(q, k, v)
+        return self.c_proj(y.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, model_dim: int, mlp_dim: int):
+        super().__init__()
+        self.c_fc = nn.Linear(model_dim, mlp_dim, bias=False)
+        self.c_proj = nn.Linear(mlp_dim, model_dim, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, block: BlockConfig):
+        super().__init__()
+        self.attn = CausalSelfAttention(config.model_dim, block, config.head_dim)
+        self.mlp = MLP(config.model_dim, config.mlp_dim)
+
+    def forward(self, x, cos, sin, backend):
+        x = x + self.attn(rms_norm(x), cos, sin, backend)
+        return x + self.mlp(rms_norm(x))
+
+    def init_weights_(self, generator=None):
+        for lin in (self.attn.c_q, self.attn.c_k, self.attn.c_v, self.mlp.c_fc):
+            init_read_in_(lin.weight, generator)
+        with torch.no_grad():  # zero write-out: a fresh block is the identity
+            self.attn.c_proj.weight.zero_()
+            self.mlp.c_proj.weight.zero_()
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        D = config.model_dim
+        self.wte = nn.Embedding(config.vocab_size, D)
+        self.blocks = nn.ModuleList(Block(config, b) for b in config.blocks)
+        self.lm_head = nn.Linear(D, config.vocab_size, bias=False)
+        cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.attention: AttentionBackend = SDPA
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None):
+        """Deterministic init; works after `to_empty()` from the meta device too."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.wte.weight.device).manual_seed(seed)
+        self.wte.weight.normal_(0.0, WTE_STD, generator=gen)
+        self.lm_head.weight.normal_(0.0, LM_HEAD_STD, generator=gen)
+        for block in self.blocks:
+            block.init_weights_(gen)
+        self.reset_buffers()
+
+    @torch.no_grad()
+    def reset_buffers(self):
+        c = self.config
+        cos, sin = rotary_tables(c.seq_len, c.head_dim, c.rope_base, device=self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def set_attention(self, backend: AttentionBackend):
+        self.attention = backend
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+        """idx [B, T] int64. Returns fp32 logits [B, T, V], or the cross-entropy (targets == -1
+        ignored) with `reduction` 'mean', 'sum' or 'none' ([B, T])."""
+        if idx.size(1) > self.config.seq_len:
+            raise ValueError(f"sequence of {idx.size(1)} tokens exceeds the model's seq_len {self.config.seq_len}")
+        x = rms_norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, self.rope_cos, self.rope_sin, self.attention)
+        logits = self.lm_head(rms_norm(x)).float()
+        cap = self.config.softcap
+        logits = cap * torch.tanh(logits / cap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group, matching GPTConfig.param_counts()."""
+        groups = {"wte": [self.wte.weight], "attn": [], "mlp": [], "lm_head": [self.lm_head.weight]}
+        for b in self.blocks:
+            groups["attn"] += [b.attn.c_q.weight, b.attn.c_k.weight, b.attn.c_v.weight, b.attn.c_proj.weight]
+            groups["mlp"] += [b.mlp.c_fc.weight, b.mlp.c_proj.weight]
+        return groups
+
+
+def build_model(config: GPTConfig, seed: int = 0, device: torch.device | str = "cpu") -> GPT:
+    """Construct on the meta device, materialise on `device`, init deterministically from `seed`."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights(seed)
+    return model
