@@ -1,0 +1,34 @@
+# Two commands: `make miniseries` (set up, then run the main job on CPU with the built-in corpus)
+# and `make test` (set up, then run the test suite). Both create .venv and install what is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# A CPU-only machine gets the CPU build of torch (an unpinned `torch` would pull a multi-GB CUDA
+# build); a machine with an NVIDIA driver gets the default CUDA build. Override: make TORCH_SPEC=...
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+PYTEST_ARGS ?=
+
+.PHONY: venv test miniseries train bench clean-venv
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+include mk/kernels.mk
+
+test: venv native
+	$(PY) -m pytest -q tests --benchmark-disable $(PYTEST_ARGS)
+
+miniseries: venv native
+	$(PY) launch/miniseries.py
+
+train: venv native
+	$(PY) launch/train.py --depth 2 --preset cpu-tiny --steps 200 --out runs/train-d2
+
+bench: venv native bench-kernels bench-train
+
+clean-venv:
+	rm -rf $(VENV)

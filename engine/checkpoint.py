@@ -1,0 +1,202 @@
+"""Checkpoints through torch.distributed.checkpoint (DCP), written so an interrupted write is never
+loaded and loadable at another world size.
+
+Layout of a run's checkpoint directory:
+
+    ckpt/step_000120/            one complete checkpoint
+        *.distcp, .metadata      DCP's files (model + optimizer tensors, sharded as they were)
+        extra.json               everything else: step, loader position, ARS state, RNG, config
+        manifest.json            written LAST: size and sha256 of every other file
+    ckpt/.tmp_step_000130/       a write in progress (never read; removed on the next save)
+
+A checkpoint becomes visible only by the atomic rename of its temporary directory after its
+manifest is on disk. Loading walks checkpoints newest first and verifies the manifest; a truncated
+or corrupted one is named in a warning and the previous good one is used.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+
+from engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
+
+MANIFEST = "manifest.json"
+EXTRA = "extra.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON via a temporary file and os.replace: readers see the old or the new file, never
+    a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(bytes(o)).decode()}
+    if isinstance(o, torch.Tensor):
+        return {"__tensor_u8__": base64.b64encode(o.cpu().contiguous().view(torch.uint8).numpy().tobytes()).decode()}
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+def _json_hook(d):
+    if "__bytes__" in d:
+        return base64.b64decode(d["__bytes__"])
+    if "__tensor_u8__" in d:
+        return torch.frombuffer(bytearray(base64.b64decode(d["__tensor_u8__"])), dtype=torch.uint8).clone()
+    return d
+
+
+def read_json(path: Path):
+    with open(path) as f:
+        return json.load(f, object_hook=_json_hook)
+
+
+def verify(ckpt: Path) -> str | None:
+    """None when `ckpt` is complete and intact, else the reason it is not."""
+    mpath = ckpt / MANIFEST
+    if not mpath.is_file():
+        return "no manifest (write never completed)"
+    try:
+        manifest = read_json(mpath)
+    except Exception as e:  # truncated or garbled manifest
+        return f"unreadable manifest: {e}"
+    for name, meta in manifest.get("files", {}).items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"missing file {name}"
+        if f.stat().st_size != meta["size"]:
+            return f"file {name} has {f.stat().st_size} bytes, manifest says {meta['size']}"
+        if _sha256(f) != meta["sha256"]:
+            return f"file {name} fails its sha256 check"
+    return None
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")), reverse=True)
+
+
+def latest_valid(ckpt_dir: Path, env: DistEnv | None = None) -> Path | None:
+    """Newest intact checkpoint (rank 0 decides, every rank gets the same answer)."""
+    choice = None
+    if env is None or env.is_main:
+        for ck in list_checkpoints(Path(ckpt_dir)):
+            reason = verify(ck)
+            if reason is None:
+                choice = str(ck)
+                break
+            warnings.warn(f"checkpoint {ck} is unusable ({reason}); falling back to the previous one", stacklevel=2)
+    if env is not None:
+        choice = broadcast_object(choice, env)
+    return Path(choice) if choice else None
+
+
+def model_state(model) -> dict:
+    return get_model_state_dict(model)
+
+
+def full_model_state(model) -> dict:
+    """Unsharded fp32 state dict on CPU on every rank (for growth)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save(ckpt_dir: Path, step: int, model, optimizer, extra: dict, env: DistEnv, keep_last: int = 2,
+         extra_tensors: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically; refuse to write non-finite weights. `extra_tensors`
+    (e.g. the online Fisher buffers) are saved through DCP beside the model, sharded as they are."""
+    ckpt_dir = Path(ckpt_dir)
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(local(p.detach())).all())]
+    if float(all_reduce_sum(torch.tensor(float(len(bad))), env)) > 0:
+        raise CheckpointError(f"refusing to checkpoint step {step}: non-finite values in {bad or 'another rank'}")
+    final = ckpt_dir / f"step_{step:09d}"
+    tmp = ckpt_dir / f".tmp_step_{step:09d}"
+    if env.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_dir.glob(".tmp_step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # a rerun reaching a step it already saved: replace it cleanly
+            shutil.rmtree(final)
+    barrier(env)
+    state = {"model": model_state(model), "optim": optimizer.state_dict()["state"], **(extra_tensors or {})}
+    dcp.save(state, checkpoint_id=str(tmp))
+    barrier(env)
+    if env.is_main:
+        extra = dict(extra, step=step, optim_step=optimizer.step_count, world_size=env.world_size,
+                     saved_at=time.time(), torch_rng=torch.get_rng_state())
+        with open(tmp / EXTRA, "w") as f:
+            json.dump(extra, f, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json_atomic(tmp / MANIFEST, {"step": step, "files": files})
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(ckpt_dir)
+        for old in list_checkpoints(ckpt_dir)[keep_last:]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(env)
+    return final
+
+
+def load(path: Path, model, optimizer, extra_tensors: dict | None = None) -> dict:
+    """Load model + optimizer (+ extra tensors) in place, at any world size; return the extra dict."""
+    state = {"model": model_state(model), "optim": optimizer.state_dict()["state"], **(extra_tensors or {})}
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"])
+    optimizer.load_state_dict({"step": 0, "state": state["optim"]})
+    extra = read_json(Path(path) / EXTRA)
+    optimizer.step_count = int(extra["optim_step"])
+    if "torch_rng" in extra:
+        torch.set_rng_state(extra["torch_rng"])
+    return extra
+
+
+def load_full_weights(path: Path, model) -> None:
+    """Load only the model weights of a checkpoint (saved at any world size) into an unsharded
+    model on this process: used to grow rung d into d+1."""
+    sd = {k: v for k, v in model.state_dict().items()}
+    dcp.load({"model": sd}, checkpoint_id=str(path))
+    model.load_state_dict(sd)

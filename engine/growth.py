@@ -1,0 +1,241 @@
+"""The growth operator G: rung d -> rung d' (method.md section 2), exactly function-preserving.
+
+`grow` builds the new rung from the old one following the table of method.md section 2:
+
+| tensor                 | old block        | new rows / columns                                   |
+|------------------------|------------------|------------------------------------------------------|
+| wte [V, D]             | copy             | new columns zero                                     |
+| c_q, c_k, c_v [I, D]   | copy             | new input columns and new output rows (heads): fresh |
+| attn.c_proj [D, I]     | copy             | new output rows zero, new head columns zero          |
+| mlp.c_fc [4D, D]       | copy             | new hidden rows and new input columns: fresh         |
+| mlp.c_proj [D, 4D]     | copy times 1/c   | new rows and columns zero                            |
+| lm_head [V, D]         | copy times 1/c   | new columns: small fresh init (std LM_HEAD_STD)      |
+| new layer              | --               | fresh block with both c_proj zero (identity)         |
+
+with c = sqrt(D'/D) and I = n_head * head_dim. New coordinates are appended at the end of
+every width axis (model, hidden and head axes), new heads after the old ones, head_dim fixed.
+"Fresh" means exactly the distributions of models/gpt.py (`init_read_in_` with the NEW fan-in,
+`LM_HEAD_STD` for lm_head), drawn from a torch.Generator seeded with `seed`: we literally build
+a freshly initialised model of the new config (`build_model(new_config, seed)`) and overwrite
+the inherited block of every tensor, so the fresh values are reproducible and identical in
+distribution to a scratch model of the same rung.
+
+Why it is exact (method.md section 2): every read of the residual stream goes through a
+parameter-free RMSNorm, which maps c*[x, 0] (and [x, 0] after the embedding) to c*[norm(x), 0];
+QK-norm removes c from q and k; v and the attention output carry c, which the stream expects;
+ReLU^2 squares c, hence 1/c on mlp.c_proj; the final norm gives c*[norm(x), 0], hence 1/c on
+lm_head. Zero write-out weights keep the new stream coordinates at zero, and new heads / hidden
+units are written out through zero columns.
+
+Symmetry (a finding worth knowing when reading training curves): at the FIRST step only the
+zero-initialised "writers" (wte new columns, c_proj new rows/columns, new layers' c_proj) get a
+non-zero gradient; the random "readers" of new stream coordinates / new heads / new hidden units
+(c_q/k/v/c_fc new entries, lm_head new columns, new layers' read-ins) see inputs or output
+gradients that are exactly zero at that moment, so their gradient is zero at step 1 and non-zero
+from step 2 on (with AdamW weight decay they already move at step 1). Nothing stays stuck,
+which is the point of making one side random. tests/test_growth.py checks both facts.
+
+The operator works on plain (unsharded) modules; under FSDP the caller gathers a full state
+dict, builds a plain GPT, grows it, and re-shards the result.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.config import GPTConfig
+from models.gpt import GPT, build_model
+
+PLACEMENTS = ("end", "middle", "copy-middle")
+
+# Tensors whose inherited block is multiplied by 1/c (so their carried Fisher is times c^2).
+_RESCALED_SUFFIXES = ("mlp.c_proj.weight",)
+_RESCALED_NAMES = ("lm_head.weight",)
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@dataclass
+class GrowthResult:
+    """What growth hands to the trainer and the penalty (method.md section 2), all keyed by the
+    NEW model's `named_parameters()` names and in the new shapes.
+
+    model:  the grown GPT (same device and parameter dtype as the old one).
+    anchor: A, clones of the grown weights at the moment of growth.
+    mask:   M, fp32, 1.0 on coordinates that came from the old model, 0.0 on new ones
+            (every coordinate of an inserted layer is new, including copy-middle copies).
+    fisher: the carried Omega' (fp32): Omega on copied coordinates, c^2 * Omega where the weight
+            was multiplied by 1/c, 0 on new coordinates; None when no Fisher was given.
+    new_layer_indices: indices (in the new model) of the inserted layers, ascending.
+    width:  (D, D') model_dim before and after.
+    c:      sqrt(D'/D).
+    """
+
+    model: GPT
+    anchor: dict[str, Tensor]
+    mask: dict[str, Tensor]
+    fisher: dict[str, Tensor] | None
+    new_layer_indices: list[int]
+    width: tuple[int, int]
+    c: float
+
+
+def _check_configs(old: GPTConfig, new: GPTConfig) -> None:
+    for field in ("vocab_size", "head_dim", "rope_base", "softcap"):
+        a, b = getattr(old, field), getattr(new, field)
+        if a != b:
+            raise ValueError(f"growth cannot change {field} ({a!r} -> {b!r})")
+    if new.depth < old.depth:
+        raise ValueError(f"growth cannot reduce depth ({old.depth} -> {new.depth})")
+    if new.model_dim < old.model_dim:
+        raise ValueError(f"growth cannot reduce model_dim ({old.model_dim} -> {new.model_dim})")
+    if old.n_head * old.head_dim != old.model_dim or new.n_head * new.head_dim != new.model_dim:
+        raise ValueError("growth assumes n_head * head_dim == model_dim (method.md section 1)")
+
+
+def _layer_map(old_depth: int, new_depth: int, placement: str) -> tuple[list[int], list[int], int | None]:
+    """Returns (old layer i -> new index, new layer indices, copy source in OLD indices or None).
+
+    "end": new layers appended. "middle": inserted as a contiguous run at old_depth // 2 (before
+    the old layer that sat there). "copy-middle": same position, and each inserted layer copies
+    the read-in weights of the old layer at old_depth // 2, so the copy sits right before its
+    source and reads exactly the stream its source reads."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    k = new_depth - old_depth
+    pos = old_depth if placement == "end" else old_depth // 2
+    old_to_new = [i if i < pos else i + k for i in range(old_depth)]
+    new_layers = list(range(pos, pos + k))
+    src = min(old_depth // 2, old_depth - 1) if placement == "copy-middle" else None
+    return old_to_new, new_layers, src
+
+
+def _new_name(old_name: str, old_to_new: list[int]) -> str:
+    m = _BLOCK_RE.match(old_name)
+    if m is None:
+        return old_name
+    return f"blocks.{old_to_new[int(m.group(1))]}.{m.group(2)}"
+
+
+def _is_rescaled(name: str) -> bool:
+    return name in _RESCALED_NAMES or name.endswith(_RESCALED_SUFFIXES)
+
+
+def _inherited_region(name: str, old_shape: torch.Size) -> tuple[slice, ...]:
+    """Every inherited block sits in the leading corner: new coordinates are appended at the end
+    of every axis (method.md section 2), so the old tensor occupies [:rows, :cols]."""
+    return tuple(slice(0, s) for s in old_shape)
+
+
+@torch.no_grad()
+def grow(
+    model: GPT,
+    new_config: GPTConfig,
+    *,
+    seed: int,
+    placement: str = "end",
+    fisher: dict[str, Tensor] | None = None,
+) -> GrowthResult:
+    """Grow `model` into a GPT of `new_config` (method.md section 2); see the module docstring.
+
+    new_config.depth >= old depth (any number of new layers), model_dim equal or larger; vocab,
+    head_dim, rope_base and softcap must match (seq_len and compute dtype may differ). `fisher`
+    is keyed by the OLD model's parameter names. The old model is not modified."""
+    old_cfg = model.config
+    _check_configs(old_cfg, new_config)
+    D, D2 = old_cfg.model_dim, new_config.model_dim
+    c = math.sqrt(D2 / D)
+    old_to_new, new_layers, copy_src = _layer_map(old_cfg.depth, new_config.depth, placement)
+
+    ref = model.wte.weight
+    # A scratch model of the new rung supplies every fresh value (same distributions and RNG
+    # stream as models/gpt.py), including whole new blocks with zero c_proj.
+    new = build_model(new_config, seed=seed, device=ref.device)
+    new.to(dtype=ref.dtype)
+    new.set_attention(model.attention)
+    new_params = dict(new.named_parameters())
+
+    if fisher is not None:
+        missing = [n for n, _ in model.named_parameters() if n not in fisher]
+        if missing:
+            raise KeyError(f"fisher lacks entries for {missing[:4]}{'...' if len(missing) > 4 else ''}")
+
+    mask = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
+    carried = (
+        {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
+        if fisher is not None
+        else None
+    )
+
+    for old_name, old_p in model.named_parameters():
+        name = _new_name(old_name, old_to_new)
+        p = new_params[name]
+        region = _inherited_region(name, old_p.shape)
+        # Write-out weights must be zero outside the inherited block (new rows write new stream
+        # coordinates, new columns carry new heads / hidden units / would-be channels). The
+        # scratch model already has zero c_proj; wte's new columns are normal(0,1) there.
+        if name == "wte.weight":
+            p.zero_()
+        elif name.endswith("c_proj.weight"):
+            p.zero_()
+        if _is_rescaled(name):
+            p[region] = (old_p.detach().double() / c).to(p.dtype)
+        else:
+            p[region] = old_p.detach().to(p.dtype)
+        mask[name][region] = 1.0
+        if carried is not None:
+            om = fisher[old_name].detach().to(device=p.device, dtype=torch.float32)
+            if om.shape != old_p.shape:
+                raise ValueError(f"fisher[{old_name!r}] has shape {tuple(om.shape)}, expected {tuple(old_p.shape)}")
+            # d/d(W/c) = c * d/dW, so the squared gradient of a rescaled weight is c^2 times.
+            carried[name][region] = om * (c * c) if _is_rescaled(name) else om
+
+    if copy_src is not None:
+        src = new.blocks[old_to_new[copy_src]]
+        for j in new_layers:
+            dst = new.blocks[j]
+            for a, b in ((dst.attn.c_q, src.attn.c_q), (dst.attn.c_k, src.attn.c_k),
+                         (dst.attn.c_v, src.attn.c_v), (dst.mlp.c_fc, src.mlp.c_fc)):
+                a.weight.copy_(b.weight)
+            dst.attn.c_proj.weight.zero_()  # zero write-out keeps the copy an identity map
+            dst.mlp.c_proj.weight.zero_()
+
+    anchor = {n: p.detach().clone() for n, p in new_params.items()}
+    return GrowthResult(
+        model=new,
+        anchor=anchor,
+        mask=mask,
+        fisher=carried,
+        new_layer_indices=new_layers,
+        width=(D, D2),
+        c=c,
+    )
+
+
+@torch.no_grad()
+def growth_logit_error(
+    old: GPT,
+    new: GPT,
+    vocab: int,
+    seq_len: int,
+    n_batches: int = 4,
+    seed: int = 0,
+    batch_size: int = 2,
+) -> float:
+    """max |logits_old - logits_new| over `n_batches` random token batches [batch_size, seq_len],
+    computed in the models' parameter dtype (fp32) without autocast. Exact growth gives rounding
+    error only; method.md section 2 quotes ~1e-15 in float64 (call `.double()` on copies of both
+    models to see it) and 0.1 to 0.35 without the c factor."""
+    device = old.wte.weight.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    worst = 0.0
+    for _ in range(n_batches):
+        x = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
+        a = old(x).double()
+        b = new(x).double()
+        worst = max(worst, (a - b).abs().max().item())
+    return worst

@@ -1,0 +1,180 @@
+"""The ladder's optimizer: parameter groups -> one fused kernel call per group.
+
+Everything the inheritance method adds to a step rides inside that call (method.md 3-5,
+kernels/__init__.py): online Fisher accumulation `F += g^2/K`, the elastic + subspace gradient
+`kappa * (p - A)` (+ the SVD term as an extra gradient), the ARS damping `d`, then AdamW. No
+autograd graph is ever built for the penalty.
+
+Parameters may be FSDP2 DTensors: the kernels see only this rank's shard (`local`), and the
+optimizer state (moments) is kept as DTensors of the same layout so torch.distributed.checkpoint
+can save it and reload it at another world size.
+
+Muon (Keller Jordan's orthogonalised momentum, as nanochat uses for block matrices) is an option:
+`kind="muon"` groups take the penalty and damping the same way but update through Newton-Schulz
+in torch ops (it needs the full matrix, gathered under FSDP).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import kernels
+from engine.distributed import local, shard_like
+
+
+@dataclass
+class ParamGroup:
+    name: str
+    names: list[str]
+    params: list[torch.Tensor]
+    lr: float
+    weight_decay: float = 0.0
+    kind: str = "adamw"  # or "muon"
+
+
+@dataclass
+class InheritTerms:
+    """What the penalty contributes to one step, as rank-local tensors keyed by parameter name.
+    Built by engine.penalty for the rung being trained; absent keys mean "no penalty here"."""
+
+    anchors: dict[str, torch.Tensor] = field(default_factory=dict)
+    kappas: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def model_param_groups(model, *, matrix_lr: float, embedding_lr: float, unembedding_lr: float,
+                       weight_decay: float, muon: bool) -> list[ParamGroup]:
+    """nanochat's grouping: embeddings, lm_head and block matrices, AdamW learning rates scaled by
+    (model_dim/768)^-0.5 so one setting transfers across the ladder's widths. Muon's lr is not
+    scaled (its update is already shape-normalised)."""
+    scale = (model.config.model_dim / 768) ** -0.5
+    named = dict(model.named_parameters())
+    blocks = [n for n in named if n.startswith("blocks.")]
+    groups = [
+        ParamGroup("wte", ["wte.weight"], [named["wte.weight"]], embedding_lr * scale),
+        ParamGroup("lm_head", ["lm_head.weight"], [named["lm_head.weight"]], unembedding_lr * scale),
+        ParamGroup("matrices", blocks, [named[n] for n in blocks],
+                   matrix_lr if muon else matrix_lr * scale, weight_decay, "muon" if muon else "adamw"),
+    ]
+    seen = sum(len(g.params) for g in groups)
+    if seen != len(named):
+        raise AssertionError(f"param groups cover {seen} of {len(named)} parameters")
+    return groups
+
+
+def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximate orthogonalisation U V^T of g (Muon's quintic iteration, coefficients from
+    Keller Jordan's Muon write-up)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.float()
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if transposed else x
+
+
+class LadderOptimizer:
+    def __init__(self, groups: list[ParamGroup], *, betas=(0.8, 0.95), eps=1e-10, muon_momentum=0.95):
+        self.groups = groups
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.muon_momentum = muon_momentum
+        self.step_count = 0
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        for g in groups:
+            for n, p in zip(g.names, g.params):
+                # zeros_like keeps the DTensor layout under FSDP2 (so DCP can reshard the state).
+                if g.kind == "adamw":
+                    self.state[n] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                else:
+                    self.state[n] = {"momentum": torch.zeros_like(p)}
+
+    @property
+    def kernel_backend(self) -> str:
+        dev = local(self.groups[0].params[0]).device
+        return kernels.backend_for(dev)
+
+    def zero_grad(self):
+        for g in self.groups:
+            for p in g.params:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr_mult: float, *, damping: float | torch.Tensor = 1.0, terms: InheritTerms | None = None,
+             fishers: dict[str, torch.Tensor] | None = None, fisher_scale: float = 1.0) -> torch.Tensor | None:
+        """One update of every group. Returns the penalty value 1/2 sum kappa (p - A)^2 (before
+        the update, as a 1-element fp32 tensor on the device, no host sync) when `terms` is given."""
+        self.step_count += 1
+        penalty_out = None
+        if terms is not None and terms.kappas:
+            dev = local(self.groups[0].params[0]).device
+            penalty_out = torch.zeros(1, dtype=torch.float32, device=dev)
+        for g in self.groups:
+            names = [n for n, p in zip(g.names, g.params) if p.grad is not None]
+            if not names:
+                continue
+            params = [p for p in g.params if p.grad is not None]
+            P = [local(p) for p in params]
+            G = [local(p.grad) for p in params]
+            A = [terms.anchors.get(n) if terms else None for n in names]
+            K = [terms.kappas.get(n) if terms else None for n in names]
+            X = [terms.extra_grads.get(n) if terms else None for n in names]
+            F = [fishers.get(n) if fishers is not None else None for n in names]
+            lr = g.lr * lr_mult
+            if g.kind == "adamw":
+                kernels.fused_adamw_multi(
+                    P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
+                    lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay,
+                    step=self.step_count, anchors=A if any(a is not None for a in A) else None,
+                    kappas=K if any(k is not None for k in K) else None,
+                    extra_grads=X if any(x is not None for x in X) else None, damping=damping,
+                    fishers=F if any(f is not None for f in F) else None, fisher_scale=fisher_scale,
+                    penalty_out=penalty_out)
+            else:
+                self._muon_group(g, names, params, P, G, A, K, X, F, lr, damping, fisher_scale, penalty_out)
+        return penalty_out
+
+    def _muon_group(self, g, names, params, P, G, A, K, X, F, lr, damping, fisher_scale, penalty_out):
+        # The same pre-update algebra the fused AdamW kernel applies, in torch ops, then Muon.
+        for n, p, pl, gl, a, k, x, f in zip(names, params, P, G, A, K, X, F):
+            if f is not None:
+                f.add_(gl.float().square(), alpha=fisher_scale)
+            gp = gl.float()
+            if k is not None:
+                d = pl - a
+                if penalty_out is not None:
+                    penalty_out += 0.5 * (k.float() * d * d).sum()
+                gp = gp + k.float() * d
+            if x is not None:
+                gp = gp + x
+            gp = gp * damping
+            buf = local(self.state[n]["momentum"])
+            buf.mul_(self.muon_momentum).add_(gp)
+            update = gp + self.muon_momentum * buf  # Nesterov
+            if hasattr(p, "device_mesh"):  # orthogonalisation needs the whole matrix
+                from torch.distributed.tensor import DTensor
+
+                full = DTensor.from_local(update, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
+                ortho = shard_like(_newton_schulz(full), p)
+            else:
+                ortho = _newton_schulz(update)
+            rows, cols = p.shape
+            if g.weight_decay:
+                pl.mul_(1 - lr * g.weight_decay)
+            pl.add_(ortho.to(pl.dtype), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "state": self.state}
+
+    def load_state_dict(self, sd: dict):
+        self.step_count = int(sd["step"])
+        for n, st in sd["state"].items():
+            if n not in self.state:
+                raise KeyError(f"optimizer state for unknown parameter {n!r}")
+            for k, v in st.items():
+                self.state[n][k].copy_(v)

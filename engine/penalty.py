@@ -1,0 +1,212 @@
+"""The inheritance penalty Phi (method.md section 4).
+
+    Phi(W) = (lambda/2) * sum_i Omega_i * M_i * (W_i - A_i)^2
+           + gamma * sum_matrices || (I - P_S)(W - A) ||_F^2
+    grad Phi = lambda * Omega * M * (W - A) + 2 * gamma * (I - P_S)(W - A)
+
+with A the anchor, M the inherited mask and Omega the carried Fisher from growth
+(engine/growth.py), all aligned with the parameters given at construction.
+
+P_S has two forms (`subspace`):
+- "coords": (I - P_S) dW = (1 - M) * dW. Both terms are elementwise, folded into ONE coefficient
+  tensor per parameter, kappa = lambda*Omega on inherited coordinates (M=1) and 2*gamma on new
+  ones (M=0): Phi = 1/2 sum kappa (W - A)^2, grad = kappa * (W - A). `extra_grads` is all None.
+- "svd": per 2-D weight, P_S = U_k U_k^T with U_k the top-k left singular vectors of the ANCHOR
+  matrix (k = svd_rank, or the smallest k keeping a fraction svd_energy of sum s^2). The
+  elementwise part kappa = lambda*Omega*M goes through the same path; `extra_grads` returns
+  2*gamma*(dW - U_k (U_k^T dW)) (two skinny matmuls) for the optimizer to add. Parameters that are
+  not 2-D (none in the GPT today) fall back to the coords form.
+
+Schedule (method.md section 4, optional): lambda and gamma both multiplied by
+f(step) = max(0, 1 - step/total_steps) ("linear", reaching 0 at step == total_steps) or 1
+("constant"). The kernel can either take `kappa_for(step)` or the base kappa plus the scalar
+`factor(step)` (no extra memory traffic); both are provided.
+
+No autograd graph anywhere: the gradient is added inside the optimizer step.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+SUBSPACES = ("coords", "svd")
+SCHEDULES = ("constant", "linear")
+
+
+def energy_rank(s: Tensor, energy: float) -> int:
+    """Smallest k with sum_{i<k} s_i^2 >= energy * sum s^2 (s sorted descending). 0 for a zero
+    matrix (no subspace to keep, so the whole dW is penalised) or energy <= 0."""
+    sq = s.double().square()
+    total = sq.sum().item()
+    if total <= 0.0 or energy <= 0.0:
+        return 0
+    cum = torch.cumsum(sq, 0) / total
+    # small tolerance so an exact boundary (e.g. energy 0.9 with 0.9 captured) is not missed by
+    # rounding; it also makes energy 1.0 ignore rounding-level singular values
+    return min(s.numel(), int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1)
+
+
+class Penalty:
+    """Phi of method.md section 4 over an ordered list of parameters (see module docstring).
+
+    Args: named_params: iterable of (name, param), fixes the order of every returned list;
+    anchor, mask, fisher: dicts by name (fisher None -> Omega = 0); lam, gamma: the weights;
+    subspace: "coords" | "svd"; svd_rank or svd_energy (exactly one, for "svd"); schedule:
+    "constant" | "linear" (then total_steps is required)."""
+
+    def __init__(
+        self,
+        named_params: Iterable[tuple[str, Tensor]],
+        anchor: dict[str, Tensor],
+        mask: dict[str, Tensor],
+        fisher: dict[str, Tensor] | None,
+        *,
+        lam: float,
+        gamma: float,
+        subspace: str = "coords",
+        svd_rank: int | None = None,
+        svd_energy: float | None = None,
+        schedule: str = "constant",
+        total_steps: int | None = None,
+    ):
+        if subspace not in SUBSPACES:
+            raise ValueError(f"subspace must be one of {SUBSPACES}, got {subspace!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if schedule == "linear" and (total_steps is None or total_steps < 1):
+            raise ValueError("schedule='linear' needs total_steps >= 1")
+        if subspace == "svd" and (svd_rank is None) == (svd_energy is None):
+            raise ValueError("subspace='svd' needs exactly one of svd_rank, svd_energy")
+        self.lam, self.gamma = float(lam), float(gamma)
+        self.subspace, self.schedule, self.total_steps = subspace, schedule, total_steps
+        self.names: list[str] = []
+        self._anchors: list[Tensor] = []
+        self._kappa: list[Tensor] = []  # base (unscheduled) elementwise coefficients, fp32
+        self._inherited: list[Tensor] = []  # M as bool (1 byte/param), only for value()
+        self._U: list[Tensor | None] = []  # svd: U_k per parameter (None -> coords fallback)
+        self.ranks: list[int | None] = []
+        self._numel = 0
+        self._svd_flops = 0
+
+        with torch.no_grad():
+            for name, p in named_params:
+                a = anchor[name].detach().to(device=p.device, dtype=torch.float32)
+                m = mask[name].detach().to(device=p.device, dtype=torch.float32)
+                om = (
+                    fisher[name].detach().to(device=p.device, dtype=torch.float32)
+                    if fisher is not None
+                    else torch.zeros_like(a)
+                )
+                if not (a.shape == m.shape == om.shape == p.shape):
+                    raise ValueError(f"{name}: anchor/mask/fisher shapes do not match the parameter {tuple(p.shape)}")
+                om_m = om * m
+                use_svd = subspace == "svd" and p.dim() == 2
+                if use_svd:
+                    U, s, _ = torch.linalg.svd(a.double(), full_matrices=False)
+                    k = min(svd_rank, s.numel()) if svd_rank is not None else energy_rank(s, svd_energy)
+                    self._U.append(U[:, :k].to(torch.float32).contiguous())
+                    self.ranks.append(k)
+                    kappa = self.lam * om_m
+                    self._svd_flops += 4 * k * p.shape[0] * p.shape[1] + 3 * p.numel()
+                else:
+                    self._U.append(None)
+                    self.ranks.append(None)
+                    kappa = torch.where(m > 0.5, self.lam * om, torch.full_like(om, 2.0 * self.gamma))
+                self.names.append(name)
+                self._anchors.append(a)
+                self._kappa.append(kappa)
+                self._inherited.append(m > 0.5)
+                self._numel += p.numel()
+        self._scaled: list[Tensor] | None = None  # cache of kappa * factor for the last factor
+        self._scaled_factor: float | None = None
+
+    # --- schedule -----------------------------------------------------------------------------
+    def factor(self, step: int) -> float:
+        """Multiplier of lambda and gamma at `step` (0-based)."""
+        if self.schedule == "constant":
+            return 1.0
+        return max(0.0, 1.0 - step / self.total_steps)
+
+    @property
+    def enabled(self) -> bool:
+        return self.lam != 0.0 or self.gamma != 0.0
+
+    # --- hot-path accessors ---------------------------------------------------------------------
+    def anchors(self) -> list[Tensor]:
+        return self._anchors
+
+    def base_kappa(self) -> list[Tensor]:
+        """kappa at factor 1; a kernel that takes a scalar multiplier uses this with factor(step)."""
+        return self._kappa
+
+    @torch.no_grad()
+    def kappa_for(self, step: int) -> list[Tensor]:
+        """Elementwise coefficients at `step`: grad of the elementwise part = kappa * (W - A).
+        Constant schedule: the cached base tensors. Linear: rescaled in place into one cached set
+        of buffers only when the factor changed (one multiply per element, no allocation)."""
+        f = self.factor(step)
+        if f == 1.0:
+            return self._kappa
+        if self._scaled is None:
+            self._scaled = [torch.empty_like(k) for k in self._kappa]
+        if self._scaled_factor != f:
+            for out, k in zip(self._scaled, self._kappa):
+                torch.mul(k, f, out=out)
+            self._scaled_factor = f
+        return self._scaled
+
+    @torch.no_grad()
+    def extra_grads(self, params: Iterable[Tensor], step: int) -> list[Tensor | None]:
+        """svd form: 2*gamma*f*(dW - U_k (U_k^T dW)) per 2-D weight, dW = W - A (fp32); None for
+        parameters handled entirely by kappa (all of them under "coords")."""
+        f = self.factor(step)
+        out: list[Tensor | None] = []
+        for p, a, U in zip(params, self._anchors, self._U, strict=True):
+            if U is None:
+                out.append(None)
+                continue
+            dW = p.detach().float() - a
+            r = dW - U @ (U.T @ dW) if U.shape[1] > 0 else dW
+            out.append(r.mul_(2.0 * self.gamma * f))
+        return out
+
+    @torch.no_grad()
+    def grads(self, params: Iterable[Tensor], step: int) -> list[Tensor]:
+        """Full grad Phi per parameter (reference / non-fused path): kappa*(W-A) + extra."""
+        params = list(params)
+        kap = self.kappa_for(step)
+        extra = self.extra_grads(params, step)
+        out = []
+        for p, a, k, e in zip(params, self._anchors, kap, extra, strict=True):
+            g = k * (p.detach().float() - a)
+            out.append(g if e is None else g.add_(e))
+        return out
+
+    @torch.no_grad()
+    def value(self, params: Iterable[Tensor], step: int) -> float:
+        """Phi exactly as method.md section 4 writes it (for logging and tests), in float64."""
+        f = self.factor(step)
+        total = 0.0
+        for p, a, k, inh, U in zip(params, self._anchors, self._kappa, self._inherited, self._U, strict=True):
+            dW = p.detach().double() - a.double()
+            # lambda * Omega * M is kappa restricted to inherited coordinates (in both forms)
+            lam_om_m = torch.where(inh, k.double(), 0.0)
+            total += 0.5 * f * (lam_om_m * dW.square()).sum().item()
+            if U is None:
+                proj_out = torch.where(inh, 0.0, dW)  # coords: (I - P_S) dW = (1 - M) * dW
+            else:
+                Ud = U.double()
+                proj_out = dW - Ud @ (Ud.T @ dW)
+            total += self.gamma * f * proj_out.square().sum().item()
+        return total
+
+    @property
+    def penalty_flops_per_step(self) -> int:
+        """Estimate of the penalty's work per optimizer step: ~4 FLOPs per parameter for the
+        elementwise kappa*(W-A) added to the gradient, plus for each svd matrix two skinny
+        matmuls (4*k*rows*cols) and ~3 elementwise ops (subtract, subtract, scale)."""
+        if not self.enabled:
+            return 0
+        return 4 * self._numel + self._svd_flops

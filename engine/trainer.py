@@ -1,0 +1,443 @@
+"""Train one rung of the ladder: the loop, its budget, its outputs.
+
+One optimizer step:
+    loader.next() x accum -> forward -> backward        (FSDP2 reduce-scatters inside backward)
+    ARS factor from the step's loss                      (engine/ars.py; a device tensor on CUDA)
+    penalty terms for this step                          (engine/penalty.py; kappa, anchors, SVD term)
+    optimizer.step: one fused kernel pass per group      (Fisher accumulate, g' = d (g + kappa (p - A)), AdamW)
+
+Outputs in `cfg.out`: metrics.jsonl (one line per optimizer step; eval results on the steps that
+evaluated), ckpt/ (atomic DCP checkpoints), final.json (written last: its presence means the rung
+finished), fisher.pt when the online Fisher was accumulated, and the profiler's files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from engine import checkpoint as ckpt
+from engine.data import prepare_data, TokenLoader
+from engine.distributed import DistEnv, all_reduce_sum, full_tensor, local, shard_like, shard_model
+from engine.evaluate import evaluate
+from engine.optim import InheritTerms, LadderOptimizer, model_param_groups
+from engine.schedule import lr_multiplier
+from models.attention import select_backend
+from models.config import GPTConfig, PRESETS, model_config
+from models.gpt import GPT
+
+# Training defaults per preset. cpu-tiny: small batches so a few-minute run still takes hundreds
+# of steps; nanochat: its ~0.5M-token batch (256 x 2048) and its learning rates (anchors.md).
+TRAIN_PRESETS = {
+    "cpu-tiny": dict(global_batch=8, device_batch=8, eval_tokens=32768, matrix_lr=0.004, embedding_lr=0.05,
+                     unembedding_lr=0.004),
+    "nanochat": dict(global_batch=256, device_batch=32, eval_tokens=10 * 524288, matrix_lr=0.002, embedding_lr=0.2,
+                     unembedding_lr=0.004),
+}
+MUON_MATRIX_LR = 0.02  # nanochat's Muon lr for block matrices
+
+
+@dataclass
+class TrainConfig:
+    depth: int
+    preset: str = "cpu-tiny"
+    data: str = "builtin"
+    out: str = "runs/train"
+    seed: int = 0
+    steps: int | None = None
+    tokens: int | None = None
+    ratio: float | None = None
+    global_batch: int | None = None  # sequences per optimizer step, over all ranks
+    device_batch: int | None = None  # sequences per rank per micro-step
+    optimizer: str = "adamw"  # "adamw" | "muon" (Muon for block matrices, AdamW for the rest)
+    matrix_lr: float | None = None
+    embedding_lr: float | None = None
+    unembedding_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None  # default: 2% of the steps, at least 1
+    warmdown_frac: float = 0.65
+    final_lr_frac: float = 0.05
+    eval_every: int | None = None  # default: ~12 evaluations per run (val-loss curves for FLOPs-to-match)
+    eval_tokens: int | None = None
+    ckpt_every: int = 0  # 0: only the final checkpoint
+    resume: bool = False
+    compile: bool = False
+    device: str = "auto"
+    log_every: int = 1  # steps between host syncs for metrics on CUDA
+    progress: bool = True
+    profile: bool = True
+    cache_dir: str | None = None
+    vocab_size: int | None = None  # override the preset's vocab (tests)
+    seq_len: int | None = None  # override the preset's sequence length (tests)
+    # inheritance
+    ars: str = "off"  # off | seed | detrended
+    fisher_online_steps: int = 0  # accumulate the online Fisher over the last K steps (0: off)
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+
+    def model_config(self) -> GPTConfig:
+        over = {k: v for k, v in (("vocab_size", self.vocab_size), ("seq_len", self.seq_len)) if v is not None}
+        return model_config(self.preset, self.depth, **over)
+
+    def resolved(self, key: str):
+        v = getattr(self, key)
+        return TRAIN_PRESETS[self.preset][key] if v is None else v
+
+
+@dataclass
+class Inheritance:
+    """What a grown rung starts from (built by engine/ladder.py from the previous rung)."""
+
+    state: dict  # full (unsharded) state dict of the grown model
+    anchor: dict  # name -> full tensor A
+    mask: dict  # name -> full tensor M (1 inherited, 0 new)
+    fisher: dict | None  # name -> carried Omega (full)
+    penalty: dict = field(default_factory=dict)  # kwargs for engine.penalty.Penalty (lam, gamma, subspace, ...)
+    info: dict = field(default_factory=dict)  # growth facts for the report (logit error, placement, ...)
+    fisher_flops: float = 0.0  # FLOPs spent computing the Fisher this rung's penalty uses
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def validate(cfg: TrainConfig, env: DistEnv) -> None:
+    """Every check that can fail before compute, with a message naming the value."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
+    if not isinstance(cfg.depth, int) or cfg.depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {cfg.depth!r}")
+    budgets = [k for k in ("steps", "tokens", "ratio") if getattr(cfg, k) is not None]
+    if len(budgets) != 1:
+        raise ValueError(f"give exactly one of --steps, --tokens, --ratio (got {budgets or 'none'})")
+    for k in ("steps", "tokens"):
+        v = getattr(cfg, k)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"--{k} must be a positive integer, got {v!r}")
+    if cfg.ratio is not None and not (0 < cfg.ratio <= 1e4):
+        raise ValueError(f"--ratio must be in (0, 10000] tokens per scaling parameter, got {cfg.ratio!r}")
+    gb, db = cfg.resolved("global_batch"), cfg.resolved("device_batch")
+    if gb < 1 or db < 1:
+        raise ValueError(f"batch sizes must be positive (global_batch={gb}, device_batch={db})")
+    if gb % env.world_size:
+        raise ValueError(f"global_batch={gb} sequences is not divisible by the world size {env.world_size}")
+    db = min(db, gb // env.world_size)
+    if gb % (db * env.world_size):
+        raise ValueError(f"global_batch={gb} is not a multiple of device_batch x world_size = {db} x {env.world_size}")
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
+    if cfg.ars not in ("off", "seed", "detrended"):
+        raise ValueError(f"--ars must be off, seed or detrended, got {cfg.ars!r}")
+    if not 0.0 <= cfg.warmdown_frac <= 1.0:
+        raise ValueError(f"warmdown_frac must be in [0, 1], got {cfg.warmdown_frac}")
+    if not 0.0 <= cfg.final_lr_frac <= 1.0:
+        raise ValueError(f"final_lr_frac must be in [0, 1], got {cfg.final_lr_frac}")
+    if cfg.ckpt_every < 0 or cfg.fisher_online_steps < 0:
+        raise ValueError("ckpt_every and fisher_online_steps must be >= 0")
+
+
+def total_steps_for(cfg: TrainConfig, mcfg: GPTConfig) -> int:
+    tokens_per_step = cfg.resolved("global_batch") * mcfg.seq_len
+    if cfg.steps is not None:
+        return cfg.steps
+    tokens = cfg.tokens if cfg.tokens is not None else cfg.ratio * mcfg.scaling_params
+    return max(1, math.ceil(tokens / tokens_per_step))
+
+
+class MetricsLog:
+    """metrics.jsonl, appended one line per optimizer step. On resume, lines past the checkpoint's
+    step (written before a crash) are dropped so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            path.write_text("".join(l + "\n" for l in keep))
+        self.f = open(path, "a")
+
+    def write(self, rec: dict):
+        if self.enabled:
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+    def close(self):
+        if self.enabled:
+            self.f.close()
+
+
+def _profiler(cfg, out, env, mcfg):
+    try:
+        from profiling import Profiler
+    except ImportError:
+        Profiler = None
+    if Profiler is None or not cfg.profile or not env.is_main:
+        return _NullProfiler()
+    return Profiler(out, env.device, enabled=True, flops_per_token=mcfg.flops_per_token)
+
+
+class _NullProfiler:
+    def stage(self, name):
+        return nullcontext()
+
+    def step_end(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
+def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = None) -> dict:
+    validate(cfg, env)
+    out = Path(cfg.out)
+    mcfg = cfg.model_config()
+    on_cuda = env.device.type == "cuda"
+    bf16 = on_cuda and mcfg.dtype == "bfloat16"
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    # ---- data (rank 0 builds the cache, the others wait on its file lock and load it) --------
+    bundle = prepare_data(cfg.data, mcfg.vocab_size, cfg.cache_dir, progress=cfg.progress and env.is_main)
+    if bundle.tokenizer.vocab_size != mcfg.vocab_size:
+        raise ValueError(f"tokenizer has vocab {bundle.tokenizer.vocab_size}, model expects {mcfg.vocab_size}")
+    gb = cfg.resolved("global_batch")
+    db = min(cfg.resolved("device_batch"), gb // env.world_size)
+    accum = gb // (db * env.world_size)
+    total_steps = total_steps_for(cfg, mcfg)
+    loader = TokenLoader(bundle.train, mcfg.seq_len, db * env.world_size, rank=env.rank, world_size=env.world_size,
+                         seed=cfg.seed, device=env.device)
+    token_bytes = torch.as_tensor(bundle.tokenizer.token_bytes, dtype=torch.int64)
+
+    # ---- model: built on meta, materialised, initialised or inherited, then sharded -----------
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):
+        model = GPT(mcfg)
+    model.to_empty(device=env.device)
+    model.init_weights(cfg.seed)
+    if inherit is not None:
+        model.load_state_dict({k: v.to(env.device) for k, v in inherit.state.items()}, strict=False)
+    attention = select_backend(env.device, torch.bfloat16 if bf16 else torch.float32)
+    model.set_attention(attention)
+    model = shard_model(model, env, bf16)
+    if cfg.compile:
+        model.compile()
+    autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if bf16 and env.world_size == 1 else nullcontext)
+
+    muon = cfg.optimizer == "muon"
+    groups = model_param_groups(model, matrix_lr=MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr"),
+                                embedding_lr=cfg.resolved("embedding_lr"), unembedding_lr=cfg.resolved("unembedding_lr"),
+                                weight_decay=cfg.weight_decay, muon=muon)
+    opt = LadderOptimizer(groups)
+    named = dict(model.named_parameters())
+
+    # ---- inheritance pieces, as rank-local shards ----------------------------------------------
+    penalty = None
+    if inherit is not None and inherit.penalty.get("enabled", True) and (inherit.penalty.get("lam", 0) or inherit.penalty.get("gamma", 0)):
+        from engine.penalty import Penalty
+
+        loc = lambda d: {n: shard_like(d[n], named[n]) for n in named} if d is not None else None
+        pen_kwargs = {k: v for k, v in inherit.penalty.items() if k != "enabled"}
+        if pen_kwargs.get("subspace", "coords") == "svd" and env.world_size > 1:
+            raise ValueError("--subspace svd needs whole matrices; run it with world_size 1 (coords works sharded)")
+        penalty = Penalty([(n, local(p)) for n, p in named.items()], loc(inherit.anchor), loc(inherit.mask),
+                          loc(inherit.fisher) if inherit.fisher is not None else {n: torch.zeros_like(local(p)) for n, p in named.items()},
+                          total_steps=total_steps, **pen_kwargs)
+    ars = None
+    if cfg.ars != "off":
+        from engine.ars import ARS
+
+        ars = ARS(mode=cfg.ars, seed=cfg.seed)
+    fisher_bufs = None
+    fisher_start = total_steps - cfg.fisher_online_steps
+    if cfg.fisher_online_steps:
+        fisher_bufs = {n: torch.zeros_like(p) for n, p in named.items()}  # DTensors under FSDP
+
+    # ---- resume ----------------------------------------------------------------------------
+    start_step, extra = 0, {}
+    consumed_flops, wall_before = 0.0, 0.0
+    found = ckpt.latest_valid(out / "ckpt", env) if cfg.resume else None
+    if cfg.resume and found is None and (out / "final.json").exists():
+        raise TrainError(f"{out} holds a finished run (final.json) but no usable checkpoint to resume from")
+    if found is not None:
+        extra = ckpt.load(found, model, opt, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
+        if extra.get("model_config") != mcfg.to_dict() or extra.get("total_steps") != total_steps:
+            raise TrainError(f"checkpoint {found} belongs to a different run (model config or step budget differs); "
+                             f"use another --out or delete {out / 'ckpt'}")
+        start_step = int(extra["step"])
+        loader.load_state_dict(extra["loader"])
+        if ars is not None and extra.get("ars") is not None:
+            ars.load_state_dict(extra["ars"])
+        consumed_flops, wall_before = float(extra["flops"]), float(extra["wall_s"])
+    elif env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
+        raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose another --out")
+
+    metrics = MetricsLog(out / "metrics.jsonl", start_step if found is not None else None, env.is_main)
+    prof = _profiler(cfg, out, env, mcfg)
+    tokens_per_step = gb * mcfg.seq_len
+    flops_per_step = mcfg.flops_per_token * tokens_per_step
+    eval_every = cfg.eval_every or max(1, total_steps // 12)
+    eval_kw = dict(seq_len=mcfg.seq_len, batch_size=db, max_tokens=cfg.resolved("eval_tokens"), env=env, autocast=autocast)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.02 * total_steps))
+    meta = run_metadata(cfg, env, mcfg, attention.name, opt.kernel_backend, accum, db, total_steps)
+    if env.is_main:
+        ckpt.write_json_atomic(out / "run.json", meta)
+
+    def do_eval():
+        with prof.stage("eval"):
+            return evaluate(model, bundle.val, token_bytes, **eval_kw)
+
+    start_eval = None
+    if start_step == 0:
+        start_eval = do_eval()
+        metrics.write({"step": 0, "tokens": 0, "flops": consumed_flops, **start_eval})
+    elif "start_eval" in extra:
+        start_eval = extra["start_eval"]
+
+    bar = None
+    if env.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_step, desc=f"d{cfg.depth} {out.name}", unit="step", dynamic_ncols=True)
+    nonfinite_run, skipped = 0, int(extra.get("skipped_steps", 0))
+    last_eval = None
+    t_loop = time.time()
+    step = start_step
+    model.train()
+    while step < total_steps:
+        t0 = time.time()
+        loss_sum = torch.zeros((), device=env.device)
+        for _ in range(accum):
+            with prof.stage("data"):
+                x, y = loader.next()
+            with prof.stage("forward"), autocast():
+                loss = model(x, y) / accum
+            with prof.stage("backward"):
+                loss.backward()
+            loss_sum += loss.detach()
+        loss_mean = all_reduce_sum(loss_sum, env) / env.world_size if env.distributed else loss_sum
+        lr_mult = lr_multiplier(step, total_steps, warmup, cfg.warmdown_frac, cfg.final_lr_frac)
+        loss_value = float(loss_mean)  # one host sync per step: ARS and the non-finite guard need it
+        if not math.isfinite(loss_value):
+            nonfinite_run += 1
+            skipped += 1
+            opt.zero_grad()
+            if nonfinite_run >= cfg.max_nonfinite:
+                raise TrainError(f"{nonfinite_run} consecutive non-finite losses at step {step}; stopping "
+                                 f"(last loss {loss_value}); lower the learning rate or check the data")
+            step += 1
+            continue
+        nonfinite_run = 0
+        with prof.stage("ars"):
+            damping = ars.update(loss_value, groups[-1].lr * lr_mult) if ars is not None else 1.0
+        terms = None
+        if penalty is not None:
+            with prof.stage("penalty"):
+                terms = penalty_terms(penalty, named, step)
+        fishing = fisher_bufs is not None and step >= fisher_start
+        with prof.stage("optimizer"):
+            pen = opt.step(lr_mult, damping=damping, terms=terms,
+                           fishers={n: local(b) for n, b in fisher_bufs.items()} if fishing else None,
+                           fisher_scale=1.0 / cfg.fisher_online_steps if fishing else 1.0)
+        opt.zero_grad()
+        step += 1
+        consumed_flops += flops_per_step
+        rec = {"step": step, "loss": loss_value, "lr": groups[-1].lr * lr_mult, "lr_mult": lr_mult,
+               "tokens": step * tokens_per_step, "flops": consumed_flops, "dt": time.time() - t0,
+               "ars": float(damping)}
+        if pen is not None:
+            rec["penalty"] = float(all_reduce_sum(pen, env))
+        if step % eval_every == 0 or step == total_steps:
+            last_eval = do_eval()
+            rec.update(last_eval)
+        metrics.write(rec)
+        prof.step_end(step, tokens_per_step, flops_per_step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / max(rec['dt'], 1e-9):.0f}")
+        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
+            with prof.stage("checkpoint"):
+                ckpt.save(out / "ckpt", step, model, opt, {
+                    "loader": loader.state_dict(), "ars": ars.state_dict() if ars else None,
+                    "model_config": mcfg.to_dict(), "total_steps": total_steps, "flops": consumed_flops,
+                    "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": skipped,
+                }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
+    if bar is not None:
+        bar.close()
+    prof.close()
+    metrics.close()
+    if last_eval is None:  # resumed exactly at the end
+        last_eval = do_eval()
+    wall_s = wall_before + time.time() - t_loop
+    if fisher_bufs is not None:
+        full = {n: full_tensor(b).cpu() for n, b in fisher_bufs.items()}
+        if env.is_main:
+            tmp = out / ".fisher.pt.tmp"
+            torch.save(full, tmp)
+            os.replace(tmp, out / "fisher.pt")
+    final = {
+        "depth": cfg.depth, "params": mcfg.num_params, "scaling_params": mcfg.scaling_params,
+        "tokens": total_steps * tokens_per_step, "steps": total_steps, "flops": consumed_flops,
+        "fisher_flops": inherit.fisher_flops if inherit else 0.0,
+        # the penalty's own elementwise/SVD work, summed over ranks' shards (an estimate, see Penalty)
+        "penalty_flops": float(penalty.penalty_flops_per_step * env.world_size * total_steps) if penalty else 0.0,
+        "val_loss": last_eval["val_loss"], "val_bpb": last_eval["val_bpb"],
+        "start_val_loss": start_eval["val_loss"] if start_eval else None,
+        "wall_s": wall_s, "setup_s": t_loop - t_start, "skipped_steps": skipped,
+        **{k: meta[k] for k in ("device", "device_name", "attention_backend", "kernel_backend", "world_size", "dtype")},
+        "growth": inherit.info if inherit else None,
+    }
+    if env.is_main:
+        ckpt.write_json_atomic(out / "final.json", final)
+    return final
+
+
+def penalty_terms(penalty, named, step) -> InheritTerms:
+    kappas = penalty.kappa_for(step)
+    anchors = penalty.anchors()
+    names = list(named)
+    extra = penalty.extra_grads([local(named[n]) for n in names], step) if penalty.subspace == "svd" else None
+    return InheritTerms(
+        anchors={n: a for n, a in zip(names, anchors) if a is not None},
+        kappas={n: k for n, k in zip(names, kappas) if k is not None},
+        extra_grads={n: x for n, x in zip(names, extra) if x is not None} if extra else {},
+    )
+
+
+def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_batch, total_steps) -> dict:
+    on_cuda = env.device.type == "cuda"
+    return {
+        "config": asdict(cfg), "model_config": mcfg.to_dict(), "total_steps": total_steps,
+        "grad_accum_steps": accum, "device_batch": device_batch,
+        "device": env.device.type,
+        "device_name": torch.cuda.get_device_name(env.device) if on_cuda else platform.processor() or platform.machine(),
+        "world_size": env.world_size, "attention_backend": attention_name, "kernel_backend": kernel_backend,
+        "dtype": "bfloat16" if on_cuda and mcfg.dtype == "bfloat16" else "float32",
+        "fsdp": env.world_size > 1, "compile": cfg.compile, "torch": torch.__version__,
+        "apex": _apex_available() if on_cuda else False,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _apex_available() -> bool:
+    try:
+        import apex.optimizers  # noqa: F401  (NVIDIA apex; PyPI's "apex" is unrelated and lacks this)
+
+        return True
+    except Exception:
+        return False
+
+
+def config_from_args(ns) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in names})

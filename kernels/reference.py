@@ -1,0 +1,102 @@
+"""Reference (PyTorch) implementation of the fused inherited AdamW step: the ground truth.
+
+Every other backend (native C++, Triton) is tested against these functions. They take
+*already validated* arguments (see ``kernels.__init__._check_*``); call them through
+``kernels.fused_adamw_step`` / ``kernels.fused_adamw_multi`` unless you know what you do.
+
+Semantics, elementwise, in this order (all arithmetic in fp32):
+
+    fisher += fisher_scale * g*g                      (raw loss gradient, if fisher given)
+    d = p - anchor                                    (if anchor given)
+    penalty_out += 0.5 * sum(kappa * d*d)             (at p BEFORE the update, if given)
+    g' = damping * (g + kappa*d + extra_grad)         (terms present only when given)
+    p *= 1 - lr*weight_decay
+    m = beta1*m + (1-beta1)*g'
+    v = beta2*v + (1-beta2)*g'^2
+    p -= (lr / (1-beta1^step)) * m / (sqrt(v)/sqrt(1-beta2^step) + eps)
+
+which is exactly torch.optim.AdamW (decoupled weight decay) applied to g'.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+Number = Union[int, float]
+
+
+def _bias_corrections(step, beta1: float, beta2: float, device: torch.device):
+    """Return (step_size_factor = 1/bc1, 1/sqrt(bc2)) as python floats or 0-dim fp32 tensors."""
+    if isinstance(step, Tensor):
+        s = step.to(device=device, dtype=torch.float64)
+        bc1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=torch.float64, device=device), s)
+        bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64, device=device), s)
+        return (1.0 / bc1).to(torch.float32), torch.rsqrt(bc2).to(torch.float32)
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    return 1.0 / bc1, 1.0 / math.sqrt(bc2)
+
+
+@torch.no_grad()
+def fused_adamw_step(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, *,
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step,
+    anchor: Optional[Tensor] = None, kappa: Optional[Tensor] = None,
+    extra_grad: Optional[Tensor] = None, damping=1.0,
+    fisher: Optional[Tensor] = None, fisher_scale: float = 1.0,
+    penalty_out: Optional[Tensor] = None,
+) -> None:
+    if p.numel() == 0:
+        return
+    g32 = g.float()
+    if fisher is not None:
+        fisher.addcmul_(g32, g32, value=float(fisher_scale))
+    gp = g32  # never modified in place below
+    if anchor is not None:
+        k32 = kappa.float()
+        d = p - anchor
+        kd = k32 * d
+        if penalty_out is not None:
+            penalty_out.add_(0.5 * (kd * d).sum(dtype=torch.float32).reshape(penalty_out.shape))
+        gp = gp + kd
+    if extra_grad is not None:
+        gp = gp + extra_grad
+    if isinstance(damping, Tensor):
+        gp = gp * damping.to(torch.float32)
+    elif damping != 1.0:
+        gp = gp * float(damping)
+
+    p.mul_(1.0 - lr * weight_decay)
+    m.lerp_(gp, 1.0 - beta1)
+    v.mul_(beta2).addcmul_(gp, gp, value=1.0 - beta2)
+    inv_bc1, inv_bc2_sqrt = _bias_corrections(step, beta1, beta2, p.device)
+    denom = (v.sqrt() * inv_bc2_sqrt).add_(eps)
+    if isinstance(inv_bc1, Tensor):
+        p.sub_(m / denom * (lr * inv_bc1))
+    else:
+        p.addcdiv_(m, denom, value=-lr * inv_bc1)
+
+
+def _at(seq, i):
+    return None if seq is None else seq[i]
+
+
+@torch.no_grad()
+def fused_adamw_multi(
+    params: Sequence[Tensor], grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor], *,
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step,
+    anchors=None, kappas=None, extra_grads=None, damping=1.0,
+    fishers=None, fisher_scale: float = 1.0, penalty_out: Optional[Tensor] = None,
+) -> None:
+    for i in range(len(params)):
+        fused_adamw_step(
+            params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
+            anchor=_at(anchors, i), kappa=_at(kappas, i), extra_grad=_at(extra_grads, i),
+            damping=damping, fisher=_at(fishers, i), fisher_scale=fisher_scale,
+            penalty_out=penalty_out,
+        )

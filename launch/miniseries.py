@@ -1,0 +1,91 @@
+"""The main job: a ladder of rungs, trained from scratch and by progressive inheritance, and an
+honest report of what inheritance saved (or did not).
+
+    python launch/miniseries.py                                  # the embedded CPU default (<= 15 min on 2 cores)
+    torchrun --standalone --nproc_per_node=8 launch/miniseries.py --preset nanochat --depths 10:20 --ratio 8
+
+Writes OUT/summary.json, OUT/report.md and PNG plots; rerunning the same command skips finished
+rungs and resumes an interrupted one. Several seeds (--seeds 0,1) run one miniseries each under
+OUT/seed<k>/ and OUT/summary.json aggregates them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch.train import add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
+
+# The embedded CPU default: sized so scratch + inherit over d2..d4 finish within 15 minutes on a
+# 2-core CPU (measured; see docs/results/).
+DEFAULTS = dict(depths="2:4", arms="scratch,inherit", ratio=4.0, inherit_fraction=0.5, out="runs/miniseries")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depths", default=DEFAULTS["depths"], help="LO:HI inclusive (2:5 = 2,3,4,5) or a list 2,3,5")
+    p.add_argument("--arms", default=DEFAULTS["arms"],
+                   help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only")
+    p.add_argument("--ratio", type=positive_float, default=DEFAULTS["ratio"], help="scratch tokens = ratio x scaling params")
+    p.add_argument("--inherit-fraction", dest="inherit_fraction", type=positive_float, default=DEFAULTS["inherit_fraction"],
+                   help="an inherited rung trains for this fraction of its scratch budget")
+    p.add_argument("--out", default=DEFAULTS["out"])
+    p.add_argument("--seeds", default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
+    p.add_argument("--lam", type=float, default=1.0, help="lambda of the Fisher-weighted elastic term")
+    p.add_argument("--gamma", type=float, default=0.1, help="gamma of the subspace term (the seeds' 0.1)")
+    p.add_argument("--subspace", default="coords", choices=["coords", "svd"])
+    p.add_argument("--svd-rank", dest="svd_rank", type=positive_int)
+    p.add_argument("--svd-energy", dest="svd_energy", type=positive_float)
+    p.add_argument("--penalty-schedule", dest="penalty_schedule", default="constant", choices=["constant", "linear"])
+    p.add_argument("--ars", default="seed", choices=["seed", "detrended", "off"], help="ARS mode of arms that use ARS")
+    p.add_argument("--fisher", default="online", choices=["online", "posthoc"])
+    p.add_argument("--fisher-batches", dest="fisher_batches", type=positive_int, default=20)
+    p.add_argument("--placement", default="end", choices=["end", "middle", "copy-middle"])
+    p.add_argument("--core-bundle", dest="core_bundle", help="DCLM eval bundle dir: adds CORE to the report")
+    add_training_args(p, rung=False)
+    ns = p.parse_args(argv)
+
+    from engine.distributed import destroy, init_distributed
+    from engine.ladder import LadderConfig, parse_depths, run_ladder
+    from engine.report import write_ladder_report, write_multiseed_summary
+
+    try:
+        depths = parse_depths(ns.depths)
+        seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [ns.seed]
+    except ValueError as e:
+        p.error(str(e))
+    train_keys = ("data", "device", "global_batch", "device_batch", "optimizer", "matrix_lr", "embedding_lr",
+                  "unembedding_lr", "weight_decay", "warmdown_frac", "eval_every", "eval_tokens", "ckpt_every",
+                  "compile", "progress", "profile", "cache_dir", "vocab_size", "seq_len")
+    train = {k: getattr(ns, k) for k in train_keys if getattr(ns, k) is not None}
+    configs = []
+    for seed in seeds:
+        out = Path(ns.out) if len(seeds) == 1 else Path(ns.out) / f"seed{seed}"
+        lc = LadderConfig(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], out=str(out),
+                          preset=ns.preset, ratio=ns.ratio, inherit_fraction=ns.inherit_fraction, seed=seed, lam=ns.lam,
+                          gamma=ns.gamma, subspace=ns.subspace, svd_rank=ns.svd_rank, svd_energy=ns.svd_energy,
+                          penalty_schedule=ns.penalty_schedule, ars=ns.ars, fisher=ns.fisher,
+                          fisher_batches=ns.fisher_batches, placement=ns.placement, train=train)
+        try:
+            lc.validate()
+        except ValueError as e:
+            p.error(str(e))
+        configs.append(lc)
+
+    env = init_distributed(train.get("device", "auto"))
+    try:
+        for lc in configs:
+            results = run_ladder(lc, env, log=print if env.is_main else (lambda *a: None))
+            if env.is_main:
+                path = write_ladder_report(lc, results, core_bundle=ns.core_bundle)
+                print(f"[miniseries] report: {path}")
+        if env.is_main and len(configs) > 1:
+            print(f"[miniseries] seeds summary: {write_multiseed_summary(Path(ns.out), configs)}")
+    finally:
+        destroy(env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Growth operator (method.md section 2): exact function preservation, symmetry breaking, anchor /
+mask / Fisher carry-over. Old models are first trained a few AdamW steps so that c_proj and lm_head
+are non-trivial (with zero c_proj the logit check would be vacuous)."""
+import math
+
+import pytest
+import torch
+
+from engine.fisher import posthoc_fisher
+from engine.growth import grow, growth_logit_error
+from models.config import model_config
+from models.gpt import LM_HEAD_STD
+
+V, T = 256, 32
+TOL = 1e-5 * 15.0  # 1e-5 * softcap
+
+PRESETS = {
+    "cpu-tiny": dict(preset="cpu-tiny"),
+    "nanochat": dict(preset="nanochat", dtype="float32"),  # aspect 64, head_dim 128
+    "tiny-hd64": dict(preset="cpu-tiny", head_dim=64),  # aspect 32 / hd 64: odd depths round up
+}
+
+
+def cfg(kind, depth):
+    kw = dict(PRESETS[kind])
+    return model_config(kw.pop("preset"), depth, vocab_size=V, seq_len=T, **kw)
+
+
+def batches(k, seed, B=2):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        t = torch.randint(0, V, (B, T + 1), generator=g)
+        out.append((t[:, :-1], t[:, 1:]))
+    return out
+
+
+_CACHE = {}
+
+
+def train_(m, steps=2, seed=0, lr=1e-2):
+    opt = torch.optim.AdamW(m.parameters(), lr=lr)
+    for x, y in batches(steps, seed=seed, B=1):
+        m(x, y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return m
+
+
+def trained(kind, depth):
+    """Old model after 2 AdamW steps, lm_head scaled up (cached across tests)."""
+    key = (kind, depth)
+    if key not in _CACHE:
+        from models.gpt import build_model
+
+        m = train_(build_model(cfg(kind, depth), seed=depth), seed=100 + depth)
+        with torch.no_grad():  # logits O(1), so the 1/c on lm_head and the softcap are exercised
+            m.lm_head.weight *= 30.0
+        assert all(b.attn.c_proj.weight.abs().sum() > 0 and b.mlp.c_proj.weight.abs().sum() > 0 for b in m.blocks)
+        _CACHE[key] = m
+    return _CACHE[key]
+
+
+ERRORS: dict = {}
+PLACEMENT_CYCLE = ("end", "middle", "copy-middle")
+
+
+def check_growth(old, kind, d1, placement, seed):
+    d0 = old.config.depth
+    res = grow(old, cfg(kind, d1), seed=seed, placement=placement)
+    new = res.model
+    assert len(new.blocks) == d1 and res.width == (cfg(kind, d0).model_dim, cfg(kind, d1).model_dim)
+    assert res.c == pytest.approx(math.sqrt(res.width[1] / res.width[0]))
+    err = growth_logit_error(old, new, V, T, n_batches=2, seed=d0, batch_size=1)
+    ERRORS.setdefault(kind, []).append((d0, d1, placement, res.width, err))
+    assert err <= TOL, f"{kind} {d0}->{d1} {placement}: max logit error {err:.3e} > {TOL:.1e}"
+    # the check is not vacuous: the old model's logits are O(1)
+    with torch.no_grad():
+        assert old(batches(1, 0)[0][0]).std() > 0.5
+    pos = {"end": d0, "middle": d0 // 2, "copy-middle": d0 // 2}[placement]
+    assert res.new_layer_indices == list(range(pos, pos + d1 - d0))
+    return res
+
+
+# Every (d, d+1) pair of each preset's range, as a ladder: grow, check, train the grown model two
+# AdamW steps (so its new layers and coordinates are non-trivial too), grow again. Placements
+# cycle, so every placement is checked at several sizes. The larger rungs are marked slow.
+CHAINS = [
+    pytest.param("cpu-tiny", 1, 7, id="cpu-tiny-1to7"),
+    pytest.param("nanochat", 1, 5, id="nanochat-1to5"),
+    pytest.param("tiny-hd64", 1, 5, id="tiny-hd64-1to5"),  # 1->2, 3->4 depth-only; 2->3, 4->5 heads grow
+    pytest.param("cpu-tiny", 7, 13, id="cpu-tiny-7to13", marks=pytest.mark.slow),
+    pytest.param("nanochat", 5, 9, id="nanochat-5to9", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("kind,start,stop", CHAINS)
+def test_growth_ladder_preserves_logits(kind, start, stop):
+    model = trained(kind, start)
+    for d in range(start, stop):
+        res = check_growth(model, kind, d + 1, PLACEMENT_CYCLE[d % 3], seed=d)
+        model = train_(res.model, seed=200 + d)
+
+
+@pytest.mark.parametrize("kind,d0,d1,placement", [("cpu-tiny", 2, 5, "end"), ("nanochat", 2, 5, "middle"),
+                                                   ("cpu-tiny", 3, 6, "copy-middle"), ("tiny-hd64", 2, 4, "end")])
+def test_growth_jumps_preserve_logits(kind, d0, d1, placement):
+    check_growth(trained(kind, d0), kind, d1, placement, seed=11)
+
+
+def test_without_c_rescale_growth_is_not_exact():
+    """Sensitivity of the logit check: undoing the 1/c of mlp.c_proj and lm_head breaks exactness."""
+    old = trained("cpu-tiny", 2)
+    res = grow(old, cfg("cpu-tiny", 3), seed=7)
+    with torch.no_grad():
+        D = res.width[0]
+        res.model.lm_head.weight[:, :D] *= res.c
+        for b in res.model.blocks:
+            b.mlp.c_proj.weight[:D, :] *= res.c
+    assert growth_logit_error(old, res.model, V, T, n_batches=1) > 100 * TOL
+
+
+def test_float64_growth_error():
+    old = trained("nanochat", 2)
+    res = grow(old, cfg("nanochat", 3), seed=7)
+    import copy
+
+    o64, n64 = copy.deepcopy(old).double(), res.model.double()
+    # logits are cast to fp32 inside GPT.forward, so ~1e-7 is the floor here
+    assert growth_logit_error(o64, n64, V, T, n_batches=1) < 2e-6
+
+
+def test_fresh_values_mask_anchor():
+    old = trained("cpu-tiny", 2)
+    res = grow(old, cfg("cpu-tiny", 4), seed=3, placement="middle")
+    new, D, D2 = res.model, *res.width
+    c = res.c
+    P = dict(new.named_parameters())
+    assert res.new_layer_indices == [1, 2]
+    assert res.anchor.keys() == res.mask.keys() == P.keys()
+    for n, p in P.items():
+        assert torch.equal(res.anchor[n], p.detach()) and res.anchor[n].data_ptr() != p.data_ptr()
+        assert res.mask[n].dtype == torch.float32
+    bound = math.sqrt(3) / math.sqrt(D2)
+    ob = old.blocks[1]
+    nb = new.blocks[3]  # old block 1 moved past the 2 inserted layers
+    for name in ("c_q", "c_k", "c_v"):
+        w = getattr(nb.attn, name).weight
+        assert torch.equal(w[:D, :D], getattr(ob.attn, name).weight)
+        fresh = torch.cat([w[D:, :].flatten(), w[:D, D:].flatten()])
+        assert fresh.abs().max() <= bound and fresh.abs().max() > 0.9 * bound
+    w = nb.mlp.c_fc.weight
+    assert torch.equal(w[: 4 * D, :D], ob.mlp.c_fc.weight) and w[4 * D:].abs().max() <= bound
+    w = nb.attn.c_proj.weight
+    assert torch.equal(w[:D, :D], ob.attn.c_proj.weight) and w[D:].abs().sum() == 0 and w[:, D:].abs().sum() == 0
+    w = nb.mlp.c_proj.weight
+    torch.testing.assert_close(w[:D, : 4 * D], ob.mlp.c_proj.weight / c, rtol=1e-6, atol=0)
+    assert w[D:].abs().sum() == 0 and w[:, 4 * D:].abs().sum() == 0
+    assert torch.equal(new.wte.weight[:, :D], old.wte.weight) and new.wte.weight[:, D:].abs().sum() == 0
+    lm = new.lm_head.weight
+    torch.testing.assert_close(lm[:, :D], old.lm_head.weight / c, rtol=1e-6, atol=0)
+    assert abs(lm[:, D:].std().item() - LM_HEAD_STD) < 0.15 * LM_HEAD_STD
+    for j in res.new_layer_indices:
+        b = new.blocks[j]
+        assert b.attn.c_proj.weight.abs().sum() == 0 and b.mlp.c_proj.weight.abs().sum() == 0
+        assert b.attn.c_q.weight.abs().max() <= bound and b.attn.c_q.weight.std() > 0.5 * bound / math.sqrt(3)
+        assert all(res.mask[n].sum() == 0 for n in P if n.startswith(f"blocks.{j}."))
+    m = res.mask["blocks.3.mlp.c_fc.weight"]
+    assert m[: 4 * D, :D].min() == 1 and m.sum() == 4 * D * D
+    # same seed -> same model; other seed -> other fresh values
+    again = grow(old, cfg("cpu-tiny", 4), seed=3, placement="middle").model
+    assert all(torch.equal(a, b) for a, b in zip(new.parameters(), again.parameters()))
+    other = grow(old, cfg("cpu-tiny", 4), seed=4, placement="middle").model
+    assert not torch.equal(other.blocks[3].attn.c_q.weight, nb.attn.c_q.weight)
+    cm = grow(old, cfg("cpu-tiny", 3), seed=3, placement="copy-middle")
+    src, cp = cm.model.blocks[2], cm.model.blocks[1]  # old block 1 (= 2//2) now at 2, copy at 1
+    assert torch.equal(src.attn.c_q.weight, cp.attn.c_q.weight) and torch.equal(src.mlp.c_fc.weight, cp.mlp.c_fc.weight)
+    assert cp.mlp.c_proj.weight.abs().sum() == 0 and src.mlp.c_proj.weight.abs().sum() > 0
+    with pytest.raises(ValueError):
+        grow(trained("cpu-tiny", 3), cfg("cpu-tiny", 2), seed=0)
+    with pytest.raises(ValueError):
+        grow(old, cfg("cpu-tiny", 3), seed=0, placement="front")
+
+
+def full_vocab_batch(seed):
+    """Inputs covering every token, so every row of wte's new columns is read."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randperm(V, generator=g).view(8, T)
+    return x, torch.randint(0, V, (8, T), generator=g)
+
+
+def dead_units(model, x):
+    """Per block, the ReLU^2 hidden units that are inactive on every token of x. Their write-out
+    columns (and read-in rows) get no gradient whatever growth does -- a property of ReLU, not of
+    inheritance -- so they are exempt from the "has moved" checks (their share is asserted small)."""
+    dead, hooks = {}, []
+    for i, b in enumerate(model.blocks):
+        def hook(mod, inp, out, i=i):
+            dead[i] = (out.detach() <= 0).flatten(0, -2).all(0)
+        hooks.append(b.mlp.c_fc.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return dead
+
+
+def exempt_mask(name, shape, dead):
+    ex = torch.zeros(shape, dtype=torch.bool)
+    parts = name.split(".")
+    if parts[0] == "blocks" and parts[2] == "mlp":
+        dd = dead[int(parts[1])]
+        if parts[3] == "c_proj":
+            ex[:, dd] = True
+        else:
+            ex[dd, :] = True
+    return ex
+
+
+@pytest.mark.parametrize("kind,d0,d1,placement", [("cpu-tiny", 2, 3, "end"), ("nanochat", 2, 4, "middle"),
+                                                   ("tiny-hd64", 1, 2, "copy-middle")])
+def test_every_new_coordinate_moves(kind, d0, d1, placement):
+    old = trained(kind, d0)
+    x, y = full_vocab_batch(1)
+    for wd in (0.01, 0.0):
+        res = grow(old, cfg(kind, d1), seed=5, placement=placement)
+        new = res.model
+        dead1 = dead_units(new, x)
+        assert sum(d.sum().item() for d in dead1.values()) <= 0.1 * sum(d.numel() for d in dead1.values())
+        opt = torch.optim.AdamW(new.parameters(), lr=1e-3, weight_decay=wd)
+        new(x, y).backward()
+        grads1 = {n: p.grad.clone() for n, p in new.named_parameters()}
+        opt.step()
+        opt.zero_grad()
+        for n, p in new.named_parameters():
+            fresh = res.mask[n] == 0
+            if not fresh.any():
+                continue
+            live = fresh & ~exempt_mask(n, p.shape, dead1)
+            zero_init = (res.anchor[n] == 0) & live
+            # zero-initialised new coordinates (the "writers") get a gradient at the first step
+            assert (grads1[n][zero_init] != 0).all(), f"{n}: zero-init new coordinate without gradient"
+            if wd > 0:  # AdamW: after ONE step every new coordinate has moved
+                moved = (p.detach() != res.anchor[n])[live]
+                assert moved.all(), f"{n}: {(~moved).sum().item()} new coordinates did not move"
+        if wd == 0:
+            # without weight decay the random "readers" see zero inputs / zero output gradients at
+            # step 1 and start moving at step 2
+            dead2 = dead_units(new, x)
+            new(x, y).backward()
+            opt.step()
+            for n, p in new.named_parameters():
+                live = (res.mask[n] == 0) & ~exempt_mask(n, p.shape, dead1) & ~exempt_mask(n, p.shape, dead2)
+                assert (p.detach() != res.anchor[n])[live].all(), f"{n}: not moved after 2 steps (wd=0)"
+
+
+@pytest.mark.parametrize("kind,d0,d1", [("cpu-tiny", 2, 3), ("nanochat", 2, 3), ("tiny-hd64", 1, 2)])
+def test_fisher_carry_over_equals_grown_model_fisher(kind, d0, d1):
+    """The strongest check of the c^2 factor: the empirical Fisher of the grown model at the moment
+    of growth, on the same batches, equals the carried Fisher on inherited coordinates."""
+    old = trained(kind, d0)
+    bs = batches(2, seed=42)
+    omega, _ = posthoc_fisher(old, bs)
+    res = grow(old, cfg(kind, d1), seed=1, fisher=omega)
+    omega_new, _ = posthoc_fisher(res.model, bs)
+    c2 = res.c**2
+    for n, carried in res.fisher.items():
+        m = res.mask[n] > 0
+        assert (carried[~m] == 0).all(), n
+        got, want = omega_new[n][m], carried[m]
+        scale = want.abs().max().item()
+        assert scale > 0, n
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-4 * scale, msg=n)
+        if n.endswith("mlp.c_proj.weight") or n == "lm_head.weight":
+            D = res.width[0]
+            region = carried[tuple(slice(0, s) for s in omega[n].shape)]
+            torch.testing.assert_close(region, omega[n] * c2)  # c^2 where the weight was times 1/c
+    if d1 > d0 and res.width[0] != res.width[1]:
+        assert c2 > 1.0
+
+
+def test_report_errors():
+    """Prints the measured max logit errors (run with -s); always passes."""
+    for kind, rows in ERRORS.items():
+        worst = max(rows, key=lambda r: r[-1])
+        print(f"\n{kind}: max growth logit error {worst[-1]:.2e} over {len(rows)} growths (worst {worst[:4]})")

@@ -1,0 +1,116 @@
+"""The penalty Phi (method.md section 4) against autograd of Phi written directly from its formula."""
+import pytest
+import torch
+
+from engine.penalty import Penalty, energy_rank
+
+SHAPES = {"wte.weight": (12, 8), "blocks.0.attn.c_q.weight": (8, 8), "blocks.0.mlp.c_fc.weight": (16, 8),
+          "lm_head.weight": (12, 8), "scale": (5,)}
+
+
+def make(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params, anchor, mask, fisher = {}, {}, {}, {}
+    for n, s in SHAPES.items():
+        anchor[n] = torch.randn(s, generator=g)
+        params[n] = anchor[n] + 0.3 * torch.randn(s, generator=g)
+        m = torch.zeros(s)
+        m[tuple(slice(0, max(1, d * 3 // 4)) for d in s)] = 1.0  # leading corner inherited
+        mask[n] = m
+        fisher[n] = torch.rand(s, generator=g) * m  # carried Fisher is 0 on new coordinates
+    return params, anchor, mask, fisher
+
+
+def phi_reference(params, anchor, mask, fisher, lam, gamma, subspace, ranks=None):
+    """method.md section 4, literally (float64, autograd-able in params)."""
+    total = 0.0
+    for n, W in params.items():
+        A, M, Om = anchor[n].double(), mask[n].double(), fisher[n].double()
+        dW = W - A
+        total = total + lam / 2 * (Om * M * dW**2).sum()
+        if subspace == "coords" or W.dim() != 2:
+            out = (1 - M) * dW
+        else:
+            U = torch.linalg.svd(A, full_matrices=False)[0][:, : ranks[n]]
+            P = U @ U.T
+            out = (torch.eye(A.shape[0], dtype=A.dtype) - P) @ dW
+        total = total + gamma * (out**2).sum()  # = Tr((I-P) dW dW^T (I-P)^T)
+    return total
+
+
+@pytest.mark.parametrize("subspace", ["coords", "svd"])
+def test_value_and_gradient_match_autograd(subspace):
+    params, anchor, mask, fisher = make()
+    lam, gamma = 3.0, 0.7
+    kw = dict(svd_rank=3) if subspace == "svd" else {}
+    pen = Penalty(params.items(), anchor, mask, fisher, lam=lam, gamma=gamma, subspace=subspace, **kw)
+    ranks = {n: 3 for n in SHAPES}
+    W = {n: p.double().requires_grad_() for n, p in params.items()}
+    ref = phi_reference(W, anchor, mask, fisher, lam, gamma, subspace, ranks)
+    ref.backward()
+    plist = list(params.values())
+    assert pen.value(plist, 0) == pytest.approx(ref.item(), rel=1e-6)  # kappa is fp32
+    for (n, w), g in zip(W.items(), pen.grads(plist, 0)):
+        torch.testing.assert_close(g.double(), w.grad, rtol=1e-5, atol=1e-6, msg=n)
+    if subspace == "coords":
+        assert all(e is None for e in pen.extra_grads(plist, 0))
+        # coords identity: Phi = 1/2 sum kappa (W - A)^2, kappa = lam*Omega (M=1) / 2*gamma (M=0)
+        ident = sum(0.5 * (k.double() * (p.double() - anchor[n].double()) ** 2).sum().item()
+                    for (n, p), k in zip(params.items(), pen.kappa_for(0)))
+        assert ident == pytest.approx(ref.item(), rel=1e-6)
+        for n, k in zip(SHAPES, pen.kappa_for(0)):
+            expect = torch.where(mask[n] > 0.5, lam * fisher[n], torch.full_like(k, 2 * gamma))
+            torch.testing.assert_close(k, expect)
+    else:
+        extra = pen.extra_grads(plist, 0)
+        assert extra[-1] is None and all(e is not None for e in extra[:-1])  # 1-D falls back to coords
+        assert pen.ranks[:-1] == [3, 3, 3, 3]
+
+
+def test_linear_schedule_and_cache():
+    params, anchor, mask, fisher = make(1)
+    plist = list(params.values())
+    pen = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, schedule="linear", total_steps=10)
+    v0 = pen.value(plist, 0)
+    assert pen.factor(0) == 1.0 and pen.factor(5) == 0.5 and pen.factor(10) == 0.0 and pen.factor(15) == 0.0
+    for step in (0, 2, 5, 9, 10, 12):
+        f = max(0.0, 1 - step / 10)
+        assert pen.value(plist, step) == pytest.approx(f * v0, rel=1e-12, abs=1e-15)
+        for k, kb in zip(pen.kappa_for(step), pen.base_kappa()):
+            torch.testing.assert_close(k, kb * f)
+    k1 = pen.kappa_for(3)
+    ptrs = [k.data_ptr() for k in k1]
+    k2 = pen.kappa_for(4)  # rescaled in place into the same cached buffers, no allocation
+    assert [k.data_ptr() for k in k2] == ptrs
+    assert all(k.abs().sum() == 0 for k in pen.kappa_for(10))
+    const = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5)
+    assert const.kappa_for(7) is const.base_kappa()
+    svd = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, subspace="svd", svd_rank=2,
+                  schedule="linear", total_steps=4)
+    e0, e1 = svd.extra_grads(plist, 0), svd.extra_grads(plist, 1)
+    torch.testing.assert_close(e1[0], 0.75 * e0[0])
+    assert svd.extra_grads(plist, 4)[0].abs().max() == 0
+
+
+def test_svd_energy_picks_k():
+    g = torch.Generator().manual_seed(0)
+    s = torch.tensor([4.0, 3.0, 2.0, 1.0])  # s^2 = 16, 9, 4, 1 of 30
+    Q1 = torch.linalg.qr(torch.randn(10, 4, generator=g, dtype=torch.float64))[0]
+    Q2 = torch.linalg.qr(torch.randn(6, 4, generator=g, dtype=torch.float64))[0]
+    A = (Q1 * s.double()) @ Q2.T
+    assert [energy_rank(torch.linalg.svdvals(A), e) for e in (0.5, 16 / 30, 0.8, 25 / 30, 0.9, 0.97, 1.0)] == \
+        [1, 1, 2, 2, 3, 4, 4]
+    assert energy_rank(torch.zeros(4), 0.9) == 0
+    A = A.float()
+    W = A + 0.1 * torch.randn(A.shape, generator=g)
+    one = {"w": A}
+    pen = Penalty([("w", W)], one, {"w": torch.ones_like(A)}, None, lam=1.0, gamma=1.0, subspace="svd",
+                  svd_energy=0.85)
+    assert pen.ranks == [3]
+    U = Q1[:, :3].float()
+    dW = W - A
+    torch.testing.assert_close(pen.extra_grads([W], 0)[0], 2 * (dW - U @ (U.T @ dW)), rtol=1e-4, atol=1e-5)
+    assert pen.penalty_flops_per_step == 4 * A.numel() + 4 * 3 * 10 * 6 + 3 * A.numel()
+    coords = Penalty([("w", W)], one, {"w": torch.ones_like(A)}, None, lam=1.0, gamma=1.0)
+    assert coords.penalty_flops_per_step == 4 * A.numel()
+    assert Penalty([("w", W)], one, {"w": torch.ones_like(A)}, None, lam=0.0, gamma=0.0).penalty_flops_per_step == 0
