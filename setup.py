@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Distribution, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -119,7 +119,11 @@ class CMakeBuild(build_ext):
     """
 
     def run(self):
-        strict = os.environ.get("LADDER_NATIVE_REQUIRED", "0") == "1" or self.inplace
+        # `python setup.py build_ext --inplace` (what `make native` runs) fails loudly; pip
+        # installs (editable or not) only warn, so a fresh machine can install the deps first.
+        editable = bool(getattr(self, "editable_mode", False))
+        strict = (os.environ.get("LADDER_NATIVE_REQUIRED", "0") == "1"
+                  or (self.inplace and not editable))
         try:
             lib = build_native(verbose=bool(self.verbose > 1))
             print(f"[ladder] native kernels built: {lib}")
@@ -137,6 +141,13 @@ class CMakeBuild(build_ext):
         return {}
 
 
+class NativeDistribution(Distribution):
+    """A platform distribution (it builds a native library) with no setuptools Extension."""
+
+    def has_ext_modules(self):
+        return True
+
+
 setup(
     name="ladder",
     version="0.1.0",
@@ -146,8 +157,9 @@ setup(
     packages=[],
     py_modules=[],
     install_requires=read_requirements(),
-    # A placeholder Extension makes setuptools run build_ext; CMakeBuild builds the real thing.
-    ext_modules=[Extension("ladder_native_placeholder", sources=[])],
+    # No setuptools Extension: NativeDistribution makes setuptools run build_ext anyway, and
+    # CMakeBuild builds the real thing with CMake.
+    distclass=NativeDistribution,
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
 )

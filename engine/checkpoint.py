@@ -34,6 +34,9 @@ from torch.distributed.checkpoint.state_dict import (
 
 from engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
 
+# A single process saving through DCP is intended here (world size 1 runs without a process group).
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
 MANIFEST = "manifest.json"
 EXTRA = "extra.json"
 

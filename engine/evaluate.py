@@ -34,7 +34,8 @@ def evaluate(model, val_tokens, token_bytes: torch.Tensor, *, seq_len: int, batc
                          f"(eval_tokens={max_tokens}, seq_len={seq_len}, batch={batch_size}, world={env.world_size})")
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # loss, tokens, loss on bytes>0, bytes
     tb = token_bytes.to(env.device)
-    for x, y in val_batches(val_tokens, seq_len, batch_size, n, rank=env.rank, world_size=env.world_size):
+    # n + 1 tokens make exactly n / seq_len windows of seq_len + 1 (val_batches' cut)
+    for x, y in val_batches(val_tokens, seq_len, batch_size, n + 1, rank=env.rank, world_size=env.world_size):
         x, y = x.to(env.device), y.to(env.device)
         with autocast():
             loss = model(x, y, reduction="none").double()

@@ -270,10 +270,11 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     if cfg.resume and found is None and (out / "final.json").exists():
         raise TrainError(f"{out} holds a finished run (final.json) but no usable checkpoint to resume from")
     if found is not None:
-        extra = ckpt.load(found, model, opt, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
-        if extra.get("model_config") != mcfg.to_dict() or extra.get("total_steps") != total_steps:
+        saved = ckpt.read_json(found / ckpt.EXTRA)  # check compatibility before touching any tensor
+        if saved.get("model_config") != mcfg.to_dict() or saved.get("total_steps") != total_steps:
             raise TrainError(f"checkpoint {found} belongs to a different run (model config or step budget differs); "
                              f"use another --out or delete {out / 'ckpt'}")
+        extra = ckpt.load(found, model, opt, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
         start_step = int(extra["step"])
         loader.load_state_dict(extra["loader"])
         if ars is not None and extra.get("ars") is not None:

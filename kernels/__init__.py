@@ -181,6 +181,11 @@ def _desc(t: Tensor) -> str:
 
 
 def _check_tensor(name: str, t, ref: Optional[Tensor], dtypes) -> None:
+    # fast path (the common, valid case): a handful of attribute reads
+    if (isinstance(t, Tensor) and t.dtype in dtypes and t.layout is torch.strided
+            and (ref is None or (t.shape == ref.shape and t.device == ref.device))
+            and t.is_contiguous()):
+        return
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
@@ -192,10 +197,10 @@ def _check_tensor(name: str, t, ref: Optional[Tensor], dtypes) -> None:
                              f"{tuple(ref.shape)}")
         if t.device != ref.device:
             raise ValueError(f"{name}: device {t.device} does not match p's device {ref.device}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: must be a dense strided tensor, got layout {t.layout}")
     if not t.is_contiguous():
         raise ValueError(f"{name}: must be contiguous, got strides {t.stride()} ({_desc(t)})")
-    if t.is_sparse or t.layout != torch.strided:
-        raise ValueError(f"{name}: must be a dense strided tensor, got layout {t.layout}")
 
 
 _F32 = (torch.float32,)

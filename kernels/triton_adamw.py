@@ -1,4 +1,7 @@
-"""Triton backend (CUDA): one fused kernel per tensor for the inherited AdamW step.
+"""Triton backend (CUDA): fused kernels for the inherited AdamW step.
+
+fused_adamw_step: one launch of a single fused kernel. fused_adamw_multi: one launch of a
+multi-tensor kernel per kind of tensor in the group (address table on the device).
 
 Semantics: kernels/reference.py. Every optional term is a tl.constexpr flag, so each option
 combination compiles to its own branch-free kernel. ``step`` and ``damping`` may be 0-dim device
@@ -12,8 +15,10 @@ built (``_kernel()`` builds it lazily, on first use).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -22,19 +27,20 @@ from torch import Tensor
 BLOCK = 1024
 NUM_WARPS = 4
 
+try:
+    import triton
+    import triton.language as tl
+except Exception as _exc:  # pragma: no cover - depends on the environment
+    triton = tl = None
+    _import_error: Optional[str] = f"{type(_exc).__name__}: {_exc}"
+else:
+    _import_error = None
+
 _kernel_cache = None
-_import_error: Optional[str] = None
 
 
 def is_importable() -> bool:
-    global _import_error
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-        return True
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        _import_error = f"{type(exc).__name__}: {exc}"
-        return False
+    return triton is not None
 
 
 def interpreted() -> bool:
@@ -45,21 +51,16 @@ def _kernel():
     global _kernel_cache
     if _kernel_cache is not None:
         return _kernel_cache
-    import triton
-    import triton.language as tl
-
+    # Names the kernels use must be module globals (not closure variables): the interpreter
+    # re-executes kernel source against fn.__globals__, and so does the compiler's name lookup.
     @triton.jit
-    def _fused_adamw_kernel(
+    def _adamw_body_fn(
         p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr, damp_ptr,
-        n_elements, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
+        offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
         log_beta2, damping, fisher_scale,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr,
     ):
-        pid = tl.program_id(0).to(tl.int64)
-        offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = offs < n_elements
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_FISHER:
             f = tl.load(f_ptr + offs, mask=mask, other=0.0)
@@ -98,7 +99,77 @@ def _kernel():
         tl.store(v_ptr + offs, v, mask=mask)
         tl.store(p_ptr + offs, p, mask=mask)
 
-    _kernel_cache = _fused_adamw_kernel
+    globals()["_adamw_body"] = _adamw_body_fn
+
+    @triton.jit
+    def _fused_adamw_kernel(
+        p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr, damp_ptr,
+        n_elements, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
+        log_beta2, damping, fisher_scale,
+        HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
+        HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):
+        pid = tl.program_id(0).to(tl.int64)
+        offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offs < n_elements
+        _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
+                    damp_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt,
+                    log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR, HAS_EXTRA,
+                    HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR)
+
+    @triton.jit
+    def _fused_adamw_multi_kernel(
+        table_ptr, n_tensors, numel_ptr, blk_tensor_ptr, blk_start_ptr, pen_ptr, step_ptr,
+        damp_ptr, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1, log_beta2,
+        damping, fisher_scale,
+        G_BF16: tl.constexpr, K_BF16: tl.constexpr,
+        HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
+        HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):
+        # One program per BLOCK_SIZE elements of one tensor; table[j, t] holds the address of
+        # operand j (p, g, m, v, anchor, kappa, extra, fisher) of tensor t.
+        pid = tl.program_id(0)
+        t = tl.load(blk_tensor_ptr + pid)
+        start = tl.load(blk_start_ptr + pid)
+        n = tl.load(numel_ptr + t)
+        f32 = tl.pointer_type(tl.float32)
+        p_ptr = tl.load(table_ptr + t).to(f32, bitcast=True)
+        if G_BF16:
+            g_ptr = tl.load(table_ptr + n_tensors + t).to(tl.pointer_type(tl.bfloat16), bitcast=True)
+        else:
+            g_ptr = tl.load(table_ptr + n_tensors + t).to(f32, bitcast=True)
+        m_ptr = tl.load(table_ptr + 2 * n_tensors + t).to(f32, bitcast=True)
+        v_ptr = tl.load(table_ptr + 3 * n_tensors + t).to(f32, bitcast=True)
+        a_ptr = p_ptr
+        k_ptr = p_ptr
+        e_ptr = p_ptr
+        f_ptr = p_ptr
+        if HAS_ANCHOR:
+            a_ptr = tl.load(table_ptr + 4 * n_tensors + t).to(f32, bitcast=True)
+        if HAS_EXTRA:
+            e_ptr = tl.load(table_ptr + 6 * n_tensors + t).to(f32, bitcast=True)
+        if HAS_FISHER:
+            f_ptr = tl.load(table_ptr + 7 * n_tensors + t).to(f32, bitcast=True)
+        offs = start + tl.arange(0, BLOCK_SIZE)
+        mask = offs < n
+        if HAS_ANCHOR and K_BF16:
+            kb_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(tl.pointer_type(tl.bfloat16),
+                                                               bitcast=True)
+            _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, kb_ptr, e_ptr, f_ptr, pen_ptr,
+                        step_ptr, damp_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
+                        inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR,
+                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR)
+        else:
+            if HAS_ANCHOR:
+                k_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(f32, bitcast=True)
+            _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr,
+                        step_ptr, damp_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
+                        inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR,
+                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR)
+
+    _kernel_cache = (_fused_adamw_kernel, _fused_adamw_multi_kernel)
     return _kernel_cache
 
 
@@ -126,7 +197,7 @@ def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, a
     has_pen = has_anchor and penalty_out is not None
     dummy = p
     grid = (triton_cdiv(n, BLOCK),)
-    _kernel()[grid](
+    _kernel()[0][grid](
         p, g, m, v,
         anchor if has_anchor else dummy, kappa if has_anchor else dummy,
         extra_grad if extra_grad is not None else dummy,
@@ -151,14 +222,91 @@ def _at(seq, i):
     return None if seq is None else seq[i]
 
 
+_TABLE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_TABLE_CACHE_MAX = 32
+
+
+def _group_tables(dev, addrs, numels):
+    """(table[8, T] of addresses, numels[T], block->tensor[nb], block->start[nb], nb) on dev.
+
+    Cached by the exact addresses and sizes (parameters and moments do not move between steps;
+    grads often come back at the same addresses from the caching allocator), so a steady-state
+    step builds nothing and copies nothing to the device."""
+    key = (str(dev), tuple(itertools.chain.from_iterable(addrs)), tuple(numels))
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None:
+        _TABLE_CACHE.move_to_end(key)
+        return hit
+    nblocks = [triton_cdiv(n, BLOCK) for n in numels]
+    table = torch.tensor(addrs, dtype=torch.int64)
+    numel_t = torch.tensor(numels, dtype=torch.int64)
+    blk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
+                                         torch.tensor(nblocks))
+    blk_start = torch.cat([torch.arange(b, dtype=torch.int64) * BLOCK for b in nblocks])
+    if dev.type == "cuda":
+        table, numel_t, blk_tensor, blk_start = (
+            t.pin_memory().to(dev, non_blocking=True)
+            for t in (table, numel_t, blk_tensor, blk_start))
+    hit = (table, numel_t, blk_tensor, blk_start, sum(nblocks))
+    _TABLE_CACHE[key] = hit
+    if len(_TABLE_CACHE) > _TABLE_CACHE_MAX:
+        _TABLE_CACHE.popitem(last=False)
+    return hit
+
+
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
                       damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None) -> None:
-    # One launch per tensor (no host sync between them). A pointer-table multi-tensor kernel
-    # would cut launches for groups of many small tensors; see the report in the repo history.
-    for i in range(len(params)):
-        fused_adamw_step(
-            params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], lr=lr, beta1=beta1, beta2=beta2,
-            eps=eps, weight_decay=weight_decay, step=step, anchor=_at(anchors, i),
-            kappa=_at(kappas, i), extra_grad=_at(extra_grads, i), damping=damping,
-            fisher=_at(fishers, i), fisher_scale=fisher_scale, penalty_out=penalty_out)
+    """One launch per *kind* of tensor in the group (gradient dtype, kappa dtype, which optional
+    operands are present): usually one or two launches for a whole parameter group. Each
+    launch walks a device-side address table (multi-tensor apply)."""
+    n = len(params)
+    if n == 0:
+        return
+    _check_device(params[0])
+    groups: dict = {}
+    for i in range(n):
+        if params[i].numel() == 0:
+            continue
+        a, k = _at(anchors, i), _at(kappas, i)
+        key = (grads[i].dtype == torch.bfloat16, a is not None,
+               a is not None and k.dtype == torch.bfloat16,
+               _at(extra_grads, i) is not None, _at(fishers, i) is not None)
+        groups.setdefault(key, []).append(i)
+    step_tensor = isinstance(step, Tensor)
+    damp_tensor = isinstance(damping, Tensor)
+    if step_tensor:
+        step_size, inv_bc2 = 0.0, 0.0
+    else:
+        step_size = lr / (1.0 - beta1 ** step)
+        inv_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
+    operands = (params, grads, exp_avgs, exp_avg_sqs, anchors, kappas, extra_grads, fishers)
+    dev = params[0].device
+    for (g_bf16, has_anchor, k_bf16, has_extra, has_fisher), idx in groups.items():
+        if len(idx) == 1:  # no table needed
+            i = idx[0]
+            fused_adamw_step(
+                params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], lr=lr, beta1=beta1,
+                beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
+                anchor=_at(anchors, i), kappa=_at(kappas, i), extra_grad=_at(extra_grads, i),
+                damping=damping, fisher=_at(fishers, i), fisher_scale=fisher_scale,
+                penalty_out=penalty_out)
+            continue
+        addrs = [[0 if seq is None or seq[i] is None else seq[i].data_ptr() for i in idx]
+                 for seq in operands]
+        numels = [params[i].numel() for i in idx]
+        table, numel_t, blk_tensor, blk_start, nb = _group_tables(dev, addrs, numels)
+        has_pen = has_anchor and penalty_out is not None
+        dummy = params[idx[0]]
+        _kernel()[1][(nb,)](
+            table, len(idx), numel_t, blk_tensor, blk_start,
+            penalty_out if has_pen else dummy, step if step_tensor else dummy,
+            damping if damp_tensor else dummy,
+            float(1.0 - lr * weight_decay), float(beta1), float(beta2), float(eps), float(lr),
+            float(step_size), float(inv_bc2), float(math.log(beta1)) if beta1 > 0 else -1e30,
+            float(math.log(beta2)) if beta2 > 0 else -1e30,
+            1.0 if damp_tensor else float(damping), float(fisher_scale),
+            G_BF16=g_bf16, K_BF16=k_bf16, HAS_ANCHOR=has_anchor, HAS_EXTRA=has_extra,
+            HAS_FISHER=has_fisher, HAS_PEN=has_pen, STEP_TENSOR=step_tensor,
+            DAMP_TENSOR=damp_tensor, BLOCK_SIZE=BLOCK, num_warps=NUM_WARPS,
+        )

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops", type=parse_flops, help="FLOP budgets of the sweep, comma separated: 1e13,3e13")
     p.add_argument("--data", default="builtin", help="training data source, passed to the trainer (default builtin)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=None,
+                   help="override the preset's sequence length (passed to the trainer; also changes FLOPs per token)")
     p.add_argument("--out", type=Path, help="--fit: JSON file (default FILE.fit.json); sweep: output directory")
     p.add_argument("--metric", choices=("val_loss", "val_bpb"), default="val_loss", help="what the sweep fits (default val_loss)")
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap refits for the intervals (default 200)")
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(p: argparse.ArgumentParser, args) -> None:
     if args.n_bootstrap < 0:
         p.error("--n-bootstrap must be >= 0")
+    if args.seq_len is not None and args.seq_len < 1:
+        p.error("--seq-len must be a positive integer")
     if args.compute is not None and not (math.isfinite(args.compute) and args.compute > 0):
         p.error("--compute must be a positive number")
     if args.fit is not None:
@@ -121,10 +125,12 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     missing = [f"--{k}" for k in ("preset", "depths", "flops", "out") if getattr(args, k) is None]
     if missing:
         p.error(f"a sweep needs {', '.join(missing)} (or use --fit FILE.csv)")
+    if not os.environ.get(TRAINER_ENV) and not (REPO / "launch" / "train.py").is_file():
+        p.error(f"trainer not found: {REPO / 'launch' / 'train.py'} (or set {TRAINER_ENV})")
     # every rung must be trainable before any compute is spent
     for c in args.flops:
         for d in args.depths:
-            cfg = model_config(args.preset, d)
+            cfg = _config(args.preset, d, args.seq_len)
             tokens = int(c // cfg.flops_per_token)
             if tokens < cfg.seq_len:
                 p.error(
@@ -316,11 +322,15 @@ def trainer_command() -> list[str]:
     return [sys.executable, str(REPO / "launch" / "train.py")]
 
 
-def plan_rungs(preset: str, depths: list[int], budgets: list[float], out: Path) -> list[dict]:
+def _config(preset: str, depth: int, seq_len: int | None):
+    return model_config(preset, depth) if seq_len is None else model_config(preset, depth, seq_len=seq_len)
+
+
+def plan_rungs(preset: str, depths: list[int], budgets: list[float], out: Path, seq_len: int | None = None) -> list[dict]:
     rungs = []
     for c in budgets:
         for d in depths:
-            cfg = model_config(preset, d)
+            cfg = _config(preset, d, seq_len)
             tag = budget_tag(c)
             rungs.append(
                 {
@@ -346,7 +356,7 @@ def run_rung(rung: dict, args, cmd_prefix: list[str]) -> tuple[str, float]:
         "--tokens", str(rung["tokens"]),
         "--out", str(rung["dir"]),
         "--seed", str(args.seed),
-    ] + list(args.trainer_arg)
+    ] + (["--seq-len", str(args.seq_len)] if args.seq_len is not None else []) + list(args.trainer_arg)
     resumed = (rung["dir"] / "ckpt").exists()
     if resumed:
         cmd.append("--resume")
@@ -399,7 +409,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def sweep(args) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    rungs = plan_rungs(args.preset, args.depths, args.flops, out)
+    rungs = plan_rungs(args.preset, args.depths, args.flops, out, args.seq_len)
     cmd_prefix = trainer_command()
     print(f"sweep: {len(rungs)} rungs ({len(args.flops)} budgets x {len(args.depths)} depths) -> {out}")
     failures = []
@@ -419,6 +429,7 @@ def sweep(args) -> int:
         metric=args.metric,
         data=args.data,
         seed=args.seed,
+        seq_len=args.seq_len,
         results=rows,
         failed=[{"flops_budget": r["flops_budget"], "depth": r["depth"], "status": s} for r, s in failures],
     )

@@ -59,6 +59,13 @@ def token_count(s: str) -> int:
     return int(v)
 
 
+def _user_errors():
+    from engine.checkpoint import CheckpointError
+    from engine.trainer import TrainError
+
+    return (ValueError, FileNotFoundError, TrainError, CheckpointError)
+
+
 def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     """Flags shared by train.py and miniseries.py (the miniseries sets depth, out and budget itself)."""
     from models.config import PRESETS
@@ -104,10 +111,14 @@ def main(argv=None):
     from engine.distributed import destroy, init_distributed
     from engine.trainer import config_from_args, train_rung
 
+    USER_ERRORS = _user_errors()
+
     cfg = config_from_args(ns)
     env = init_distributed(cfg.device)
     try:
         final = train_rung(cfg, env)
+    except USER_ERRORS as e:  # bad input or state: one clear line, not a traceback
+        sys.exit(f"error: {e}")
     finally:
         destroy(env)
     if env.is_main:

@@ -9,6 +9,16 @@ import torch
 from engine.ars import ARS, ARSDevice
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Intra-op threads spin-wait; on a shared 2-core CPU one thread is many times faster for these
+    small tensors. Restored afterwards so other test modules are unaffected."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def reference_factors(losses, lr, *, detrended=False, window=10, seed=0, jitter=True):
     """method.md section 5 written out with the statistics module (independent of engine/ars.py)."""
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -7,6 +7,16 @@ from models.config import model_config
 from models.gpt import build_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Intra-op threads spin-wait; on a shared 2-core CPU one thread is many times faster for these
+    small tensors. Restored afterwards so other test modules are unaffected."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(depth=2):
     cfg = model_config("cpu-tiny", depth, vocab_size=64, seq_len=16)
     return build_model(cfg, seed=0), cfg

@@ -11,6 +11,16 @@ from engine.growth import grow, growth_logit_error
 from models.config import model_config
 from models.gpt import LM_HEAD_STD
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Intra-op threads spin-wait; on a shared 2-core CPU one thread is many times faster for these
+    small tensors. Restored afterwards so other test modules are unaffected."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 V, T = 256, 32
 TOL = 1e-5 * 15.0  # 1e-5 * softcap
 
@@ -84,13 +94,13 @@ def check_growth(old, kind, d1, placement, seed):
 
 # Every (d, d+1) pair of each preset's range, as a ladder: grow, check, train the grown model two
 # AdamW steps (so its new layers and coordinates are non-trivial too), grow again. Placements
-# cycle, so every placement is checked at several sizes. The larger rungs are marked slow.
+# cycle, so every placement is checked at several sizes. The whole file runs in ~35 s on one thread.
 CHAINS = [
-    pytest.param("cpu-tiny", 1, 7, id="cpu-tiny-1to7"),
-    pytest.param("nanochat", 1, 5, id="nanochat-1to5"),
-    pytest.param("tiny-hd64", 1, 5, id="tiny-hd64-1to5"),  # 1->2, 3->4 depth-only; 2->3, 4->5 heads grow
-    pytest.param("cpu-tiny", 7, 13, id="cpu-tiny-7to13", marks=pytest.mark.slow),
-    pytest.param("nanochat", 5, 9, id="nanochat-5to9", marks=pytest.mark.slow),
+    pytest.param("cpu-tiny", 1, 5, id="cpu-tiny-1to5"),
+    pytest.param("nanochat", 1, 4, id="nanochat-1to4"),  # 1->2, 3->4 depth-only; 2->3 heads grow
+    pytest.param("tiny-hd64", 1, 4, id="tiny-hd64-1to4"),  # same pattern at aspect 32 / head_dim 64
+    pytest.param("cpu-tiny", 5, 13, id="cpu-tiny-5to13"),
+    pytest.param("nanochat", 4, 9, id="nanochat-4to9"),
 ]
 
 
@@ -103,7 +113,7 @@ def test_growth_ladder_preserves_logits(kind, start, stop):
 
 
 @pytest.mark.parametrize("kind,d0,d1,placement", [("cpu-tiny", 2, 5, "end"), ("nanochat", 2, 5, "middle"),
-                                                   ("cpu-tiny", 3, 6, "copy-middle"), ("tiny-hd64", 2, 4, "end")])
+                                                   ("cpu-tiny", 1, 4, "copy-middle"), ("tiny-hd64", 2, 4, "end")])
 def test_growth_jumps_preserve_logits(kind, d0, d1, placement):
     check_growth(trained(kind, d0), kind, d1, placement, seed=11)
 
@@ -177,7 +187,7 @@ def test_fresh_values_mask_anchor():
     assert torch.equal(src.attn.c_q.weight, cp.attn.c_q.weight) and torch.equal(src.mlp.c_fc.weight, cp.mlp.c_fc.weight)
     assert cp.mlp.c_proj.weight.abs().sum() == 0 and src.mlp.c_proj.weight.abs().sum() > 0
     with pytest.raises(ValueError):
-        grow(trained("cpu-tiny", 3), cfg("cpu-tiny", 2), seed=0)
+        grow(old, cfg("cpu-tiny", 1), seed=0)
     with pytest.raises(ValueError):
         grow(old, cfg("cpu-tiny", 3), seed=0, placement="front")
 
@@ -189,19 +199,21 @@ def full_vocab_batch(seed):
     return x, torch.randint(0, V, (8, T), generator=g)
 
 
-def dead_units(model, x):
-    """Per block, the ReLU^2 hidden units that are inactive on every token of x. Their write-out
-    columns (and read-in rows) get no gradient whatever growth does -- a property of ReLU, not of
-    inheritance -- so they are exempt from the "has moved" checks (their share is asserted small)."""
+def loss_backward_dead_units(model, x, y):
+    """loss.backward() on (x, y); returns, per block, the ReLU^2 hidden units inactive on every token.
+    Their write-out columns (and read-in rows) get no gradient whatever growth does -- a property
+    of ReLU, not of inheritance -- so they are exempt from the "has moved" checks (their share is
+    asserted small)."""
     dead, hooks = {}, []
     for i, b in enumerate(model.blocks):
         def hook(mod, inp, out, i=i):
             dead[i] = (out.detach() <= 0).flatten(0, -2).all(0)
         hooks.append(b.mlp.c_fc.register_forward_hook(hook))
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    try:
+        model(x, y).backward()
+    finally:
+        for h in hooks:
+            h.remove()
     return dead
 
 
@@ -217,18 +229,17 @@ def exempt_mask(name, shape, dead):
     return ex
 
 
-@pytest.mark.parametrize("kind,d0,d1,placement", [("cpu-tiny", 2, 3, "end"), ("nanochat", 2, 4, "middle"),
-                                                   ("tiny-hd64", 1, 2, "copy-middle")])
+@pytest.mark.parametrize("kind,d0,d1,placement", [("cpu-tiny", 2, 3, "end"), ("nanochat", 2, 3, "middle"),
+                                                   ("tiny-hd64", 1, 3, "copy-middle")])
 def test_every_new_coordinate_moves(kind, d0, d1, placement):
     old = trained(kind, d0)
     x, y = full_vocab_batch(1)
     for wd in (0.01, 0.0):
         res = grow(old, cfg(kind, d1), seed=5, placement=placement)
         new = res.model
-        dead1 = dead_units(new, x)
-        assert sum(d.sum().item() for d in dead1.values()) <= 0.1 * sum(d.numel() for d in dead1.values())
         opt = torch.optim.AdamW(new.parameters(), lr=1e-3, weight_decay=wd)
-        new(x, y).backward()
+        dead1 = loss_backward_dead_units(new, x, y)
+        assert sum(d.sum().item() for d in dead1.values()) <= 0.1 * sum(d.numel() for d in dead1.values())
         grads1 = {n: p.grad.clone() for n, p in new.named_parameters()}
         opt.step()
         opt.zero_grad()
@@ -246,8 +257,7 @@ def test_every_new_coordinate_moves(kind, d0, d1, placement):
         if wd == 0:
             # without weight decay the random "readers" see zero inputs / zero output gradients at
             # step 1 and start moving at step 2
-            dead2 = dead_units(new, x)
-            new(x, y).backward()
+            dead2 = loss_backward_dead_units(new, x, y)
             opt.step()
             for n, p in new.named_parameters():
                 live = (res.mask[n] == 0) & ~exempt_mask(n, p.shape, dead1) & ~exempt_mask(n, p.shape, dead2)
@@ -267,12 +277,13 @@ def test_fisher_carry_over_equals_grown_model_fisher(kind, d0, d1):
     for n, carried in res.fisher.items():
         m = res.mask[n] > 0
         assert (carried[~m] == 0).all(), n
+        if not m.any():  # an inserted layer: nothing inherited
+            continue
         got, want = omega_new[n][m], carried[m]
         scale = want.abs().max().item()
         assert scale > 0, n
         torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-4 * scale, msg=n)
         if n.endswith("mlp.c_proj.weight") or n == "lm_head.weight":
-            D = res.width[0]
             region = carried[tuple(slice(0, s) for s in omega[n].shape)]
             torch.testing.assert_close(region, omega[n] * c2)  # c^2 where the weight was times 1/c
     if d1 > d0 and res.width[0] != res.width[1]:

@@ -131,9 +131,10 @@ STUB = textwrap.dedent(
     for a in ("--depth", "--tokens", "--seed"): p.add_argument(a, type=int, required=True)
     for a in ("--preset", "--data", "--out"): p.add_argument(a, required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--seq-len", type=int)
     a = p.parse_args()
     with open({calls!r}, "a") as f:
-        f.write(json.dumps({{"depth": a.depth, "tokens": a.tokens, "resume": a.resume, "out": a.out}}) + "\\n")
+        f.write(json.dumps({{"depth": a.depth, "tokens": a.tokens, "resume": a.resume, "out": a.out, "seq_len": a.seq_len}}) + "\\n")
     if str(a.depth) == os.environ.get("STUB_FAIL_DEPTH"):
         os.makedirs(os.path.join(a.out, "ckpt"), exist_ok=True)  # an interrupted run
         sys.exit(3)
@@ -219,6 +220,17 @@ def test_sweep_bad_args_fail_before_compute(tmp_path, stub_trainer, bad, capsys)
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
     assert stub_trainer() == [] and not (tmp_path / "o").exists()
+
+
+def test_sweep_seq_len_override(tmp_path, stub_trainer):
+    from models.config import model_config
+
+    argv = ["--preset", "cpu-tiny", "--depths", "2,3", "--flops", "1e12", "--seq-len", "64", "--n-bootstrap", "0", "--no-plots"]
+    assert cli.main(argv + ["--out", str(tmp_path / "o")]) == 0  # too few points to fit: recorded, not fatal
+    calls = stub_trainer()
+    assert [(c["depth"], c["seq_len"]) for c in calls] == [(2, 64), (3, 64)]
+    assert calls[0]["tokens"] == int(1e12 // model_config("cpu-tiny", 2, seq_len=64).flops_per_token)
+    assert "error" in json.loads((tmp_path / "o" / "scaling.json").read_text())["chinchilla"]
 
 
 def test_parse_depths():

@@ -9,6 +9,7 @@ builds and the others wait, then load.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import Source, iter_sample, resolve_source
-from .tokenizer import TOKENIZER_FILE, Tokenizer, _num_threads, train_tokenizer
+from .sources import BUILTIN_MIN_VAL_BYTES, VAL_EVERY, Source, iter_sample, resolve_source
+from .tokenizer import SPLIT_PATTERN, TOKENIZER_FILE, Tokenizer, _num_threads, train_tokenizer
 
 FORMAT_VERSION = 1
 TOKENIZER_SAMPLE_CHARS = 8_000_000   # tokenizer trains on the first ~8 MB of train text
@@ -75,13 +76,18 @@ def _load(directory: Path) -> DataBundle | None:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return None
-    dtype = np.dtype(manifest["dtype"])
+    try:
+        if manifest.get("format_version") != FORMAT_VERSION:
+            return None
+        dtype = np.dtype(manifest["dtype"])
+        counts = {split: int(manifest["tokens"][split]) for split in SPLITS}
+        manifest["tokenizer_hash"], manifest["vocab_size"]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None  # not a manifest this version wrote: rebuild
     arrays = {}
     for split in SPLITS:
-        path, n = directory / f"{split}.bin", int(manifest["tokens"][split])
-        if not path.is_file() or path.stat().st_size != n * dtype.itemsize:
+        path, n = directory / f"{split}.bin", counts[split]
+        if n <= 0 or not path.is_file() or path.stat().st_size != n * dtype.itemsize:
             return None  # truncated or missing token file: treat as half-built
         arrays[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
     if not (directory / TOKENIZER_FILE).is_file():
@@ -171,6 +177,7 @@ def _build(src: Source, vocab_size: int, directory: Path, progress: bool) -> Non
         "source": src.spec,
         "source_kind": src.kind,
         "source_fingerprint": src.fingerprint,
+        "cache_key": directory.name,
         "source_info": src.info,
         "tokenizer_hash": tok.hash,
         "vocab_size": vocab_size,
@@ -209,7 +216,12 @@ def prepare_data(source: str = "builtin", vocab_size: int = 2048, cache_dir: str
     vocab_size = int(vocab_size)
     src = resolve_source(source)  # validates; cheap (names, sizes, metadata)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = f"{src.kind}-{src.fingerprint[:16]}-v{vocab_size}"
+    # The key covers the data and every setting that changes what gets built.
+    settings = {"fingerprint": src.fingerprint, "format": FORMAT_VERSION, "pattern": SPLIT_PATTERN,
+                "sample_chars": TOKENIZER_SAMPLE_CHARS, "val_every": VAL_EVERY,
+                "builtin_min_val_bytes": BUILTIN_MIN_VAL_BYTES}
+    key_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    key = f"{src.kind}-{key_hash[:16]}-v{vocab_size}"
     directory = root / key
     bundle = _load(directory)
     if bundle is not None:

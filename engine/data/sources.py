@@ -34,6 +34,7 @@ class Unit:
     """One step of progress while tokenizing (a file, or a parquet row group)."""
     name: str
     read: Callable[[], list[str]]     # -> documents
+    file: str = ""                    # the file it comes from (manifest), default: name
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Source:
 
     def files(self, split: str) -> list[str]:
         units = self.train if split == "train" else self.val
-        return sorted({u.name.split("#")[0] for u in units})
+        return sorted({u.file or u.name for u in units})
 
 
 def _digest(obj) -> str:
@@ -70,9 +71,9 @@ def split_by_file(rels: list[str], sizes: list[int], min_val_bytes: int = 1) -> 
         if r not in val and size_of[r] > 0:
             val.add(r)
             vbytes += size_of[r]
-    if len(val) >= len(rels):  # keep at least one (non-empty) training file
-        keep = max((r for r in rels if size_of[r] > 0), key=_path_hash, default=None)
-        val.discard(keep if keep is not None else max(rels, key=_path_hash))
+    if not any(size_of[r] > 0 for r in rels if r not in val):  # keep a non-empty train file
+        movable = [r for r in val if size_of[r] > 0] or list(val)
+        val.discard(max(movable, key=_path_hash))
     return val
 
 
@@ -170,8 +171,8 @@ def _text(spec: str, arg: str) -> Source:
         if p.stat().st_size <= EAGER_CHECK_BYTES:
             blocks(0)  # small file: validate now, before any cache directory is touched
         info["split"] = f"one file: up to {VAL_EVERY} paragraph blocks, the last is validation"
-        return Source("text", spec, fp, [Unit(r + "#train", lambda: blocks(0))],
-                      [Unit(r + "#val", lambda: blocks(1))], info)
+        return Source("text", spec, fp, [Unit(r + "#train", lambda: blocks(0), r)],
+                      [Unit(r + "#val", lambda: blocks(1), r)], info)
     val = split_by_file(rels, sizes)
     info["split"] = f"by file: hash of the relative path, ~1 in {VAL_EVERY} to validation"
     return Source("text", spec, fp, [_file_unit(p, r) for p, r in zip(files, rels) if r not in val],
@@ -191,7 +192,7 @@ def _parquet_units(path: Path, name: str, row_lo: int = 0, row_hi: int | None = 
             def read(g=g, a=lo - start, b=hi - start):
                 col = pq.ParquetFile(path).read_row_group(g, columns=["text"]).column("text")
                 return [t for t in col.slice(a, b - a).to_pylist() if t]
-            units.append(Unit(f"{name}#rg{g}", read))
+            units.append(Unit(f"{name}#rg{g}", read, name))
         start += n
     return units
 

@@ -4,9 +4,13 @@ Same tensors, same run, per size:
   torch_fused_adamw      torch.optim.AdamW(fused=True) alone (the baseline: 28 B/param)
   kernel_inherited       kernels.fused_adamw_step, anchor+kappa+damping (36 B/param)
   kernel_inherited_fisher  ... plus the online Fisher accumulation (44 B/param)
+  kernel_inherited_bf16kappa  kappa stored as bf16 (34 B/param)
   eager_composition      torch ops g + kappa*(p-A), *damping, then fused AdamW (unfused)
   compiled_composition   torch.compile of the whole composition (skipped if compile fails)
 
+Every non-baseline round is paired with an untimed-by-pytest torch fused AdamW step run just
+before it (pedantic `setup`), and extra_info records the median per-round time ratio: on a
+shared machine the load drifts between tests, the paired ratio does not.
 GB/s is computed from the *useful* bytes per parameter of the inherited step (what a single
 pass must move), so the composition variants are comparable with the kernel; extra_info also
 records the ratio to torch fused AdamW's GB/s measured in the same run.
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 
 import pytest
 import torch
@@ -31,6 +37,7 @@ BYTES_PER_PARAM = {  # fp32 everything; read + write of the minimal single pass
     "torch_fused_adamw": 28,        # r p g m v, w p m v
     "kernel_inherited": 36,         # + r anchor, kappa
     "kernel_inherited_fisher": 44,  # + r/w fisher
+    "kernel_inherited_bf16kappa": 34,  # kappa stored in bf16
     "eager_composition": 36,        # same useful work as kernel_inherited
     "compiled_composition": 36,
 }
@@ -90,6 +97,7 @@ class State:
         self.v = torch.zeros(n, device=dev)
         self.anchor = self.p.clone()
         self.kappa = torch.rand(n, device=dev, generator=gen)
+        self.kappa_bf16 = self.kappa.to(torch.bfloat16)
         self.fisher = torch.zeros(n, device=dev)
         self.damping = torch.tensor(0.5, device=dev)
         self.step = 0
@@ -113,10 +121,10 @@ def state(n_params):
     del s
 
 
-def _kernel_step(s: State, fisher: bool):
+def _kernel_step(s: State, fisher: bool, bf16_kappa: bool = False):
     s.step += 1
     kernels.fused_adamw_step(s.p, s.g, s.m, s.v, **HP, step=s.step, anchor=s.anchor,
-                             kappa=s.kappa, damping=s.damping,
+                             kappa=s.kappa_bf16 if bf16_kappa else s.kappa, damping=s.damping,
                              fisher=s.fisher if fisher else None, fisher_scale=0.1)
     s.sync()
 
@@ -179,7 +187,8 @@ def test_bench_optimizer_step(benchmark, state, impl, n_params):
         fn = lambda: _eager(state)  # noqa: E731
     else:
         fisher = impl == "kernel_inherited_fisher"
-        fn = lambda: _kernel_step(state, fisher)  # noqa: E731
+        bf16k = impl == "kernel_inherited_bf16kappa"
+        fn = lambda: _kernel_step(state, fisher, bf16k)  # noqa: E731
 
     rounds = max(15, min(60, int(4e9 / (n_params * 36))))  # >= ~4 GB of traffic per variant
     if impl == "eager_composition":
@@ -191,7 +200,18 @@ def test_bench_optimizer_step(benchmark, state, impl, n_params):
         backend=kernels.backend_for(state.dev) if impl.startswith("kernel") else "torch",
         simd=_simd_path() if state.dev.type == "cpu" else None,
     )
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=2)
+    # Paired baseline: before every timed round (untimed, via `setup`) run and time one torch
+    # fused AdamW step on the same tensors. On a shared machine the load drifts between tests;
+    # the per-round ratio variant/baseline is then measured in the same time window.
+    paired: list = []
+
+    def _baseline_round():
+        if impl != "torch_fused_adamw" and not disabled:
+            t0 = time.perf_counter()
+            _torch_fused(state)
+            paired.append(time.perf_counter() - t0)
+
+    benchmark.pedantic(fn, setup=_baseline_round, rounds=rounds, iterations=1, warmup_rounds=2)
     if impl.startswith("kernel"):
         assert kernels.last_backend() == kernels.backend_for(state.dev)
     assert torch.isfinite(state.p[:1024]).all()
@@ -201,6 +221,14 @@ def test_bench_optimizer_step(benchmark, state, impl, n_params):
     _RESULTS[(n_params, impl)] = med
     gbs = BYTES_PER_PARAM[impl] * n_params / med / 1e9
     benchmark.extra_info["gb_per_s"] = round(gbs, 3)
+    data = list(benchmark.stats.stats.data)
+    if paired and len(paired) >= len(data):
+        pb = paired[-len(data):]  # warmup rounds also ran setup
+        ratios = sorted(t / b for t, b in zip(data, pb))
+        benchmark.extra_info["paired_torch_fused_median_s"] = statistics.median(pb)
+        benchmark.extra_info["paired_time_ratio"] = round(statistics.median(ratios), 3)
+        benchmark.extra_info["paired_time_ratio_q1_q3"] = [
+            round(ratios[len(ratios) // 4], 3), round(ratios[(3 * len(ratios)) // 4], 3)]
     base = _RESULTS.get((n_params, "torch_fused_adamw"))
     if base:
         base_gbs = BYTES_PER_PARAM["torch_fused_adamw"] * n_params / base / 1e9
