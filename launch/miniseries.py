@@ -33,7 +33,8 @@ def main(argv=None):
                    help="an inherited rung trains for this fraction of its scratch budget")
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--seeds", default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
-    p.add_argument("--lam", type=float, default=1.0, help="lambda of the Fisher-weighted elastic term")
+    p.add_argument("--lam", type=float, default=1e5,
+                   help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite)")
     p.add_argument("--gamma", type=float, default=0.1, help="gamma of the subspace term (the seeds' 0.1)")
     p.add_argument("--subspace", default="coords", choices=["coords", "svd"])
     p.add_argument("--svd-rank", dest="svd_rank", type=positive_int)
@@ -43,6 +44,8 @@ def main(argv=None):
     p.add_argument("--fisher", default="online", choices=["online", "posthoc"])
     p.add_argument("--fisher-batches", dest="fisher_batches", type=positive_int, default=20)
     p.add_argument("--placement", default="end", choices=["end", "middle", "copy-middle"])
+    p.add_argument("--inherit-warmup-frac", dest="inherit_warmup_frac", type=float, default=0.1,
+                   help="LR re-warmup of a grown rung, as a fraction of its steps")
     p.add_argument("--core-bundle", dest="core_bundle", help="DCLM eval bundle dir: adds CORE to the report")
     add_training_args(p, rung=False)
     ns = p.parse_args(argv)
@@ -67,7 +70,8 @@ def main(argv=None):
                           preset=ns.preset, ratio=ns.ratio, inherit_fraction=ns.inherit_fraction, seed=seed, lam=ns.lam,
                           gamma=ns.gamma, subspace=ns.subspace, svd_rank=ns.svd_rank, svd_energy=ns.svd_energy,
                           penalty_schedule=ns.penalty_schedule, ars=ns.ars, fisher=ns.fisher,
-                          fisher_batches=ns.fisher_batches, placement=ns.placement, train=train)
+                          fisher_batches=ns.fisher_batches, placement=ns.placement,
+                          inherit_warmup_frac=ns.inherit_warmup_frac, train=train)
         try:
             lc.validate()
         except ValueError as e:
