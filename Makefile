@@ -18,6 +18,7 @@ $(VENV)/.installed: requirements.txt setup.py
 	touch $@
 
 include mk/kernels.mk
+include mk/bench.mk
 
 test: venv native
 	$(PY) -m pytest -q tests --benchmark-disable $(PYTEST_ARGS)

@@ -85,12 +85,14 @@ class LadderConfig:
             raise ValueError(f"--inherit-fraction must be in (0, 1], got {self.inherit_fraction}")
         if not 0 < self.ratio <= 1e4:
             raise ValueError(f"--ratio must be in (0, 10000], got {self.ratio}")
-        if self.lam < 0 or self.gamma < 0:
-            raise ValueError(f"--lam and --gamma must be >= 0, got {self.lam}, {self.gamma}")
+        if not (0 <= self.lam < math.inf and 0 <= self.gamma < math.inf):  # NaN fails too
+            raise ValueError(f"--lam and --gamma must be finite and >= 0, got {self.lam}, {self.gamma}")
         if self.subspace not in ("coords", "svd"):
             raise ValueError(f"--subspace must be coords or svd, got {self.subspace!r}")
         if self.subspace == "svd" and self.svd_rank is None and self.svd_energy is None:
             raise ValueError("--subspace svd needs --svd-rank K or --svd-energy F")
+        if self.svd_rank is not None and self.svd_rank < 1:
+            raise ValueError(f"--svd-rank must be >= 1, got {self.svd_rank}")
         if self.svd_energy is not None and not 0 < self.svd_energy <= 1:
             raise ValueError(f"--svd-energy must be in (0, 1], got {self.svd_energy}")
         if self.penalty_schedule not in ("constant", "linear"):
@@ -146,7 +148,8 @@ def _finished(run: Path, cfg: TrainConfig) -> dict | None:
         return None
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     want = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress", "out", "profile")}
-    have = {k: v for k, v in meta.get("config", {}).items() if k in want}
+    defaults = asdict(TrainConfig(depth=cfg.depth))  # a field added since the rung ran reads as its default
+    have = {k: meta.get("config", {}).get(k, defaults[k]) for k in want}
     if have != want:
         diff = sorted(k for k in want if have.get(k) != want[k])
         raise ValueError(f"{run} holds a finished rung of a different configuration (differs in {diff}); "
@@ -217,6 +220,7 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
         cfg = _rung_train_config(lc, d, run, steps=None, ars="off",
                                  fisher_steps=fisher_steps(d, scratch_steps[d]) if d == lo else 0)
         final = _finished(run, cfg) if env.is_main else None
+        final = ckpt.broadcast_object(final, env) if env.distributed else final  # every rank skips, or none
         if final is None:
             log(f"[miniseries] scratch d{d}: {scratch_steps[d]} steps -> {run}")
             final = train_rung(cfg, env)

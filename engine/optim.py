@@ -78,8 +78,47 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.T if transposed else x
 
 
+ADAMW_IMPLS = ("kernel", "torch", "apex")
+
+
+def _torch_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step):
+    """torch's own fused AdamW kernel on our state tensors (what torch.optim.AdamW(fused=True) runs)."""
+    steps = [torch.tensor(float(step), dtype=torch.float32, device=p.device) for p in P]
+    torch._fused_adamw_(P, G, M, V, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
+                        amsgrad=False, maximize=False)
+
+
+def _apex_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step):
+    """NVIDIA apex's multi-tensor Adam in AdamW mode (what apex.optimizers.FusedAdam(adam_w_mode=True) runs)."""
+    import amp_C
+    from apex.multi_tensor_apply import multi_tensor_applier
+
+    overflow = torch.zeros(1, dtype=torch.int, device=P[0].device)
+    multi_tensor_applier(amp_C.multi_tensor_adam, overflow, [G, P, M, V], lr, beta1, beta2, eps, step,
+                         1, 1, weight_decay)  # mode 1 = decoupled weight decay (AdamW); bias correction on
+
+
+def check_adamw_impl(impl: str, device: torch.device) -> None:
+    if impl not in ADAMW_IMPLS:
+        raise ValueError(f"--adamw-impl must be one of {ADAMW_IMPLS}, got {impl!r}")
+    if impl == "apex":
+        if device.type != "cuda":
+            raise ValueError("--adamw-impl apex needs CUDA")
+        try:
+            import amp_C  # noqa: F401  (built with apex's --cuda_ext; PyPI's "apex" is unrelated)
+        except ImportError as e:
+            raise ValueError(f"--adamw-impl apex: NVIDIA apex with its CUDA extensions is not installed ({e})") from None
+
+
 class LadderOptimizer:
-    def __init__(self, groups: list[ParamGroup], *, betas=(0.8, 0.95), eps=1e-10, muon_momentum=0.95):
+    """`adamw_impl` picks the kernel of plain AdamW steps (no penalty, no Fisher, no damping):
+    `kernel` (ours, the default and the only one that carries the inheritance terms), `torch`
+    (torch's fused AdamW) or `apex` (NVIDIA apex FusedAdam's kernel). A step that carries
+    inheritance terms always runs our fused kernel."""
+
+    def __init__(self, groups: list[ParamGroup], *, betas=(0.8, 0.95), eps=1e-10, muon_momentum=0.95,
+                 adamw_impl: str = "kernel"):
+        self.adamw_impl = adamw_impl
         self.groups = groups
         self.beta1, self.beta2 = betas
         self.eps = eps
@@ -97,7 +136,8 @@ class LadderOptimizer:
     @property
     def kernel_backend(self) -> str:
         dev = local(self.groups[0].params[0]).device
-        return kernels.backend_for(dev)
+        base = kernels.backend_for(dev)
+        return base if self.adamw_impl == "kernel" else f"{base} (plain AdamW steps: {self.adamw_impl})"
 
     def zero_grad(self):
         for g in self.groups:
@@ -126,7 +166,12 @@ class LadderOptimizer:
             X = [terms.extra_grads.get(n) if terms else None for n in names]
             F = [fishers.get(n) if fishers is not None else None for n in names]
             lr = g.lr * lr_mult
-            if g.kind == "adamw":
+            plain = all(x is None for x in A + X + F) and not isinstance(damping, torch.Tensor) and damping == 1.0
+            if g.kind == "adamw" and plain and self.adamw_impl != "kernel":
+                impl = _torch_fused_adamw if self.adamw_impl == "torch" else _apex_fused_adamw
+                impl(P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
+                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay, step=self.step_count)
+            elif g.kind == "adamw":
                 kernels.fused_adamw_multi(
                     P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay,

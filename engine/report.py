@@ -186,6 +186,11 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
     summary = summarize(lc, results)
     plots = _plots(lc, results, summary, out)
     summary["plots"] = plots
+    from engine.report_scaling import core_section, scaling_section
+
+    run_dir_of = lambda arm, d: _run_dir(lc, arm, d)
+    summary["scaling"], scaling_md = scaling_section(lc, results, run_dir_of)
+    summary["core"], core_md = core_section(lc, results, run_dir_of, core_bundle) if core_bundle else (None, [])
     profile_md = None
     try:
         from profiling.report import write_report
@@ -227,6 +232,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
         lines.append("")
     lines += ["## Rungs that did not match", ""]
     lines += [f"- {s}" for s in summary["not_matched"]] or ["- none: every inherited rung reached its scratch twin's val loss."]
+    lines += [""] + scaling_md + core_md
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if profile_md:
         lines += ["", f"Per-stage profile: [{Path(profile_md).name}]({Path(profile_md).name})"]

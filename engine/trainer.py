@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +25,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.data import prepare_data, TokenLoader
-from engine.distributed import DistEnv, all_reduce_sum, full_tensor, local, shard_like, shard_model
+from engine.distributed import DistEnv, all_reduce_sum, device_name, full_tensor, local, shard_like, shard_model
 from engine.evaluate import evaluate
 from engine.optim import InheritTerms, LadderOptimizer, model_param_groups
 from engine.schedule import lr_multiplier
@@ -58,6 +57,7 @@ class TrainConfig:
     global_batch: int | None = None  # sequences per optimizer step, over all ranks
     device_batch: int | None = None  # sequences per rank per micro-step
     optimizer: str = "adamw"  # "adamw" | "muon" (Muon for block matrices, AdamW for the rest)
+    adamw_impl: str = "kernel"  # kernel | torch | apex: the kernel of plain AdamW steps (engine/optim.py)
     matrix_lr: float | None = None
     embedding_lr: float | None = None
     unembedding_lr: float | None = None
@@ -133,6 +133,9 @@ def validate(cfg: TrainConfig, env: DistEnv) -> None:
         raise ValueError(f"global_batch={gb} is not a multiple of device_batch x world_size = {db} x {env.world_size}")
     if cfg.optimizer not in ("adamw", "muon"):
         raise ValueError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
+    from engine.optim import check_adamw_impl
+
+    check_adamw_impl(cfg.adamw_impl, env.device)
     if cfg.ars not in ("off", "seed", "detrended"):
         raise ValueError(f"--ars must be off, seed or detrended, got {cfg.ars!r}")
     if not 0.0 <= cfg.warmdown_frac <= 1.0:
@@ -140,7 +143,14 @@ def validate(cfg: TrainConfig, env: DistEnv) -> None:
     if not 0.0 <= cfg.final_lr_frac <= 1.0:
         raise ValueError(f"final_lr_frac must be in [0, 1], got {cfg.final_lr_frac}")
     if cfg.ckpt_every < 0 or cfg.fisher_online_steps < 0:
-        raise ValueError("ckpt_every and fisher_online_steps must be >= 0")
+        raise ValueError(f"ckpt_every and fisher_online_steps must be >= 0, got ckpt_every={cfg.ckpt_every}, "
+                         f"fisher_online_steps={cfg.fisher_online_steps}")
+    for k in ("seq_len", "vocab_size", "eval_every", "eval_tokens", "max_nonfinite"):
+        v = getattr(cfg, k)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    if cfg.warmup_steps is not None and (not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0):
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
 
 
 def total_steps_for(cfg: TrainConfig, mcfg: GPTConfig) -> int:
@@ -238,7 +248,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     groups = model_param_groups(model, matrix_lr=MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr"),
                                 embedding_lr=cfg.resolved("embedding_lr"), unembedding_lr=cfg.resolved("unembedding_lr"),
                                 weight_decay=cfg.weight_decay, muon=muon)
-    opt = LadderOptimizer(groups)
+    opt = LadderOptimizer(groups, adamw_impl=cfg.adamw_impl)
     named = dict(model.named_parameters())
 
     # ---- inheritance pieces, as rank-local shards ----------------------------------------------
@@ -311,6 +321,15 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
 
         bar = tqdm(total=total_steps, initial=start_step, desc=f"d{cfg.depth} {out.name}", unit="step", dynamic_ncols=True)
     nonfinite_run, skipped = 0, int(extra.get("skipped_steps", 0))
+
+    def save_ckpt():
+        with prof.stage("checkpoint"):
+            ckpt.save(out / "ckpt", step, model, opt, {
+                "loader": loader.state_dict(), "ars": ars.state_dict() if ars else None,
+                "model_config": mcfg.to_dict(), "total_steps": total_steps, "flops": consumed_flops,
+                "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": skipped,
+            }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
+
     last_eval = None
     t_loop = time.time()
     step = start_step
@@ -326,17 +345,28 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
             with prof.stage("backward"):
                 loss.backward()
             loss_sum += loss.detach()
-        loss_mean = all_reduce_sum(loss_sum, env) / env.world_size if env.distributed else loss_sum
+        # [loss sum, ranks with a non-finite gradient], reduced together: one all-reduce, one host sync
+        red = torch.stack([loss_sum, _nonfinite_grads(named.values(), loss_sum)])
+        if env.distributed:  # mean loss over ranks; the flag stays a count of ranks
+            red = all_reduce_sum(red, env) / torch.tensor([env.world_size, 1.0], dtype=red.dtype, device=red.device)
         lr_mult = lr_multiplier(step, total_steps, warmup, cfg.warmdown_frac, cfg.final_lr_frac)
-        loss_value = float(loss_mean)  # one host sync per step: ARS and the non-finite guard need it
-        if not math.isfinite(loss_value):
+        loss_value, bad_grads = red.tolist()  # one host sync per step: ARS and the non-finite guard need it
+        if not math.isfinite(loss_value) or bad_grads:
+            what = "loss" if not math.isfinite(loss_value) else "gradient"
             nonfinite_run += 1
             skipped += 1
             opt.zero_grad()
             if nonfinite_run >= cfg.max_nonfinite:
-                raise TrainError(f"{nonfinite_run} consecutive non-finite losses at step {step}; stopping "
-                                 f"(last loss {loss_value}); lower the learning rate or check the data")
+                raise TrainError(f"{nonfinite_run} consecutive steps with a non-finite loss or gradient at step {step} "
+                                 f"(max_nonfinite={cfg.max_nonfinite}; last loss {loss_value}, non-finite {what}); "
+                                 f"stopping: lower the learning rate or check the data")
             step += 1
+            metrics.write({"step": step, "skipped": f"non-finite {what}", "tokens": step * tokens_per_step,
+                           "flops": consumed_flops})
+            if step == total_steps:
+                last_eval = None  # the final val loss is measured after the loop, on the final weights
+            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
+                save_ckpt()  # the run's last step must leave a checkpoint even when it was skipped
             continue
         nonfinite_run = 0
         with prof.stage("ars"):
@@ -367,12 +397,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / max(rec['dt'], 1e-9):.0f}")
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
-            with prof.stage("checkpoint"):
-                ckpt.save(out / "ckpt", step, model, opt, {
-                    "loader": loader.state_dict(), "ars": ars.state_dict() if ars else None,
-                    "model_config": mcfg.to_dict(), "total_steps": total_steps, "flops": consumed_flops,
-                    "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": skipped,
-                }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
+            save_ckpt()
     if bar is not None:
         bar.close()
     prof.close()
@@ -403,6 +428,15 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     return final
 
 
+def _nonfinite_grads(params, like: torch.Tensor) -> torch.Tensor:
+    """1 when any gradient on this rank holds a NaN or Inf, else 0, as a tensor like `like` (no sync)."""
+    grads = [local(p.grad) for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros_like(like)
+    norms = torch._foreach_norm(grads)  # one fused pass; a NaN or Inf anywhere makes its norm non-finite
+    return (~torch.isfinite(torch.stack(norms))).any().to(like.dtype)
+
+
 def penalty_terms(penalty, named, step) -> InheritTerms:
     kappas = penalty.kappa_for(step)
     anchors = penalty.anchors()
@@ -421,7 +455,7 @@ def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_b
         "config": asdict(cfg), "model_config": mcfg.to_dict(), "total_steps": total_steps,
         "grad_accum_steps": accum, "device_batch": device_batch,
         "device": env.device.type,
-        "device_name": torch.cuda.get_device_name(env.device) if on_cuda else platform.processor() or platform.machine(),
+        "device_name": device_name(env.device),
         "world_size": env.world_size, "attention_backend": attention_name, "kernel_backend": kernel_backend,
         "dtype": "bfloat16" if on_cuda and mcfg.dtype == "bfloat16" else "float32",
         "fsdp": env.world_size > 1, "compile": cfg.compile, "torch": torch.__version__,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.train import add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
+from launch.train import _user_errors, add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
 
 # The embedded CPU default: sized so scratch + inherit over d2..d4 finish within 15 minutes on a
 # 2-core CPU (measured; see docs/results/).
@@ -59,7 +59,7 @@ def main(argv=None):
         seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [ns.seed]
     except ValueError as e:
         p.error(str(e))
-    train_keys = ("data", "device", "global_batch", "device_batch", "optimizer", "matrix_lr", "embedding_lr",
+    train_keys = ("data", "device", "global_batch", "device_batch", "optimizer", "adamw_impl", "matrix_lr", "embedding_lr",
                   "unembedding_lr", "weight_decay", "warmdown_frac", "eval_every", "eval_tokens", "ckpt_every",
                   "compile", "progress", "profile", "cache_dir", "vocab_size", "seq_len")
     train = {k: getattr(ns, k) for k in train_keys if getattr(ns, k) is not None}
@@ -87,6 +87,8 @@ def main(argv=None):
                 print(f"[miniseries] report: {path}")
         if env.is_main and len(configs) > 1:
             print(f"[miniseries] seeds summary: {write_multiseed_summary(Path(ns.out), configs)}")
+    except _user_errors() as e:  # bad input or state: one clear line, not a traceback
+        sys.exit(f"error: {e}")
     finally:
         destroy(env)
 

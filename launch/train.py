@@ -77,6 +77,8 @@ def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     p.add_argument("--global-batch", dest="global_batch", type=positive_int, help="sequences per optimizer step")
     p.add_argument("--device-batch", dest="device_batch", type=positive_int, help="sequences per rank per micro-step")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
+    p.add_argument("--adamw-impl", dest="adamw_impl", default="kernel", choices=["kernel", "torch", "apex"],
+                   help="kernel of plain AdamW steps: ours (default), torch's fused AdamW, or NVIDIA apex FusedAdam")
     p.add_argument("--matrix-lr", dest="matrix_lr", type=positive_float)
     p.add_argument("--embedding-lr", dest="embedding_lr", type=positive_float)
     p.add_argument("--unembedding-lr", dest="unembedding_lr", type=positive_float)

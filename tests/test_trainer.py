@@ -142,3 +142,28 @@ def test_out_dir_with_another_runs_checkpoints_is_refused(tmp_path):
     assert p.returncode != 0 and "already holds checkpoints" in p.stderr
     p = run_train(["--depth", "2", "--steps", "2", "--resume"], tmp_path / "r", check=False)
     assert p.returncode != 0 and "belongs to a different run" in p.stderr
+
+
+def _short(tmp_path, name, **kw):
+    cfg = TrainConfig(**{**dict(depth=1, out=str(tmp_path / name), steps=6, seq_len=64, global_batch=4, eval_tokens=1024,
+                                progress=False, profile=False), **kw})
+    train_rung(cfg, init_distributed("cpu"))
+    return losses(tmp_path / name)
+
+
+def test_torch_fused_adamw_impl_matches_our_kernel(tmp_path):
+    ours, theirs = _short(tmp_path, "kernel"), _short(tmp_path, "torch", adamw_impl="torch")
+    for s in ours:
+        assert theirs[s] == pytest.approx(ours[s], rel=1e-5, abs=1e-6)
+    run = json.loads((tmp_path / "torch/run.json").read_text())
+    assert "torch" in run["kernel_backend"]
+
+
+def test_muon_option_trains(tmp_path):
+    got = _short(tmp_path, "muon", optimizer="muon", steps=12)
+    assert all(v == v for v in got.values()) and got[12] < got[1]
+
+
+def test_apex_impl_is_refused_without_cuda(tmp_path):
+    with pytest.raises(ValueError, match="apex needs CUDA"):
+        _short(tmp_path, "apex", adamw_impl="apex")

@@ -23,12 +23,13 @@ skipped (compilation alone takes tens of seconds on 2 cores).
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
 import pytest
 import torch
+
+from engine.distributed import device_name
 
 import kernels
 
@@ -53,17 +54,7 @@ def _device() -> torch.device:
 
 
 def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)"
+    return f"{device_name(dev)} ({torch.get_num_threads()} torch threads)"
 
 
 def _sizes(disabled: bool) -> list[int]:

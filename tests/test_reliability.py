@@ -1,0 +1,513 @@
+"""Reliability at scale: SIGKILL anywhere in a miniseries then rerun = an uninterrupted run (bitwise on
+CPU); interrupted or corrupted checkpoint writes are named and skipped; non-finite losses and
+gradients are skipped, counted, and stop the run after N in a row; non-finite weights are never
+checkpointed; every configuration either validates or fails with a message naming the value
+(hypothesis); a two-"node" torchrun run on loopback matches one rank."""
+import json
+import math
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import checkpoint as ckpt
+from engine.distributed import DistEnv, init_distributed
+from engine.ladder import ARMS, LadderConfig
+from engine.trainer import TrainConfig, TrainError, train_rung, validate
+from models.config import PRESETS
+from tests.test_miniseries import MINI, run_miniseries
+from tests.test_trainer import ENV, FAST, ROOT, losses, run_train
+
+KILL_FLAGS = ["--ckpt-every", "5"]  # checkpoints every 5 steps inside each rung
+
+
+def rung_metrics(out: Path) -> dict[str, list[dict]]:
+    return {str(f.parent.relative_to(out)): [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+            for f in sorted(out.glob("*/d*/metrics.jsonl"))}
+
+
+def assert_same_ladder(got: Path, ref: Path):
+    """Bitwise: every number that does not measure time is the same float."""
+    s_got, s_ref = (json.loads((d / "summary.json").read_text()) for d in (got, ref))
+    assert set(s_got["arms"]) == set(s_ref["arms"])
+    timeless = ("depth", "params", "scaling_params", "tokens", "flops", "fisher_flops", "penalty_flops", "val_loss",
+                "val_bpb", "start_val_loss", "growth_max_abs_logit_diff", "flops_to_match_scratch", "steps")
+    for arm in s_ref["arms"]:
+        for a, b in zip(s_got["arms"][arm], s_ref["arms"][arm], strict=True):
+            assert {k: a.get(k) for k in timeless} == {k: b.get(k) for k in timeless}, arm
+    for arm in s_ref["ladder"]:
+        for k in ("flops", "rungs_matched", "flops_saving_vs_scratch"):
+            assert s_got["ladder"][arm][k] == s_ref["ladder"][arm][k], (arm, k)
+    m_got, m_ref = rung_metrics(got), rung_metrics(ref)
+    assert set(m_got) == set(m_ref)
+    drop = ("dt",)  # wall time per step
+    for run in m_ref:
+        a = [{k: v for k, v in r.items() if k not in drop} for r in m_got[run]]
+        b = [{k: v for k, v in r.items() if k not in drop} for r in m_ref[run]]
+        assert a == b, run
+
+
+@pytest.fixture(scope="module")
+def reference_ladder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ladder"
+    run_miniseries(out, KILL_FLAGS)
+    return out
+
+
+def _steps_logged(path: Path) -> int:
+    try:
+        return sum(1 for l in path.read_text().splitlines() if l.strip() and '"loss"' in l)
+    except FileNotFoundError:
+        return 0
+
+
+# kill points: (name, predicate on OUT telling when to send SIGKILL)
+KILL_POINTS = {
+    # mid-step inside the scratch d2 rung, after its step-10 checkpoint
+    "mid-scratch-rung": lambda o: _steps_logged(o / "scratch/d2/metrics.jsonl") >= 12,
+    # the moment the last scratch rung is final: the run is loading d1, building the Fisher, growing
+    "mid-growth": lambda o: (o / "scratch/d2/final.json").exists(),
+    # mid-step inside the inherited rung, after its step-5 checkpoint
+    "mid-inherited-rung": lambda o: _steps_logged(o / "inherit/d2/metrics.jsonl") >= 8,
+    # the inherited rung is final: the run is writing the report
+    "mid-report": lambda o: (o / "inherit/d2/final.json").exists(),
+}
+
+
+@pytest.mark.parametrize("point", [
+    "mid-inherited-rung",
+    pytest.param("mid-growth", marks=pytest.mark.slow),
+    pytest.param("mid-scratch-rung", marks=pytest.mark.slow),
+    pytest.param("mid-report", marks=pytest.mark.slow),
+])
+def test_sigkill_mid_miniseries_then_rerun_equals_uninterrupted(reference_ladder, tmp_path, point):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "launch/miniseries.py")] + MINI + KILL_FLAGS + ["--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not KILL_POINTS[point](out):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists(), "the miniseries finished before the kill; kill earlier"
+    run_miniseries(out, KILL_FLAGS)  # the same command again
+    assert_same_ladder(out, reference_ladder)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("no-manifest", "no manifest"),
+    ("truncated", "bytes, manifest says"),
+    ("bitflip", "fails its sha256 check"),
+    ("garbled-manifest", "unreadable manifest"),
+])
+def test_interrupted_checkpoint_write_is_ignored_on_resume(tmp_path, damage, reason):
+    """A kill mid-checkpoint-write leaves a .tmp_step_* directory (never read) or, on a filesystem
+    without atomic rename, a step directory without its manifest; damage after the fact truncates
+    or flips bytes. Resume names the bad checkpoint, uses the previous one, and loses nothing."""
+    args = ["--depth", "1", "--steps", "12", "--ckpt-every", "4"]
+    run_train(args, tmp_path / "ref")
+    out = tmp_path / "run"
+    run_train(args, out)
+    (out / "final.json").unlink()
+    newest = out / "ckpt/step_000000012"
+    tmp = out / "ckpt/.tmp_step_000000012"
+    shutil.copytree(newest, tmp)  # a write in progress beside it: half its files, no manifest
+    (tmp / "manifest.json").unlink()
+    for f in sorted(tmp.glob("*.distcp"))[1:]:
+        f.unlink()
+    victim = next(newest.glob("*.distcp"))
+    if damage == "no-manifest":
+        (newest / "manifest.json").unlink()
+    elif damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    elif damage == "bitflip":
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 3] ^= 0x01
+        victim.write_bytes(bytes(data))
+    else:
+        m = (newest / "manifest.json").read_text()
+        (newest / "manifest.json").write_text(m[: len(m) // 2])
+    p = run_train(args + ["--resume"], out)
+    assert "step_000000012 is unusable" in p.stderr and reason in p.stderr, p.stderr[-2000:]
+    assert losses(out) == losses(tmp_path / "ref")  # bitwise, steps 1..12
+    assert json.loads((out / "final.json").read_text())["val_loss"] == json.loads((tmp_path / "ref/final.json").read_text())["val_loss"]
+    assert not list((out / "ckpt").glob(".tmp_step_*"))
+    assert ckpt.verify(newest) is None  # rewritten whole
+
+
+def test_no_checkpoint_at_all_is_a_fresh_start(tmp_path):
+    """Every checkpoint unusable and no final.json: resume starts over and still equals the reference."""
+    args = ["--depth", "1", "--steps", "6", "--ckpt-every", "3"]
+    run_train(args, tmp_path / "ref")
+    out = tmp_path / "run"
+    run_train(args, out)
+    (out / "final.json").unlink()
+    for ck in ckpt.list_checkpoints(out / "ckpt"):
+        (ck / "manifest.json").unlink()
+    p = run_train(args + ["--resume"], out)
+    assert p.stderr.count("is unusable (no manifest") == 2, p.stderr[-2000:]
+    assert losses(out) == losses(tmp_path / "ref")
+
+
+# ---- non-finite values ---------------------------------------------------------------------
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward; an Inf gradient backward (a finite loss with an overflowed gradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+def _inject(monkeypatch, bad_steps: set[int], kind: str = "nan-loss"):
+    """Make the training forward of the 1-based optimizer steps in `bad_steps` non-finite
+    (accumulation 1 in these tests: one training forward per step)."""
+    from models.gpt import GPT
+
+    orig = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        out = orig(self, idx, targets, reduction)
+        if self.training and targets is not None:
+            calls["n"] += 1
+            if calls["n"] in bad_steps:
+                if kind == "nan-loss":
+                    return out * float("nan")
+                if kind == "inf-loss":
+                    return out + float("inf")
+                return _InfGrad.apply(out)
+        return out
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    return calls
+
+
+def _tiny(tmp_path, **kw) -> TrainConfig:
+    base = dict(depth=1, out=str(tmp_path / "r"), steps=8, seq_len=64, global_batch=4, eval_tokens=1024,
+                progress=False, profile=False, ckpt_every=4)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kind", ["nan-loss", "inf-loss", "inf-grad"])
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, kind):
+    _inject(monkeypatch, {3, 6}, kind)
+    final = train_rung(_tiny(tmp_path), init_distributed("cpu"))
+    assert final["skipped_steps"] == 2
+    assert json.loads((tmp_path / "r/final.json").read_text())["skipped_steps"] == 2
+    lines = [json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    skipped = {l["step"] for l in lines if "skipped" in l}
+    assert skipped == {3, 6}
+    what = "gradient" if kind == "inf-grad" else "loss"
+    assert all(l["skipped"] == f"non-finite {what}" for l in lines if "skipped" in l)
+    assert sorted(l["step"] for l in lines if "loss" in l) == [1, 2, 4, 5, 7, 8]
+    assert all(math.isfinite(l["loss"]) for l in lines if "loss" in l)
+    assert math.isfinite(final["val_loss"])
+    for p in ckpt.list_checkpoints(tmp_path / "r/ckpt"):
+        assert ckpt.verify(p) is None
+
+
+def test_skipped_last_step_still_leaves_a_final_checkpoint(tmp_path, monkeypatch):
+    _inject(monkeypatch, {8})
+    final = train_rung(_tiny(tmp_path), init_distributed("cpu"))
+    assert final["skipped_steps"] == 1
+    assert ckpt.latest_valid(tmp_path / "r/ckpt").name == "step_000000008"
+    assert ckpt.read_json(tmp_path / "r/ckpt/step_000000008/extra.json")["skipped_steps"] == 1
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
+    _inject(monkeypatch, {2, 3, 4, 5})
+    with pytest.raises(TrainError, match=r"3 consecutive steps with a non-finite loss or gradient at step 3 "
+                                         r"\(max_nonfinite=3"):
+        train_rung(_tiny(tmp_path, max_nonfinite=3), init_distributed("cpu"))
+    assert not (tmp_path / "r/final.json").exists()
+
+
+def test_nonconsecutive_nonfinite_steps_do_not_stop_the_run(tmp_path, monkeypatch):
+    _inject(monkeypatch, {2, 3, 5, 6})
+    final = train_rung(_tiny(tmp_path, max_nonfinite=3), init_distributed("cpu"))
+    assert final["skipped_steps"] == 4
+
+
+def test_nonfinite_weights_are_never_checkpointed(tmp_path):
+    from engine.optim import LadderOptimizer, model_param_groups
+    from models.config import model_config
+    from models.gpt import GPT
+
+    model = GPT(model_config("cpu-tiny", 1, seq_len=64))
+    model.init_weights(0)
+    opt = LadderOptimizer(model_param_groups(model, matrix_lr=1e-3, embedding_lr=1e-3, unembedding_lr=1e-3, muon=False,
+                                             weight_decay=0.0))
+    env = init_distributed("cpu")
+    ckpt.save(tmp_path / "ckpt", 1, model, opt, {}, env)
+    name, p = list(model.named_parameters())[-1]
+    with torch.no_grad():
+        p.view(-1)[0] = float("inf")
+    with pytest.raises(ckpt.CheckpointError, match=rf"refusing to checkpoint step 2: non-finite values in .*{name}"):
+        ckpt.save(tmp_path / "ckpt", 2, model, opt, {}, env)
+    assert [c.name for c in ckpt.list_checkpoints(tmp_path / "ckpt")] == ["step_000000001"]
+    assert not list((tmp_path / "ckpt").glob(".tmp_step_*"))
+
+
+# ---- bad input: every configuration validates or names what is wrong --------------------------
+
+def _env(world_size: int) -> DistEnv:
+    return DistEnv(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"), backend=None)
+
+
+_floats = st.one_of(st.floats(-2, 2), st.sampled_from([0.0, 1.0, -0.0, float("nan"), float("inf"), -float("inf")]))
+
+
+@st.composite
+def train_configs(draw):
+    kw = dict(
+        depth=draw(st.integers(-2, 30)),
+        preset=draw(st.sampled_from(sorted(PRESETS) + ["huge", ""])),
+        out="unused",
+        global_batch=draw(st.one_of(st.none(), st.integers(-2, 64))),
+        device_batch=draw(st.one_of(st.none(), st.integers(-2, 64))),
+        optimizer=draw(st.sampled_from(["adamw", "muon", "sgd"])),
+        ars=draw(st.sampled_from(["off", "seed", "detrended", "wild"])),
+        warmdown_frac=draw(_floats),
+        final_lr_frac=draw(_floats),
+        ckpt_every=draw(st.integers(-2, 10)),
+        fisher_online_steps=draw(st.integers(-2, 10)),
+        seq_len=draw(st.one_of(st.none(), st.integers(-2, 4096))),
+        vocab_size=draw(st.one_of(st.none(), st.integers(-2, 70000))),
+        eval_every=draw(st.one_of(st.none(), st.integers(-2, 10))),
+        eval_tokens=draw(st.one_of(st.none(), st.integers(-2, 10000))),
+        warmup_steps=draw(st.one_of(st.none(), st.integers(-2, 10))),
+        max_nonfinite=draw(st.integers(-1, 6)),
+    )
+    for k in draw(st.sets(st.sampled_from(["steps", "tokens", "ratio"]), max_size=3)):
+        kw[k] = draw(st.one_of(st.integers(-2, 10**6), st.floats(-1, 2e4))) if k == "ratio" else draw(st.integers(-2, 10**6))
+    return TrainConfig(**kw), draw(st.sampled_from([1, 2, 3, 4, 8]))
+
+
+def train_problems(cfg: TrainConfig, ws: int) -> list[str]:
+    """An independent oracle: the words a message about each invalid value must contain."""
+    from engine.trainer import TRAIN_PRESETS
+
+    bad = []
+    if cfg.preset not in PRESETS:
+        return [repr(cfg.preset)]  # nothing else can be resolved without a preset
+    if cfg.depth < 1:
+        bad.append("depth")
+    budgets = [k for k in ("steps", "tokens", "ratio") if getattr(cfg, k) is not None]
+    if len(budgets) != 1:
+        bad.append("exactly one of --steps, --tokens, --ratio")
+    for k in ("steps", "tokens"):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
+            bad.append(k)
+    if cfg.ratio is not None and not 0 < cfg.ratio <= 1e4:
+        bad.append("ratio")
+    gb = TRAIN_PRESETS[cfg.preset]["global_batch"] if cfg.global_batch is None else cfg.global_batch
+    db = TRAIN_PRESETS[cfg.preset]["device_batch"] if cfg.device_batch is None else cfg.device_batch
+    if gb < 1 or db < 1:
+        bad.append("batch")
+    elif gb % ws or gb % (min(db, gb // ws) * ws):
+        bad.append(f"global_batch={gb}")
+    if cfg.optimizer not in ("adamw", "muon"):
+        bad.append(repr(cfg.optimizer))
+    if cfg.ars not in ("off", "seed", "detrended"):
+        bad.append(repr(cfg.ars))
+    for k in ("warmdown_frac", "final_lr_frac"):
+        if not 0 <= getattr(cfg, k) <= 1:
+            bad.append(k)
+    for k in ("ckpt_every", "fisher_online_steps", "warmup_steps"):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 0:
+            bad.append(k)
+    for k in ("seq_len", "vocab_size", "eval_every", "eval_tokens", "max_nonfinite"):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
+            bad.append(k)
+    return bad
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(train_configs())
+def test_every_train_config_validates_or_names_the_bad_value(case):
+    cfg, ws = case
+    bad = train_problems(cfg, ws)
+    try:
+        validate(cfg, _env(ws))
+    except (ValueError, TrainError) as e:
+        assert bad, f"valid config refused: {e}"
+        assert any(word in str(e) or word.replace("_", "-") in str(e) for word in bad), (str(e), bad)
+    else:
+        assert not bad, f"invalid config accepted: {bad}"
+
+
+@st.composite
+def ladder_configs(draw):
+    from engine.growth import PLACEMENTS
+
+    subspace = draw(st.sampled_from(["coords", "svd", "pca"]))
+    return LadderConfig(
+        depths=draw(st.lists(st.integers(-1, 8), max_size=5)),
+        arms=draw(st.lists(st.sampled_from(list(ARMS) + ["bogus"]), max_size=4)),
+        out="unused",
+        ratio=draw(st.one_of(st.floats(-1, 2e4), st.sampled_from([0.0, float("nan"), float("inf")]))),
+        inherit_fraction=draw(_floats),
+        lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf")]))),
+        gamma=draw(_floats),
+        subspace=subspace,
+        svd_rank=draw(st.one_of(st.none(), st.integers(-1, 8))),
+        svd_energy=draw(st.one_of(st.none(), _floats)),
+        penalty_schedule=draw(st.sampled_from(["constant", "linear", "cosine"])),
+        ars=draw(st.sampled_from(["seed", "detrended", "off", "on"])),
+        fisher=draw(st.sampled_from(["online", "posthoc", "exact"])),
+        fisher_batches=draw(st.integers(-1, 4)),
+        placement=draw(st.sampled_from(list(PLACEMENTS) + ["top"])),
+        inherit_warmup_frac=draw(_floats),
+    )
+
+
+def ladder_problems(lc: LadderConfig) -> list[str]:
+    from engine.growth import PLACEMENTS
+
+    bad = []
+    if not lc.depths:
+        bad.append("--depths")
+    elif any(d < 1 for d in lc.depths) or any(b <= a for a, b in zip(lc.depths, lc.depths[1:])):
+        bad.append(str(lc.depths))
+    unknown = [a for a in lc.arms if a not in ARMS]
+    if unknown or not lc.arms or len(set(lc.arms)) != len(lc.arms):
+        bad.append(str(unknown or lc.arms))
+    if not 0 < lc.inherit_fraction <= 1:
+        bad.append("--inherit-fraction")
+    if not 0 < lc.ratio <= 1e4:
+        bad.append("--ratio")
+    if not (0 <= lc.lam < math.inf and 0 <= lc.gamma < math.inf):
+        bad.append("--lam")
+    if lc.subspace not in ("coords", "svd"):
+        bad.append(repr(lc.subspace))
+    if lc.subspace == "svd" and lc.svd_rank is None and lc.svd_energy is None:
+        bad.append("--svd-rank")
+    if lc.svd_rank is not None and lc.svd_rank < 1:
+        bad.append("--svd-rank")
+    if lc.svd_energy is not None and not 0 < lc.svd_energy <= 1:
+        bad.append("--svd-energy")
+    if lc.penalty_schedule not in ("constant", "linear"):
+        bad.append(repr(lc.penalty_schedule))
+    if lc.ars not in ("seed", "detrended", "off"):
+        bad.append(repr(lc.ars))
+    if lc.fisher not in ("online", "posthoc"):
+        bad.append(repr(lc.fisher))
+    if not 0 <= lc.inherit_warmup_frac < 1:
+        bad.append("--inherit-warmup-frac")
+    if lc.fisher_batches < 1:
+        bad.append("--fisher-batches")
+    if lc.placement not in PLACEMENTS:
+        bad.append(repr(lc.placement))
+    if lc.depths and len(lc.depths) < 2 and any(ARMS.get(a, (False,))[0] for a in lc.arms):
+        bad.append("at least two depths")
+    return bad
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ladder_configs())
+def test_every_ladder_config_validates_or_names_the_bad_value(lc):
+    bad = ladder_problems(lc)
+    try:
+        lc.validate()
+    except ValueError as e:
+        assert bad, f"valid config refused: {e}"
+        assert any(word in str(e) for word in bad), (str(e), bad)
+    else:
+        assert not bad, f"invalid config accepted: {bad}"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--depths", "3:1"], "--depths '3:1': expected LO:HI"),
+    (["--depths", "1,1"], "--depths must be strictly increasing, got [1, 1]"),
+    (["--depths", "0:2"], "--depths must be positive, got [0, 1, 2]"),
+    (["--depths", "2"], "inheriting arms need at least two depths"),
+    (["--arms", "scratch,bogus"], "unknown arm(s) ['bogus']"),
+    (["--inherit-fraction", "1.5"], "--inherit-fraction must be in (0, 1], got 1.5"),
+    (["--ratio", "0"], "expected a positive finite number, got '0'"),
+    (["--fisher-batches", "0"], "expected a positive integer, got '0'"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--global-batch", "3", "--device-batch", "2"], "global_batch=3 is not a multiple of device_batch"),
+    (["--data", "text:/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+    (["--seq-len", "10000000"], "seq_len"),
+])
+def test_bad_miniseries_input_is_refused_with_a_clear_message(tmp_path, args, message):
+    out = tmp_path / "bad"
+    p = run_miniseries(out, args, check=False, timeout=120)
+    assert p.returncode != 0 and message in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert not list(out.glob("*/d*/ckpt/step_*")), "something was trained before the input was refused"
+
+
+# ---- several ranks, several "nodes" -------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_nodes_on_loopback_match_one_rank(tmp_path):
+    """Two torchrun launchers (--nnodes 2, one rank each) meeting through a c10d rendezvous on
+    127.0.0.1, as two machines would; losses equal one rank's within 1e-4 relative (fp32 reduction order)."""
+    args = ["--depth", "2", "--steps", "6", "--ckpt-every", "3"]
+    run_train(args, tmp_path / "one")
+    port = _free_port()
+    out = tmp_path / "two-nodes"
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", f"t{port}", "--local-addr", "127.0.0.1", "--max-restarts", "0",
+               str(ROOT / "launch/train.py")] + FAST + args + ["--out", str(out)]
+        procs.append(subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        if node_rank == 0:
+            time.sleep(1.0)  # node 0 hosts the rendezvous store
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, f"{o[-2000:]}\n{e[-3000:]}"
+    one, two = losses(tmp_path / "one"), losses(out)
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for s in one:
+        assert two[s] == pytest.approx(one[s], rel=1e-4), (s, one[s], two[s])
+    final = json.loads((out / "final.json").read_text())
+    assert final["world_size"] == 2
+    assert final["val_loss"] == pytest.approx(json.loads((tmp_path / "one/final.json").read_text())["val_loss"], rel=1e-4)
+
+
+@pytest.mark.distributed
+def test_one_rank_checkpoint_resumes_on_two_ranks(tmp_path):
+    """The reverse of tests/test_trainer.py's 2 -> 1: a checkpoint written by 1 rank loads on 2."""
+    args = ["--depth", "2", "--steps", "8", "--ckpt-every", "4"]
+    run_train(args, tmp_path / "one")
+    out = tmp_path / "run"
+    shutil.copytree(tmp_path / "one", out)
+    shutil.rmtree(out / "ckpt/step_000000008")
+    (out / "final.json").unlink()
+    run_train(args + ["--resume"], out, nproc=2)
+    ref, got = losses(tmp_path / "one"), losses(out)
+    assert sorted(got) == list(range(1, 9))
+    for s in range(1, 5):
+        assert got[s] == ref[s]  # kept from the 1-rank run
+    for s in range(5, 9):
+        assert got[s] == pytest.approx(ref[s], rel=1e-4), (s, ref[s], got[s])
+    assert json.loads((out / "final.json").read_text())["world_size"] == 2
