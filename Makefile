@@ -21,7 +21,7 @@ include mk/kernels.mk
 include mk/bench.mk
 
 test: venv native
-	$(PY) -m pytest -q tests --benchmark-disable $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests --benchmark-disable --durations=15 $(PYTEST_ARGS)
 
 miniseries: venv native
 	$(PY) launch/miniseries.py

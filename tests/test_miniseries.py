@@ -96,19 +96,15 @@ def test_growth_is_exact(ladder):
 
 
 def test_rerun_skips_finished_rungs(ladder):
-    out, _, first_s = ladder
+    out, _, _ = ladder
     before = rung_files(out)
     summary = json.loads((out / "summary.json").read_text())
-    t0 = time.time()
     p = run_miniseries(out)
-    dt = time.time() - t0
     assert "scratch d" not in p.stdout and "growth logit error" not in p.stdout, p.stdout  # nothing trained
     assert rung_files(out) == before  # every rung file untouched, checkpoints included
     again = json.loads((out / "summary.json").read_text())
     assert again["arms"] == summary["arms"] and again["ladder"] == summary["ladder"]
-    # what remains is start-up and the report (plots, fits); no rung is trained or evaluated again.
-    # A loose bound on purpose: the machine may be busy, the file checks above are the real test.
-    assert dt < 60, (dt, first_s)
+    # (no wall-clock bound: timings belong in benchmarks; the file checks above are the real test)
 
 
 def test_rerun_with_another_configuration_is_refused(ladder, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -87,10 +86,7 @@ def test_points_own_and_cumulative_tokens(tmp_path):
 def test_scaling_section_side_by_side(tmp_path):
     # scratch: 6 rungs (final fit possible); inherit: same 6 rungs. Both fit with every variant.
     lc, results, run_dir_of = _ladder(tmp_path, [2, 3, 4, 5, 6, 7], n_evals=3)
-    t0 = time.time()
     out, lines = rs.scaling_section(lc, results, run_dir_of, n_bootstrap=20)
-    took = time.time() - t0
-    assert took < 20, took
     assert set(out) == {"scratch", "inherit"}
     assert set(out["scratch"]) == {"final", "intermediate"}
     assert set(out["inherit"]) == {"final", "intermediate", "intermediate_cumulative"}
