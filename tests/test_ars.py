@@ -9,14 +9,7 @@ import torch
 from engine.ars import ARS, ARSDevice
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin-wait; on a shared 2-core CPU one thread is many times faster for these
-    small tensors. Restored afterwards so other test modules are unaffected."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_factors(losses, lr, *, detrended=False, window=10, seed=0, jitter=True):

@@ -12,14 +12,7 @@ from models.config import model_config
 from models.gpt import LM_HEAD_STD
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin-wait; on a shared 2-core CPU one thread is many times faster for these
-    small tensors. Restored afterwards so other test modules are unaffected."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 V, T = 256, 32
 TOL = 1e-5 * 15.0  # 1e-5 * softcap

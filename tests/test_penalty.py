@@ -5,14 +5,7 @@ import torch
 from engine.penalty import Penalty, energy_rank
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin-wait; on a shared 2-core CPU one thread is many times faster for these
-    small tensors. Restored afterwards so other test modules are unaffected."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = {"wte.weight": (12, 8), "blocks.0.attn.c_q.weight": (8, 8), "blocks.0.mlp.c_fc.weight": (16, 8),
           "lm_head.weight": (12, 8), "scale": (5,)}
