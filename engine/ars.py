@@ -176,16 +176,18 @@ class ARSDevice:
             self._t = [None, None] + [t[:n] - t[:n].mean() for n in range(2, self.window + 1)]
 
     @torch.no_grad()
-    def update(self, loss: Tensor, lr: float | Tensor) -> Tensor:
+    def update(self, loss: Tensor, lr: float | Tensor, ok: Tensor | None = None) -> Tensor:
+        """`ok` (0-dim bool device tensor, optional): False leaves the window as it was (a step the
+        trainer skips on the device for a non-finite loss); the host count is then put right by
+        `rollback()` once the trainer has read the flag."""
         self.steps += 1
         if self.mode == "off":
             return self._one
         L = loss.detach().reshape(()).to(dtype=torch.float64)
-        if self.window > 1:
-            self.buf[:-1] = self.buf[1:].clone()
-        self.buf[-1] = L
-        self.count = min(self.count + 1, self.window)
-        n = self.count
+        shifted = torch.cat([self.buf[1:], L.reshape(1)])
+        self.buf.copy_(shifted if ok is None else torch.where(ok, shifted, self.buf))
+        self.count += 1  # updates so far (unbounded, so a rollback is exact); the window holds min(count, window)
+        n = min(self.count, self.window)
         x = self.buf[self.window - n:]
         mu = x.mean()
         if n >= 2:
@@ -216,11 +218,17 @@ class ARSDevice:
             d = d * torch.where(fire, chi, torch.ones_like(chi))
         return d.clamp(*self.clip).to(torch.float32)
 
+    def rollback(self) -> None:
+        """Undo the host bookkeeping of the last update whose `ok` turned out False."""
+        self.steps -= 1
+        if self.mode != "off":
+            self.count -= 1
+
     def state_dict(self) -> dict:
         return {
             "mode": self.mode,
-            "buf": self.buf.clone(),
-            "count": self.count,
+            "buf": self.buf.tolist(),  # float64 -> JSON floats, exact (checkpoints keep this state in JSON)
+            "count": min(self.count, self.window),
             "steps": self.steps,
             "gen": self.gen.get_state(),
         }
@@ -228,6 +236,6 @@ class ARSDevice:
     def load_state_dict(self, state: dict) -> None:
         if state["mode"] != self.mode:
             raise ValueError(f"ARS state is for mode {state['mode']!r}, this ARS is {self.mode!r}")
-        self.buf.copy_(state["buf"])
+        self.buf.copy_(torch.as_tensor(state["buf"], dtype=torch.float64))
         self.count, self.steps = int(state["count"]), int(state["steps"])
         self.gen.set_state(state["gen"])

@@ -81,15 +81,21 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 ADAMW_IMPLS = ("kernel", "torch", "apex")
 
 
-def _torch_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step):
-    """torch's own fused AdamW kernel on our state tensors (what torch.optim.AdamW(fused=True) runs)."""
+def _torch_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step, found_inf=None):
+    """torch's own fused AdamW kernel on our state tensors (what torch.optim.AdamW(fused=True) runs);
+    it takes the same device-side found_inf skip flag as ours."""
     steps = [torch.tensor(float(step), dtype=torch.float32, device=p.device) for p in P]
     torch._fused_adamw_(P, G, M, V, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
-                        amsgrad=False, maximize=False)
+                        amsgrad=False, maximize=False, found_inf=found_inf)
 
 
-def _apex_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step):
-    """NVIDIA apex's multi-tensor Adam in AdamW mode (what apex.optimizers.FusedAdam(adam_w_mode=True) runs)."""
+def _apex_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step, found_inf=None):
+    """NVIDIA apex's multi-tensor Adam in AdamW mode (what apex.optimizers.FusedAdam(adam_w_mode=True) runs).
+    Its kernel takes no skip flag we could verify, so steps under the lagged guard are refused
+    (the trainer keeps the per-step guard with --adamw-impl apex)."""
+    if found_inf is not None:
+        raise ValueError("--adamw-impl apex cannot skip a step on the device (no found_inf in its Adam "
+                         "kernel): run it with the per-step non-finite guard (--host-sync step)")
     import amp_C
     from apex.multi_tensor_apply import multi_tensor_applier
 
@@ -146,9 +152,14 @@ class LadderOptimizer:
 
     @torch.no_grad()
     def step(self, lr_mult: float, *, damping: float | torch.Tensor = 1.0, terms: InheritTerms | None = None,
-             fishers: dict[str, torch.Tensor] | None = None, fisher_scale: float = 1.0) -> torch.Tensor | None:
+             fishers: dict[str, torch.Tensor] | None = None, fisher_scale: float = 1.0,
+             found_inf: torch.Tensor | None = None) -> torch.Tensor | None:
         """One update of every group. Returns the penalty value 1/2 sum kappa (p - A)^2 (before
-        the update, as a 1-element fp32 tensor on the device, no host sync) when `terms` is given."""
+        the update, as a 1-element fp32 tensor on the device, no host sync) when `terms` is given.
+
+        `found_inf` (0-dim fp32 device tensor): nonzero makes the whole step a no-op, decided on
+        the device (parameters, moments, Fisher untouched). The host step count still advances:
+        the caller undoes it with `unstep()` once it has read the flag (engine/trainer.py)."""
         self.step_count += 1
         penalty_out = None
         if terms is not None and terms.kappas:
@@ -170,7 +181,8 @@ class LadderOptimizer:
             if g.kind == "adamw" and plain and self.adamw_impl != "kernel":
                 impl = _torch_fused_adamw if self.adamw_impl == "torch" else _apex_fused_adamw
                 impl(P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
-                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay, step=self.step_count)
+                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay, step=self.step_count,
+                     found_inf=found_inf)
             elif g.kind == "adamw":
                 kernels.fused_adamw_multi(
                     P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
@@ -179,14 +191,35 @@ class LadderOptimizer:
                     kappas=K if any(k is not None for k in K) else None,
                     extra_grads=X if any(x is not None for x in X) else None, damping=damping,
                     fishers=F if any(f is not None for f in F) else None, fisher_scale=fisher_scale,
-                    penalty_out=penalty_out)
+                    penalty_out=penalty_out, found_inf=found_inf)
+            elif found_inf is not None:
+                # torch ops: run on copies, then keep the old values where the flag is set
+                bufs = [local(self.state[n]["momentum"]) for n in names]
+                outs = [t for t in P + bufs + F if t is not None]
+                work = [t.clone() for t in outs]
+                it = iter(work)
+                Pw, Bw = [next(it) for _ in P], [next(it) for _ in bufs]
+                Fw = [None if f is None else next(it) for f in F]
+                pen_w = None if penalty_out is None else penalty_out.clone()
+                self._muon_group(g, params, P=Pw, G=G, A=A, K=K, X=X, F=Fw, bufs=Bw, lr=lr, damping=damping,
+                                 fisher_scale=fisher_scale, penalty_out=pen_w)
+                keep = found_inf.reshape(()) != 0
+                for t, w in zip(outs + ([penalty_out] if pen_w is not None else []),
+                                work + ([pen_w] if pen_w is not None else [])):
+                    t.copy_(torch.where(keep, t, w))
             else:
-                self._muon_group(g, names, params, P, G, A, K, X, F, lr, damping, fisher_scale, penalty_out)
+                self._muon_group(g, params, P=P, G=G, A=A, K=K, X=X, F=F,
+                                 bufs=[local(self.state[n]["momentum"]) for n in names], lr=lr, damping=damping,
+                                 fisher_scale=fisher_scale, penalty_out=penalty_out)
         return penalty_out
 
-    def _muon_group(self, g, names, params, P, G, A, K, X, F, lr, damping, fisher_scale, penalty_out):
+    def unstep(self):
+        """Undo the host step count of a step the device skipped (its found_inf was set)."""
+        self.step_count -= 1
+
+    def _muon_group(self, g, params, *, P, G, A, K, X, F, bufs, lr, damping, fisher_scale, penalty_out):
         # The same pre-update algebra the fused AdamW kernel applies, in torch ops, then Muon.
-        for n, p, pl, gl, a, k, x, f in zip(names, params, P, G, A, K, X, F):
+        for p, pl, gl, a, k, x, f, buf in zip(params, P, G, A, K, X, F, bufs):
             if f is not None:
                 f.add_(gl.float().square(), alpha=fisher_scale)
             gp = gl.float()
@@ -198,7 +231,6 @@ class LadderOptimizer:
             if x is not None:
                 gp = gp + x
             gp = gp * damping
-            buf = local(self.state[n]["momentum"])
             buf.mul_(self.muon_momentum).add_(gp)
             update = gp + self.muon_momentum * buf  # Nesterov
             if hasattr(p, "device_mesh"):  # orthogonalisation needs the whole matrix

@@ -2,6 +2,7 @@
 
 One optimizer step:
     loader.next() x accum -> forward -> backward        (FSDP2 reduce-scatters inside backward)
+    [loss, non-finite gradient?] -> skip verdict         (engine/step_guard.py; read a step late on CUDA)
     ARS factor from the step's loss                      (engine/ars.py; a device tensor on CUDA)
     penalty terms for this step                          (engine/penalty.py; kappa, anchors, SVD term)
     optimizer.step: one fused kernel pass per group      (Fisher accumulate, g' = d (g + kappa (p - A)), AdamW)
@@ -28,6 +29,7 @@ from engine.data import prepare_data, TokenLoader
 from engine.distributed import DistEnv, all_reduce_sum, device_name, full_tensor, local, shard_like, shard_model
 from engine.evaluate import evaluate
 from engine.optim import InheritTerms, LadderOptimizer, model_param_groups
+from engine.step_guard import DeviceValues, NonFiniteGuard, found_inf, resolve_host_sync, step_flags
 from engine.schedule import lr_multiplier
 from models.attention import select_backend
 from models.config import GPTConfig, PRESETS, model_config
@@ -71,7 +73,7 @@ class TrainConfig:
     resume: bool = False
     compile: bool = False
     device: str = "auto"
-    log_every: int = 1  # steps between host syncs for metrics on CUDA
+    host_sync: str = "auto"  # auto | step | lagged: when the host reads a step's loss (engine/step_guard.py)
     progress: bool = True
     profile: bool = True
     cache_dir: str | None = None
@@ -136,6 +138,7 @@ def validate(cfg: TrainConfig, env: DistEnv) -> None:
     from engine.optim import check_adamw_impl
 
     check_adamw_impl(cfg.adamw_impl, env.device)
+    resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl)
     if cfg.ars not in ("off", "seed", "detrended"):
         raise ValueError(f"--ars must be off, seed or detrended, got {cfg.ars!r}")
     if not 0.0 <= cfg.warmdown_frac <= 1.0:
@@ -263,11 +266,13 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         penalty = Penalty([(n, local(p)) for n, p in named.items()], loc(inherit.anchor), loc(inherit.mask),
                           loc(inherit.fisher) if inherit.fisher is not None else {n: torch.zeros_like(local(p)) for n, p in named.items()},
                           total_steps=total_steps, **pen_kwargs)
+    lagged = resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl) == "lagged"
     ars = None
     if cfg.ars != "off":
-        from engine.ars import ARS
+        from engine.ars import ARS, ARSDevice
 
-        ars = ARS(mode=cfg.ars, seed=cfg.seed)
+        # lagged mode never reads the loss on the host: ARS runs on the device (engine/ars.py)
+        ars = ARSDevice(mode=cfg.ars, seed=cfg.seed, device=env.device) if lagged else ARS(mode=cfg.ars, seed=cfg.seed)
     fisher_bufs = None
     fisher_start = total_steps - cfg.fisher_online_steps
     if cfg.fisher_online_steps:
@@ -288,6 +293,11 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         start_step = int(extra["step"])
         loader.load_state_dict(extra["loader"])
         if ars is not None and extra.get("ars") is not None:
+            if ("buf" in extra["ars"]) != lagged:
+                raise TrainError(f"checkpoint {found} holds {'device' if 'buf' in extra['ars'] else 'host'} ARS state, "
+                                 f"this run uses {'device' if lagged else 'host'} ARS (--host-sync "
+                                 f"{'lagged' if lagged else 'step'}); resume with --host-sync "
+                                 f"{'lagged' if 'buf' in extra['ars'] else 'step'}")
             ars.load_state_dict(extra["ars"])
         consumed_flops, wall_before = float(extra["flops"]), float(extra["wall_s"])
     elif env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
@@ -320,17 +330,45 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=start_step, desc=f"d{cfg.depth} {out.name}", unit="step", dynamic_ncols=True)
-    nonfinite_run, skipped = 0, int(extra.get("skipped_steps", 0))
+    guard = NonFiniteGuard(cfg.max_nonfinite, skipped=int(extra.get("skipped_steps", 0)))
 
     def save_ckpt():
         with prof.stage("checkpoint"):
             ckpt.save(out / "ckpt", step, model, opt, {
                 "loader": loader.state_dict(), "ars": ars.state_dict() if ars else None,
                 "model_config": mcfg.to_dict(), "total_steps": total_steps, "flops": consumed_flops,
-                "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": skipped,
+                "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": guard.skipped,
             }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
 
+    def settle(entry: dict) -> bool:
+        """Read a step's verdict (engine/step_guard.py) and log it; False when it was skipped."""
+        nonlocal consumed_flops
+        loss_value, bad_grads, pen, *damping = entry.pop("values").read()
+        damping = damping[0] if damping else entry.pop("host_damping")
+        what = guard.judge(loss_value, bad_grads)
+        if what is not None:
+            if lagged:  # the device already skipped it; undo the host counts it advanced
+                opt.unstep()
+                if ars is not None:
+                    ars.rollback()
+            stop = guard.stop_message(entry["step"] - 1, loss_value, what)
+            if stop:
+                raise TrainError(stop)
+            metrics.write({"step": entry["step"], "skipped": f"non-finite {what}", "tokens": entry["tokens"],
+                           "flops": consumed_flops})
+            return False
+        consumed_flops += flops_per_step
+        entry.update(loss=loss_value, flops=consumed_flops, ars=damping)
+        if entry.pop("has_penalty"):
+            entry["penalty"] = pen
+        if bar is not None:
+            bar.update(entry["step"] - bar.n)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / max(entry['dt'], 1e-9):.0f}")
+        return True
+
+    rank_mean = torch.tensor([env.world_size, 1.0], device=env.device)  # made once: a per-step copy would sync
     last_eval = None
+    pending = None  # lagged mode: the previous step, its verdict not read yet
     t_loop = time.time()
     step = start_step
     model.train()
@@ -345,58 +383,66 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
             with prof.stage("backward"):
                 loss.backward()
             loss_sum += loss.detach()
-        # [loss sum, ranks with a non-finite gradient], reduced together: one all-reduce, one host sync
-        red = torch.stack([loss_sum, _nonfinite_grads(named.values(), loss_sum)])
+        # [loss sum, ranks with a non-finite gradient], reduced together in one all-reduce
+        flags = step_flags(loss_sum, named.values())
         if env.distributed:  # mean loss over ranks; the flag stays a count of ranks
-            red = all_reduce_sum(red, env) / torch.tensor([env.world_size, 1.0], dtype=red.dtype, device=red.device)
+            flags = all_reduce_sum(flags, env) / rank_mean
         lr_mult = lr_multiplier(step, total_steps, warmup, cfg.warmdown_frac, cfg.final_lr_frac)
-        loss_value, bad_grads = red.tolist()  # one host sync per step: ARS and the non-finite guard need it
-        if not math.isfinite(loss_value) or bad_grads:
-            what = "loss" if not math.isfinite(loss_value) else "gradient"
-            nonfinite_run += 1
-            skipped += 1
-            opt.zero_grad()
-            if nonfinite_run >= cfg.max_nonfinite:
-                raise TrainError(f"{nonfinite_run} consecutive steps with a non-finite loss or gradient at step {step} "
-                                 f"(max_nonfinite={cfg.max_nonfinite}; last loss {loss_value}, non-finite {what}); "
-                                 f"stopping: lower the learning rate or check the data")
-            step += 1
-            metrics.write({"step": step, "skipped": f"non-finite {what}", "tokens": step * tokens_per_step,
-                           "flops": consumed_flops})
+        lr = groups[-1].lr * lr_mult
+        step += 1
+        eval_due = step % eval_every == 0 or step == total_steps
+        ckpt_due = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps
+        entry = {"step": step, "lr": lr, "lr_mult": lr_mult, "tokens": step * tokens_per_step}
+        if lagged:
+            if pending is not None and settle(pending):  # its flags were computed before this step's forward
+                metrics.write(pending)
+            skip, good = found_inf(flags), True  # a bad step becomes a no-op on the device
+            with prof.stage("ars"):
+                damping = ars.update(flags[0], lr, ok=skip == 0) if ars is not None else 1.0
+        else:
+            loss_value, bad_grads = flags.tolist()  # one host read per step (free on CPU)
+            skip, good, damping = None, math.isfinite(loss_value) and not bad_grads, 1.0
+            if good and ars is not None:
+                with prof.stage("ars"):
+                    damping = ars.update(loss_value, lr)
+        pen = None
+        if good:
+            terms = None
+            if penalty is not None:
+                with prof.stage("penalty"):
+                    terms = penalty_terms(penalty, named, step - 1)
+            fishing = fisher_bufs is not None and step - 1 >= fisher_start
+            with prof.stage("optimizer"):
+                pen = opt.step(lr_mult, damping=damping, terms=terms,
+                               fishers={n: local(b) for n, b in fisher_bufs.items()} if fishing else None,
+                               fisher_scale=1.0 / cfg.fisher_online_steps if fishing else 1.0, found_inf=skip)
+        opt.zero_grad()
+        prof.step_end(step, tokens_per_step, flops_per_step)
+        entry["dt"] = time.time() - t0
+        entry["has_penalty"] = pen is not None
+        # what settle() reads, in one small device->host copy (a host float damping stays on the host:
+        # making it a device tensor would be a blocking copy)
+        on_device = [flags[0], flags[1], all_reduce_sum(pen, env) if pen is not None else flags[1]]
+        if isinstance(damping, torch.Tensor):
+            on_device.append(damping)
+        else:
+            entry["host_damping"] = float(damping)
+        entry["values"] = DeviceValues(torch.stack([t.reshape(()).to(torch.float64) for t in on_device]))
+        if lagged and not (eval_due or ckpt_due):
+            pending = entry  # read during the next step; eval and checkpoint steps sync anyway: read now
+            continue
+        pending = None
+        if not settle(entry):
             if step == total_steps:
                 last_eval = None  # the final val loss is measured after the loop, on the final weights
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
+            if ckpt_due:
                 save_ckpt()  # the run's last step must leave a checkpoint even when it was skipped
             continue
-        nonfinite_run = 0
-        with prof.stage("ars"):
-            damping = ars.update(loss_value, groups[-1].lr * lr_mult) if ars is not None else 1.0
-        terms = None
-        if penalty is not None:
-            with prof.stage("penalty"):
-                terms = penalty_terms(penalty, named, step)
-        fishing = fisher_bufs is not None and step >= fisher_start
-        with prof.stage("optimizer"):
-            pen = opt.step(lr_mult, damping=damping, terms=terms,
-                           fishers={n: local(b) for n, b in fisher_bufs.items()} if fishing else None,
-                           fisher_scale=1.0 / cfg.fisher_online_steps if fishing else 1.0)
-        opt.zero_grad()
-        step += 1
-        consumed_flops += flops_per_step
-        rec = {"step": step, "loss": loss_value, "lr": groups[-1].lr * lr_mult, "lr_mult": lr_mult,
-               "tokens": step * tokens_per_step, "flops": consumed_flops, "dt": time.time() - t0,
-               "ars": float(damping)}
-        if pen is not None:
-            rec["penalty"] = float(all_reduce_sum(pen, env))
-        if step % eval_every == 0 or step == total_steps:
+        if eval_due:
             last_eval = do_eval()
-            rec.update(last_eval)
-        metrics.write(rec)
-        prof.step_end(step, tokens_per_step, flops_per_step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / max(rec['dt'], 1e-9):.0f}")
-        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
+            entry.update(last_eval)
+        metrics.write(entry)
+        if ckpt_due:
             save_ckpt()
     if bar is not None:
         bar.close()
@@ -419,22 +465,13 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         "penalty_flops": float(penalty.penalty_flops_per_step * env.world_size * total_steps) if penalty else 0.0,
         "val_loss": last_eval["val_loss"], "val_bpb": last_eval["val_bpb"],
         "start_val_loss": start_eval["val_loss"] if start_eval else None,
-        "wall_s": wall_s, "setup_s": t_loop - t_start, "skipped_steps": skipped,
+        "wall_s": wall_s, "setup_s": t_loop - t_start, "skipped_steps": guard.skipped,
         **{k: meta[k] for k in ("device", "device_name", "attention_backend", "kernel_backend", "world_size", "dtype")},
         "growth": inherit.info if inherit else None,
     }
     if env.is_main:
         ckpt.write_json_atomic(out / "final.json", final)
     return final
-
-
-def _nonfinite_grads(params, like: torch.Tensor) -> torch.Tensor:
-    """1 when any gradient on this rank holds a NaN or Inf, else 0, as a tensor like `like` (no sync)."""
-    grads = [local(p.grad) for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros_like(like)
-    norms = torch._foreach_norm(grads)  # one fused pass; a NaN or Inf anywhere makes its norm non-finite
-    return (~torch.isfinite(torch.stack(norms))).any().to(like.dtype)
 
 
 def penalty_terms(penalty, named, step) -> InheritTerms:
@@ -461,6 +498,8 @@ def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_b
         "fsdp": env.world_size > 1, "compile": cfg.compile, "torch": torch.__version__,
         "apex": _apex_available() if on_cuda else False,
         "threads": torch.get_num_threads(),
+        # when the host reads each step's loss/non-finite verdict (engine/step_guard.py)
+        "host_sync": resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl),
     }
 
 

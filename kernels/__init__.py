@@ -4,9 +4,10 @@ Public API
 ----------
 fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, anchor=None,
                  kappa=None, extra_grad=None, damping=1.0, fisher=None, fisher_scale=1.0,
-                 penalty_out=None)
+                 penalty_out=None, found_inf=None)
 fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, ..., anchors=None, kappas=None,
-                  extra_grads=None, damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None)
+                  extra_grads=None, damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
+                  found_inf=None)
 available_backends() -> list[str]
 backend_for(device) -> str
 last_backend() -> str | None        (the backend used by the most recent call)
@@ -272,17 +273,24 @@ def _check_one(sfx, p, g, m, v, anchor, kappa, extra_grad, fisher):
         raise ValueError(f"p{sfx}, m{sfx}, v{sfx} (and fisher{sfx}) must be distinct tensors")
 
 
-def _check_penalty_out(penalty_out, device):
-    if penalty_out is None:
+def _check_scalar_tensor(name, t, device, what):
+    """penalty_out and found_inf: optional 1-element float32 tensors on the parameters' device."""
+    if t is None:
         return
-    if not isinstance(penalty_out, Tensor):
-        raise TypeError(f"penalty_out: expected a torch.Tensor, got {type(penalty_out).__name__}")
-    if penalty_out.dtype != torch.float32 or penalty_out.numel() != 1:
-        raise ValueError(f"penalty_out: expected a 1-element float32 tensor, got "
-                         f"{_desc(penalty_out)}")
-    if penalty_out.device != device:
-        raise ValueError(f"penalty_out: device {penalty_out.device} does not match the "
-                         f"parameters' device {device}")
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor ({what}), got {type(t).__name__}")
+    if t.dtype != torch.float32 or t.numel() != 1:
+        raise ValueError(f"{name}: expected a 1-element float32 tensor ({what}), got {_desc(t)}")
+    if t.device != device:
+        raise ValueError(f"{name}: device {t.device} does not match the parameters' device {device}")
+
+
+def _check_penalty_out(penalty_out, device):
+    _check_scalar_tensor("penalty_out", penalty_out, device, "the penalty accumulator")
+
+
+def _check_found_inf(found_inf, device):
+    _check_scalar_tensor("found_inf", found_inf, device, "nonzero = skip the step")
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,8 +298,11 @@ def _check_penalty_out(penalty_out, device):
 # --------------------------------------------------------------------------------------------
 def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step,
                      anchor=None, kappa=None, extra_grad=None, damping=1.0,
-                     fisher=None, fisher_scale=1.0, penalty_out=None, backend=None) -> None:
+                     fisher=None, fisher_scale=1.0, penalty_out=None, found_inf=None,
+                     backend=None) -> None:
     """One fused inherited-AdamW step on one tensor, in place (see kernels/reference.py).
+    ``found_inf`` (0-dim float32 device tensor): nonzero makes the step a no-op, decided on
+    the device.
 
     ``backend`` (not part of the stable API) bypasses dispatch, for tests and benchmarks.
     """
@@ -299,6 +310,7 @@ def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step,
     _check_one("", p, g, m, v, anchor, kappa, extra_grad, fisher)
     _check_scalars(lr, beta1, beta2, eps, weight_decay, step, damping, fisher_scale, p.device)
     _check_penalty_out(penalty_out, p.device)
+    _check_found_inf(found_inf, p.device)
     be = backend or backend_for(p.device)
     impl = _impl(be)
     with torch.no_grad():
@@ -306,7 +318,7 @@ def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step,
                               eps=float(eps), weight_decay=float(weight_decay), step=step,
                               anchor=anchor, kappa=kappa, extra_grad=extra_grad,
                               damping=damping, fisher=fisher, fisher_scale=float(fisher_scale),
-                              penalty_out=penalty_out)
+                              penalty_out=penalty_out, found_inf=found_inf)
     if be != "reference":
         _bump_versions((p, m, v, fisher, penalty_out))
     _last_backend = be
@@ -324,7 +336,7 @@ def _opt_list(name, seq, n):
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
                       damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
-                      backend=None) -> None:
+                      found_inf=None, backend=None) -> None:
     """Fused inherited-AdamW step over a parameter group (one native call / few launches).
 
     Optional lists may be None or contain None per tensor. Works on plain local tensors
@@ -352,6 +364,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
                              "one call per device")
     _check_scalars(lr, beta1, beta2, eps, weight_decay, step, damping, fisher_scale, dev)
     _check_penalty_out(penalty_out, dev)
+    _check_found_inf(found_inf, dev)
     be = backend or backend_for(dev)
     impl = _impl(be)
     with torch.no_grad():
@@ -360,7 +373,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
                                weight_decay=float(weight_decay), step=step, anchors=anchors,
                                kappas=kappas, extra_grads=extra_grads, damping=damping,
                                fishers=fishers, fisher_scale=float(fisher_scale),
-                               penalty_out=penalty_out)
+                               penalty_out=penalty_out, found_inf=found_inf)
     if be != "reference":
         _bump_versions(params, exp_avgs, exp_avg_sqs, fishers, (penalty_out,))
     _last_backend = be

@@ -16,6 +16,10 @@ Semantics, elementwise, in this order (all arithmetic in fp32):
     p -= (lr / (1-beta1^step)) * m / (sqrt(v)/sqrt(1-beta2^step) + eps)
 
 which is exactly torch.optim.AdamW (decoupled weight decay) applied to g'.
+
+``found_inf`` (optional 0-dim float32 tensor, torch's fused-AdamW convention): when nonzero the
+whole step is a no-op (p, m, v, fisher and penalty_out are left untouched). It lets a trainer
+skip a step with a non-finite loss or gradient without reading the flag on the host.
 """
 from __future__ import annotations
 
@@ -47,10 +51,20 @@ def fused_adamw_step(
     anchor: Optional[Tensor] = None, kappa: Optional[Tensor] = None,
     extra_grad: Optional[Tensor] = None, damping=1.0,
     fisher: Optional[Tensor] = None, fisher_scale: float = 1.0,
-    penalty_out: Optional[Tensor] = None,
+    penalty_out: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
 ) -> None:
     if p.numel() == 0:
         return
+    if found_inf is not None:
+        if found_inf.device.type == "cpu":  # reading a CPU tensor is no device sync
+            if float(found_inf) != 0.0:
+                return
+        else:  # no host sync: step copies, keep the originals where found_inf says so
+            _gated_step(p, g, m, v, found_inf, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                        weight_decay=weight_decay, step=step, anchor=anchor, kappa=kappa,
+                        extra_grad=extra_grad, damping=damping, fisher=fisher,
+                        fisher_scale=fisher_scale, penalty_out=penalty_out)
+            return
     g32 = g.float()
     if fisher is not None:
         fisher.addcmul_(g32, g32, value=float(fisher_scale))
@@ -80,6 +94,18 @@ def fused_adamw_step(
         p.addcdiv_(m, denom, value=-lr * inv_bc1)
 
 
+def _gated_step(p, g, m, v, found_inf, *, fisher, penalty_out, **kw) -> None:
+    outs = [t for t in (p, m, v, fisher, penalty_out) if t is not None]
+    work = [t.clone() for t in outs]
+    wp, wm, wv = work[:3]
+    wf = work[3] if fisher is not None else None
+    wpen = work[-1] if penalty_out is not None else None
+    fused_adamw_step(wp, g, wm, wv, fisher=wf, penalty_out=wpen, **kw)
+    keep = found_inf.reshape(()) != 0
+    for t, w in zip(outs, work):
+        t.copy_(torch.where(keep, t, w))
+
+
 def _at(seq, i):
     return None if seq is None else seq[i]
 
@@ -91,6 +117,7 @@ def fused_adamw_multi(
     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step,
     anchors=None, kappas=None, extra_grads=None, damping=1.0,
     fishers=None, fisher_scale: float = 1.0, penalty_out: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
 ) -> None:
     for i in range(len(params)):
         fused_adamw_step(
@@ -98,5 +125,5 @@ def fused_adamw_multi(
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
             anchor=_at(anchors, i), kappa=_at(kappas, i), extra_grad=_at(extra_grads, i),
             damping=damping, fisher=_at(fishers, i), fisher_scale=fisher_scale,
-            penalty_out=penalty_out,
+            penalty_out=penalty_out, found_inf=found_inf,
         )

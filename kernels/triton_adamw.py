@@ -4,8 +4,8 @@ fused_adamw_step: one launch of a single fused kernel. fused_adamw_multi: one la
 multi-tensor kernel per kind of tensor in the group (address table on the device).
 
 Semantics: kernels/reference.py. Every optional term is a tl.constexpr flag, so each option
-combination compiles to its own branch-free kernel. ``step`` and ``damping`` may be 0-dim device
-tensors: the kernel loads them itself, so a CUDA step needs no host sync (bias corrections are
+combination compiles to its own branch-free kernel. ``step``, ``damping`` and ``found_inf`` may be
+0-dim device tensors: the kernel loads them itself, so a CUDA step needs no host sync (bias corrections are
 then computed in fp32 on the device, as torch's capturable AdamW does).
 
 Also runs on CPU tensors under TRITON_INTERPRET=1 (tests). Interpreter rules followed here:
@@ -56,11 +56,18 @@ def _kernel():
     @triton.jit
     def _adamw_body_fn(
         p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr, damp_ptr,
-        offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
+        skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
         log_beta2, damping, fisher_scale,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
+        HAS_SKIP: tl.constexpr,
     ):
+        if HAS_SKIP:
+            # found_inf != 0: the whole step is a no-op, decided on the device (no host sync);
+            # masking every load and store also makes a skipped step move no bytes
+            # (broadcast to the block before comparing: the interpreter cannot AND a scalar)
+            found = tl.zeros_like(offs).to(tl.float32) + tl.load(skip_ptr)
+            mask = mask & (found == 0.0)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if HAS_FISHER:
             f = tl.load(f_ptr + offs, mask=mask, other=0.0)
@@ -104,29 +111,29 @@ def _kernel():
     @triton.jit
     def _fused_adamw_kernel(
         p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr, damp_ptr,
-        n_elements, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
+        skip_ptr, n_elements, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
         log_beta2, damping, fisher_scale,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr,
+        HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
         offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         mask = offs < n_elements
         _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
-                    damp_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt,
+                    damp_ptr, skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt,
                     log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR, HAS_EXTRA,
-                    HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR)
+                    HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR, HAS_SKIP)
 
     @triton.jit
     def _fused_adamw_multi_kernel(
         table_ptr, n_tensors, numel_ptr, blk_tensor_ptr, blk_start_ptr, pen_ptr, step_ptr,
-        damp_ptr, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1, log_beta2,
+        damp_ptr, skip_ptr, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1, log_beta2,
         damping, fisher_scale,
         G_BF16: tl.constexpr, K_BF16: tl.constexpr,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr,
+        HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
         # One program per BLOCK_SIZE elements of one tensor; table[j, t] holds the address of
         # operand j (p, g, m, v, anchor, kappa, extra, fisher) of tensor t.
@@ -158,16 +165,16 @@ def _kernel():
             kb_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(tl.pointer_type(tl.bfloat16),
                                                                bitcast=True)
             _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, kb_ptr, e_ptr, f_ptr, pen_ptr,
-                        step_ptr, damp_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
+                        step_ptr, damp_ptr, skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
                         inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR,
-                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR)
+                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR, HAS_SKIP)
         else:
             if HAS_ANCHOR:
                 k_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(f32, bitcast=True)
             _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr,
-                        step_ptr, damp_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
+                        step_ptr, damp_ptr, skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
                         inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR,
-                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR)
+                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR, HAS_SKIP)
 
     _kernel_cache = (_fused_adamw_kernel, _fused_adamw_multi_kernel)
     return _kernel_cache
@@ -181,7 +188,7 @@ def _check_device(p: Tensor) -> None:
 
 def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, anchor=None,
                      kappa=None, extra_grad=None, damping=1.0, fisher=None, fisher_scale=1.0,
-                     penalty_out=None) -> None:
+                     penalty_out=None, found_inf=None) -> None:
     n = p.numel()
     if n == 0:
         return
@@ -204,13 +211,13 @@ def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, a
         fisher if fisher is not None else dummy,
         penalty_out if has_pen else dummy,
         step if step_tensor else dummy, damping if damp_tensor else dummy,
-        n, float(1.0 - lr * weight_decay), float(beta1), float(beta2), float(eps), float(lr),
+        found_inf if found_inf is not None else dummy, n, float(1.0 - lr * weight_decay), float(beta1), float(beta2), float(eps), float(lr),
         float(step_size), float(inv_bc2), float(math.log(beta1)) if beta1 > 0 else -1e30,
         float(math.log(beta2)) if beta2 > 0 else -1e30,
         1.0 if damp_tensor else float(damping), float(fisher_scale),
         HAS_ANCHOR=has_anchor, HAS_EXTRA=extra_grad is not None, HAS_FISHER=fisher is not None,
-        HAS_PEN=has_pen, STEP_TENSOR=step_tensor, DAMP_TENSOR=damp_tensor, BLOCK_SIZE=BLOCK,
-        num_warps=NUM_WARPS,
+        HAS_PEN=has_pen, STEP_TENSOR=step_tensor, DAMP_TENSOR=damp_tensor,
+        HAS_SKIP=found_inf is not None, BLOCK_SIZE=BLOCK, num_warps=NUM_WARPS,
     )
 
 
@@ -256,7 +263,8 @@ def _group_tables(dev, addrs, numels):
 
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
-                      damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None) -> None:
+                      damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
+                      found_inf=None) -> None:
     """One launch per *kind* of tensor in the group (gradient dtype, kappa dtype, which optional
     operands are present): usually one or two launches for a whole parameter group. Each
     launch walks a device-side address table (multi-tensor apply)."""
@@ -290,7 +298,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
                 beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
                 anchor=_at(anchors, i), kappa=_at(kappas, i), extra_grad=_at(extra_grads, i),
                 damping=damping, fisher=_at(fishers, i), fisher_scale=fisher_scale,
-                penalty_out=penalty_out)
+                penalty_out=penalty_out, found_inf=found_inf)
             continue
         addrs = [[0 if seq is None or seq[i] is None else seq[i].data_ptr() for i in idx]
                  for seq in operands]
@@ -301,12 +309,13 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
         _kernel()[1][(nb,)](
             table, len(idx), numel_t, blk_tensor, blk_start,
             penalty_out if has_pen else dummy, step if step_tensor else dummy,
-            damping if damp_tensor else dummy,
+            damping if damp_tensor else dummy, found_inf if found_inf is not None else dummy,
             float(1.0 - lr * weight_decay), float(beta1), float(beta2), float(eps), float(lr),
             float(step_size), float(inv_bc2), float(math.log(beta1)) if beta1 > 0 else -1e30,
             float(math.log(beta2)) if beta2 > 0 else -1e30,
             1.0 if damp_tensor else float(damping), float(fisher_scale),
             G_BF16=g_bf16, K_BF16=k_bf16, HAS_ANCHOR=has_anchor, HAS_EXTRA=has_extra,
             HAS_FISHER=has_fisher, HAS_PEN=has_pen, STEP_TENSOR=step_tensor,
-            DAMP_TENSOR=damp_tensor, BLOCK_SIZE=BLOCK, num_warps=NUM_WARPS,
+            DAMP_TENSOR=damp_tensor, HAS_SKIP=found_inf is not None, BLOCK_SIZE=BLOCK,
+            num_warps=NUM_WARPS,
         )

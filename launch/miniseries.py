@@ -62,7 +62,7 @@ def main(argv=None):
         seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [ns.seed]
     except ValueError as e:
         p.error(str(e))
-    train_keys = ("data", "device", "global_batch", "device_batch", "optimizer", "adamw_impl", "matrix_lr", "embedding_lr",
+    train_keys = ("data", "device", "global_batch", "device_batch", "optimizer", "adamw_impl", "host_sync", "max_nonfinite", "matrix_lr", "embedding_lr",
                   "unembedding_lr", "weight_decay", "warmdown_frac", "eval_every", "eval_tokens", "ckpt_every",
                   "compile", "progress", "profile", "cache_dir", "vocab_size", "seq_len")
     train = {k: getattr(ns, k) for k in train_keys if getattr(ns, k) is not None}

@@ -34,7 +34,7 @@ def miniseries_args(a) -> list[str]:
     return ["--depths", a.depths, "--arms", a.arms, "--ratio", str(a.ratio), "--preset", "cpu-tiny",
             "--seq-len", str(a.seq_len), "--global-batch", str(a.global_batch), "--eval-tokens", "1024",
             "--fisher-batches", "2", "--ckpt-every", str(a.ckpt_every), "--seed", str(a.seed),
-            "--no-progress", "--no-profile"]
+            "--no-progress", "--no-profile", "--host-sync", a.host_sync]
 
 
 def command(a, out: Path) -> list[str]:
@@ -111,6 +111,8 @@ def main(argv=None):
     p.add_argument("--max-delay-frac", dest="max_delay_frac", type=float, default=0.6,
                    help="longest time before a kill, as a fraction of the reference's wall time")
     p.add_argument("--max-starts", dest="max_starts", type=int, default=60, help="starts per round before giving up")
+    p.add_argument("--host-sync", dest="host_sync", default="auto", choices=["auto", "step", "lagged"],
+                   help="the runs' --host-sync (lagged: the device-side non-finite skip, read a step late)")
     p.add_argument("--out", default="runs/soak")
     p.add_argument("--results", default=str(ROOT / "docs/results"), help="where soak-<date>.{json,md} go")
     a = p.parse_args(argv)
@@ -124,6 +126,10 @@ def main(argv=None):
     out.mkdir(parents=True)
     rng = random.Random(a.seed)
     t_begin = time.time()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    commit = (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
     date = time.strftime("%Y-%m-%d", time.gmtime())
 
     # 1. the uninterrupted reference
@@ -181,7 +187,7 @@ def main(argv=None):
         "date": date, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t_begin)),
         "minutes": a.minutes, "wall_s": time.time() - t_begin, "reference_s": t_ref, "seed": a.seed,
         "command": " ".join(["python", "launch/miniseries.py"] + miniseries_args(a) + ["--out", "OUT"]),
-        "nproc": a.nproc, "threads": a.threads, "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
+        "commit": commit, "nproc": a.nproc, "threads": a.threads, "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                                                           "python": platform.python_version(), "torch": torch.__version__},
         "rounds": rounds, "total_kills": sum(len(r["kills"]) for r in rounds),
         "rounds_finished": sum(r["finished"] for r in rounds),
@@ -190,7 +196,8 @@ def main(argv=None):
     }
     res_dir = Path(a.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = res_dir / f"soak-{date}.json", res_dir / f"soak-{date}.md"
+    stem = f"soak-{date}" + ("" if a.host_sync == "auto" else f"-{a.host_sync}")
+    jpath, mpath = res_dir / f"{stem}.json", res_dir / f"{stem}.md"
     jpath.write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# Soak: random SIGKILLs during a CPU miniseries ({date})", "",
              f"Command (each start, in a fresh `OUT` per round): `{result['command']}`"
@@ -206,7 +213,7 @@ def main(argv=None):
         delays = ", ".join(f"{d:.1f}" for d in r["kills"][:12]) + (" ..." if len(r["kills"]) > 12 else "")
         lines.append(f"| {r['round']} | {r['starts']} | {len(r['kills'])} | {delays} | "
                      f"{'yes' if r.get('equal') else 'NO: ' + '; '.join(r.get('differences', [])[:3]) if r['finished'] else 'did not finish'} |")
-    lines += ["", f"Host: {result['host']}. Wall time {result['wall_s'] / 60:.1f} min."]
+    lines += ["", f"Code: commit {commit}. Host: {result['host']}. Wall time {result['wall_s'] / 60:.1f} min."]
     mpath.write_text("\n".join(lines) + "\n")
     print(f"[soak] {'PASS' if ok else 'FAIL'}: {jpath} {mpath}", flush=True)
     sys.exit(0 if ok else 1)

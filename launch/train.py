@@ -77,6 +77,12 @@ def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
     p.add_argument("--adamw-impl", dest="adamw_impl", default="kernel", choices=["kernel", "torch", "apex"],
                    help="kernel of plain AdamW steps: ours (default), torch's fused AdamW, or NVIDIA apex FusedAdam")
+    p.add_argument("--host-sync", dest="host_sync", default="auto", choices=["auto", "step", "lagged"],
+                   help="when the host reads each step's loss and non-finite verdict: lagged = one step late, "
+                        "the skip decided on the device (no per-step sync; auto on CUDA), step = every step "
+                        "(auto on CPU, where it costs nothing)")
+    p.add_argument("--max-nonfinite", dest="max_nonfinite", type=positive_int, default=5,
+                   help="consecutive steps with a NaN/Inf loss or gradient (each skipped) before the run stops")
     p.add_argument("--matrix-lr", dest="matrix_lr", type=positive_float)
     p.add_argument("--embedding-lr", dest="embedding_lr", type=positive_float)
     p.add_argument("--unembedding-lr", dest="unembedding_lr", type=positive_float)

@@ -198,3 +198,22 @@ def test_device_jitter_only_when_guarded_and_roundtrip():
     b = ARSDevice("detrended", seed=0)
     b.load_state_dict(a.state_dict())
     assert first + [b.update(torch.tensor(L), 1e-4).item() for L in osc[13:]] == ref
+
+
+@pytest.mark.parametrize("mode", ["seed", "detrended"])
+def test_device_update_refused_by_ok_then_rolled_back_leaves_no_trace(mode):
+    """The trainer's lagged non-finite guard: an update with ok=False (a NaN loss the device
+    skipped), then rollback(), must leave ARS as if it never happened (jitter off: the random
+    stream is the one thing a refused update still advances)."""
+    losses = [5.0 - 0.02 * t + 0.05 * (-1) ** t for t in range(25)]
+    clean, guarded = ARSDevice(mode, jitter=False), ARSDevice(mode, jitter=False)
+    want = [clean.update(torch.tensor(L), 1e-4).item() for L in losses]
+    got = []
+    for t, L in enumerate(losses):
+        if t in (1, 12, 13):  # including back-to-back refusals and one before the window fills
+            guarded.update(torch.tensor(float("nan")), 1e-4, ok=torch.tensor(False))
+            guarded.rollback()
+        got.append(guarded.update(torch.tensor(L), 1e-4, ok=torch.tensor(True)).item())
+    assert got == want
+    assert guarded.steps == clean.steps and guarded.state_dict()["count"] == clean.state_dict()["count"]
+    assert torch.equal(guarded.buf, clean.buf)

@@ -240,6 +240,75 @@ def test_requires_grad_params_are_updated_in_place():
 
 
 # ----------------------------------------------------------------------------------------------
+# found_inf: a device-side skip flag (the trainer's non-finite guard without a host sync)
+# ----------------------------------------------------------------------------------------------
+def run_with_flags(backend, inp, flags, *, multi=False, step_tensor=False):
+    """Steps with found_inf = flags[i]; a skipped step does not advance the step count (the
+    trainer's bookkeeping). Returns the final state and penalty."""
+    t = {k: v.clone() for k, v in inp.items()}
+    pen = torch.zeros(1)
+    count = 0
+    for flag in flags:
+        count += 1
+        kw = dict(**HP, step=torch.tensor(count) if step_tensor else count, damping=0.7,
+                  fisher_scale=0.5, penalty_out=pen, backend=backend,
+                  found_inf=None if flag is None else torch.tensor(float(flag)))
+        if multi:
+            kernels.fused_adamw_multi([t["p"]], [t["g"]], [t["m"]], [t["v"]], anchors=[t["anchor"]],
+                                      kappas=[t["kappa"]], extra_grads=[t["extra_grad"]],
+                                      fishers=[t["fisher"]], **kw)
+        else:
+            kernels.fused_adamw_step(t["p"], t["g"], t["m"], t["v"], anchor=t["anchor"], kappa=t["kappa"],
+                                     extra_grad=t["extra_grad"], fisher=t["fisher"], **kw)
+        if flag:
+            count -= 1
+    return t, pen
+
+
+def skip_errors(backend, n=1031, gdtype=torch.float32, step_tensor=False):
+    """[] when: found_inf=0 equals no flag bitwise, and found_inf=1 steps change nothing."""
+    inp = make_inputs(n, gdtype, gdtype)
+    errs = []
+    for multi in (False, True):
+        plain, pen_plain = run_with_flags(backend, inp, [None, None], multi=multi, step_tensor=step_tensor)
+        zero, pen_zero = run_with_flags(backend, inp, [0, 0], multi=multi, step_tensor=step_tensor)
+        skipped, pen_skip = run_with_flags(backend, inp, [1, 0, 1, 1, 0], multi=multi, step_tensor=step_tensor)
+        for k in ("p", "m", "v", "fisher"):
+            if not torch.equal(zero[k], plain[k]):
+                errs.append(f"{backend} multi={multi}: found_inf=0 changed {k}")
+            if not torch.equal(skipped[k], plain[k]):
+                errs.append(f"{backend} multi={multi}: skipped steps changed {k}")
+        if not (torch.equal(pen_zero, pen_plain) and torch.equal(pen_skip, pen_plain)):
+            errs.append(f"{backend} multi={multi}: penalty {pen_zero} / {pen_skip} vs {pen_plain}")
+    return errs
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("gdtype", [torch.float32, torch.bfloat16], ids=["g32", "gbf16"])
+def test_found_inf_skips_the_step_and_zero_changes_nothing(backend, gdtype):
+    assert skip_errors(backend, gdtype=gdtype) == []
+
+
+def test_reference_gated_path_without_host_read():
+    """The reference's accelerator path (step on copies, torch.where, no host read), on CPU."""
+    inp = make_inputs(257)
+    stepped = {k: v.clone() for k, v in inp.items()}
+    pen_stepped = torch.zeros(1)
+    reference.fused_adamw_step(stepped["p"], stepped["g"], stepped["m"], stepped["v"], **HP, step=1,
+                               anchor=stepped["anchor"], kappa=stepped["kappa"], damping=0.5,
+                               fisher=stepped["fisher"], fisher_scale=1.0, penalty_out=pen_stepped)
+    for flag, want, pen_want in ((0.0, stepped, pen_stepped), (1.0, inp, torch.zeros(1))):
+        t = {k: v.clone() for k, v in inp.items()}
+        pen = torch.zeros(1)
+        reference._gated_step(t["p"], t["g"], t["m"], t["v"], torch.tensor(flag), **HP, step=1,
+                              anchor=t["anchor"], kappa=t["kappa"], extra_grad=None, damping=0.5,
+                              fisher=t["fisher"], fisher_scale=1.0, penalty_out=pen)
+        for k in ("p", "m", "v", "fisher"):
+            assert torch.equal(t[k], want[k]), (flag, k)
+        assert torch.equal(pen, pen_want), flag
+
+
+# ----------------------------------------------------------------------------------------------
 # Triton (interpreter on CPU in a subprocess; CUDA directly when present)
 # ----------------------------------------------------------------------------------------------
 def _triton_importable():
@@ -318,6 +387,8 @@ _TRITON_SCRIPT = textwrap.dedent(r"""
             cmp(o, r, None, None, f"multi2 step_tensor={st} tensor {j}")
         cmp({k: torch.zeros(1) for k in ("p", "m", "v", "fisher")},
             {k: torch.zeros(1) for k in ("p", "m", "v", "fisher")}, pen, pen_ref, f"multi2 {st}")
+    from tests.test_kernels import skip_errors
+    errs += skip_errors("triton", gdtype=torch.bfloat16, step_tensor=True) + skip_errors("triton")
     from kernels import triton_adamw
     assert len(triton_adamw._TABLE_CACHE) > 0, "the multi-tensor kernel did not run"
     print("RESULT" + json.dumps(errs))
@@ -334,8 +405,10 @@ def test_triton_interpreter_vs_reference():
     if proc.returncode != 0 or not lines:
         # an environment that cannot run the interpreter at all (no driver stub, numpy mismatch)
         # skips; any other failure (a wrong result, a kernel error) fails
-        cannot_run = ("0 active drivers" in proc.stderr or
-                      ("interpret" in proc.stderr.lower() and "not supported" in proc.stderr))
+        # (an InterpreterError is a kernel bug, not a missing environment)
+        cannot_run = "InterpreterError" not in proc.stderr and (
+            "0 active drivers" in proc.stderr or
+            ("interpret" in proc.stderr.lower() and "not supported" in proc.stderr))
         if cannot_run:
             pytest.skip(f"the Triton interpreter cannot run here: {proc.stderr[-500:]}")
         pytest.fail(f"triton subprocess failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -397,6 +470,8 @@ BAD_CASES = [
     ("penalty_out 2 elements", lambda t, k: k.update(penalty_out=torch.zeros(2)), ValueError, "penalty_out: expected a 1-element float32"),
     ("penalty_out fp64", lambda t, k: k.update(penalty_out=torch.zeros(1, dtype=torch.float64)), ValueError, "penalty_out"),
     ("m aliases p", None, ValueError, "must be distinct"),
+    ("found_inf bool", lambda t, k: k.update(found_inf=torch.tensor(True)), ValueError, "found_inf: expected a 1-element float32"),
+    ("found_inf float", lambda t, k: k.update(found_inf=1.0), TypeError, "found_inf: expected a torch.Tensor"),
 ]
 
 

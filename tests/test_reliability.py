@@ -203,10 +203,16 @@ def _tiny(tmp_path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+# "step" reads each step's verdict on the host; "lagged" decides the skip on the device and reads
+# it a step later (the CUDA default, engine/step_guard.py), run here on CPU tensors.
+SYNC_MODES = pytest.mark.parametrize("host_sync", ["step", "lagged"])
+
+
+@SYNC_MODES
 @pytest.mark.parametrize("kind", ["nan-loss", "inf-loss", "inf-grad"])
-def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, kind):
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, kind, host_sync):
     _inject(monkeypatch, {3, 6}, kind)
-    final = train_rung(_tiny(tmp_path), init_distributed("cpu"))
+    final = train_rung(_tiny(tmp_path, host_sync=host_sync), init_distributed("cpu"))
     assert final["skipped_steps"] == 2
     assert json.loads((tmp_path / "r/final.json").read_text())["skipped_steps"] == 2
     lines = [json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
@@ -221,26 +227,78 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, kind):
         assert ckpt.verify(p) is None
 
 
-def test_skipped_last_step_still_leaves_a_final_checkpoint(tmp_path, monkeypatch):
+@SYNC_MODES
+def test_skipped_last_step_still_leaves_a_final_checkpoint(tmp_path, monkeypatch, host_sync):
     _inject(monkeypatch, {8})
-    final = train_rung(_tiny(tmp_path), init_distributed("cpu"))
+    final = train_rung(_tiny(tmp_path, host_sync=host_sync), init_distributed("cpu"))
     assert final["skipped_steps"] == 1
     assert ckpt.latest_valid(tmp_path / "r/ckpt").name == "step_000000008"
     assert ckpt.read_json(tmp_path / "r/ckpt/step_000000008/extra.json")["skipped_steps"] == 1
 
 
-def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
+@SYNC_MODES
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch, host_sync):
     _inject(monkeypatch, {2, 3, 4, 5})
     with pytest.raises(TrainError, match=r"3 consecutive steps with a non-finite loss or gradient at step 3 "
                                          r"\(max_nonfinite=3"):
-        train_rung(_tiny(tmp_path, max_nonfinite=3), init_distributed("cpu"))
+        train_rung(_tiny(tmp_path, max_nonfinite=3, host_sync=host_sync), init_distributed("cpu"))
     assert not (tmp_path / "r/final.json").exists()
 
 
-def test_nonconsecutive_nonfinite_steps_do_not_stop_the_run(tmp_path, monkeypatch):
+@SYNC_MODES
+def test_nonconsecutive_nonfinite_steps_do_not_stop_the_run(tmp_path, monkeypatch, host_sync):
     _inject(monkeypatch, {2, 3, 5, 6})
-    final = train_rung(_tiny(tmp_path, max_nonfinite=3), init_distributed("cpu"))
+    final = train_rung(_tiny(tmp_path, max_nonfinite=3, host_sync=host_sync), init_distributed("cpu"))
     assert final["skipped_steps"] == 4
+
+
+def _timeless_metrics(run):
+    return [{k: v for k, v in json.loads(l).items() if k != "dt"} for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("optimizer,adamw_impl", [("adamw", "kernel"), ("adamw", "torch"), ("muon", "kernel")])
+def test_lagged_guard_equals_the_per_step_guard_bitwise(tmp_path, monkeypatch, optimizer, adamw_impl):
+    """The device-side skip (found_inf in the optimizer kernel, host counts undone a step later)
+    gives the very run the per-step host read gives: losses, evals, weights, skip count."""
+    runs = {}
+    for mode in ("step", "lagged"):
+        _inject(monkeypatch, {3, 4, 9}, "inf-grad")
+        # steps 3-4: consecutive, skipped between checkpoints; 9: skipped just before an eval/ckpt step
+        cfg = _tiny(tmp_path / mode, host_sync=mode, steps=12, eval_every=5, ckpt_every=10,
+                    optimizer=optimizer, adamw_impl=adamw_impl, fisher_online_steps=4)
+        runs[mode] = train_rung(cfg, init_distributed("cpu"))
+        monkeypatch.undo()
+    a, b = (tmp_path / m / "r" for m in ("step", "lagged"))
+    assert _timeless_metrics(a) == _timeless_metrics(b)
+    assert runs["step"]["skipped_steps"] == runs["lagged"]["skipped_steps"] == 3
+    assert runs["step"]["val_loss"] == runs["lagged"]["val_loss"]
+    fa, fb = torch.load(a / "fisher.pt"), torch.load(b / "fisher.pt")
+    assert all(torch.equal(fa[n], fb[n]) for n in fa)
+    assert json.loads((b / "run.json").read_text())["host_sync"] == "lagged"
+
+
+def test_lagged_guard_with_device_ars_resumes_bitwise(tmp_path, monkeypatch):
+    """Lagged mode runs ARS on the device; a run resumed from its step-8 checkpoint equals the
+    uninterrupted one, skipped steps (and their ARS rollbacks) included."""
+    def run(out, steps_then_resume):
+        _inject(monkeypatch, {3, 7, 10}, "nan-loss")
+        cfg = _tiny(out, host_sync="lagged", ars="seed", steps=12, ckpt_every=4, eval_every=6)
+        train_rung(cfg, init_distributed("cpu"))
+        monkeypatch.undo()
+        if steps_then_resume:  # drop everything after the step-8 checkpoint, then resume
+            run_dir = out / "r"
+            for c in ckpt.list_checkpoints(run_dir / "ckpt"):
+                if int(c.name.split("_")[-1]) > 8:
+                    shutil.rmtree(c)
+            (run_dir / "final.json").unlink()
+            _inject(monkeypatch, {2}, "nan-loss")  # the 2nd forward after resuming at 8 is step 10
+            train_rung(TrainConfig(**{**cfg.__dict__, "resume": True}), init_distributed("cpu"))
+            monkeypatch.undo()
+        return out / "r"
+    a, b = run(tmp_path / "once", False), run(tmp_path / "twice", True)
+    assert _timeless_metrics(a) == _timeless_metrics(b)
+    assert json.loads((a / "final.json").read_text())["skipped_steps"] == 3
+    assert json.loads((a / "final.json").read_text())["val_loss"] == json.loads((b / "final.json").read_text())["val_loss"]
 
 
 def test_nonfinite_weights_are_never_checkpointed(tmp_path):
@@ -292,6 +350,7 @@ def train_configs(draw):
         eval_tokens=draw(st.one_of(st.none(), st.integers(-2, 10000))),
         warmup_steps=draw(st.one_of(st.none(), st.integers(-2, 10))),
         max_nonfinite=draw(st.integers(-1, 6)),
+        host_sync=draw(st.sampled_from(["auto", "step", "lagged", "sometimes"])),
     )
     for k in draw(st.sets(st.sampled_from(["steps", "tokens", "ratio"]), max_size=3)):
         kw[k] = draw(st.one_of(st.integers(-2, 10**6), st.floats(-1, 2e4))) if k == "ratio" else draw(st.integers(-2, 10**6))
@@ -325,6 +384,8 @@ def train_problems(cfg: TrainConfig, ws: int) -> list[str]:
         bad.append(repr(cfg.optimizer))
     if cfg.ars not in ("off", "seed", "detrended"):
         bad.append(repr(cfg.ars))
+    if cfg.host_sync not in ("auto", "step", "lagged"):
+        bad.append(repr(cfg.host_sync))
     for k in ("warmdown_frac", "final_lr_frac"):
         if not 0 <= getattr(cfg, k) <= 1:
             bad.append(k)
@@ -562,3 +623,28 @@ def test_real_sigkill_during_a_checkpoint_write(tmp_path):
     p = run_train(args + ["--resume"], out)
     assert losses(out) == losses(tmp_path / "ref"), p.stderr[-2000:]  # bitwise, every step
     assert not list((out / "ckpt").glob(".tmp_step_*"))
+
+
+def test_lagged_guard_reads_each_verdict_a_step_late(tmp_path, monkeypatch):
+    """No per-step host read in lagged mode: step k's verdict is read after step k+1's forward is
+    queued (so on a GPU the host never waits on the step it just launched), except on eval and
+    checkpoint steps, which sync anyway."""
+    from engine import step_guard
+    from models.gpt import GPT
+
+    forwards, reads = {"n": 0}, []
+    orig_forward, orig_read = GPT.forward, step_guard.DeviceValues.read
+
+    def forward(self, *a, **k):
+        forwards["n"] += self.training
+        return orig_forward(self, *a, **k)
+
+    def read(self):
+        reads.append(forwards["n"])
+        return orig_read(self)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    monkeypatch.setattr(step_guard.DeviceValues, "read", read)
+    train_rung(_tiny(tmp_path, host_sync="lagged", steps=12, eval_every=6, ckpt_every=0), init_distributed("cpu"))
+    sync_steps = {6, 12}
+    assert reads == [k if k in sync_steps else k + 1 for k in range(1, 13)]
