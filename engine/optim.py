@@ -81,10 +81,18 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 ADAMW_IMPLS = ("kernel", "torch", "apex")
 
 
+_STEP_TENSORS: dict[torch.device, torch.Tensor] = {}
+
+
 def _torch_fused_adamw(P, G, M, V, *, lr, beta1, beta2, eps, weight_decay, step, found_inf=None):
     """torch's own fused AdamW kernel on our state tensors (what torch.optim.AdamW(fused=True) runs);
-    it takes the same device-side found_inf skip flag as ours."""
-    steps = [torch.tensor(float(step), dtype=torch.float32, device=p.device) for p in P]
+    it takes the same device-side found_inf skip flag as ours. Its step count must be a device
+    tensor: one cached tensor per device, refilled by a kernel (`torch.tensor(step, device=cuda)`
+    would be a blocking host->device copy every step)."""
+    dev = P[0].device
+    if dev not in _STEP_TENSORS:
+        _STEP_TENSORS[dev] = torch.zeros((), dtype=torch.float32, device=dev)
+    steps = [_STEP_TENSORS[dev].fill_(float(step))] * len(P)  # read-only in the kernel
     torch._fused_adamw_(P, G, M, V, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
                         amsgrad=False, maximize=False, found_inf=found_inf)
 
