@@ -200,25 +200,23 @@ class LadderOptimizer:
                     extra_grads=X if any(x is not None for x in X) else None, damping=damping,
                     fishers=F if any(f is not None for f in F) else None, fisher_scale=fisher_scale,
                     penalty_out=penalty_out, found_inf=found_inf)
-            elif found_inf is not None:
-                # torch ops: run on copies, then keep the old values where the flag is set
-                bufs = [local(self.state[n]["momentum"]) for n in names]
-                outs = [t for t in P + bufs + F if t is not None]
-                work = [t.clone() for t in outs]
-                it = iter(work)
-                Pw, Bw = [next(it) for _ in P], [next(it) for _ in bufs]
-                Fw = [None if f is None else next(it) for f in F]
-                pen_w = None if penalty_out is None else penalty_out.clone()
-                self._muon_group(g, params, P=Pw, G=G, A=A, K=K, X=X, F=Fw, bufs=Bw, lr=lr, damping=damping,
-                                 fisher_scale=fisher_scale, penalty_out=pen_w)
-                keep = found_inf.reshape(()) != 0
-                for t, w in zip(outs + ([penalty_out] if pen_w is not None else []),
-                                work + ([pen_w] if pen_w is not None else [])):
-                    t.copy_(torch.where(keep, t, w))
             else:
-                self._muon_group(g, params, P=P, G=G, A=A, K=K, X=X, F=F,
-                                 bufs=[local(self.state[n]["momentum"]) for n in names], lr=lr, damping=damping,
-                                 fisher_scale=fisher_scale, penalty_out=penalty_out)
+                bufs = [local(self.state[n]["momentum"]) for n in names]
+                if found_inf is None:
+                    self._muon_group(g, params, P=P, G=G, A=A, K=K, X=X, F=F, bufs=bufs, lr=lr, damping=damping,
+                                     fisher_scale=fisher_scale, penalty_out=penalty_out)
+                    continue
+                # torch ops take no skip flag: update copies, keep the originals where it is set
+                outs = P + bufs + [f for f in F if f is not None] + ([penalty_out] if penalty_out is not None else [])
+
+                def run(work):
+                    it = iter(work)
+                    Pw, Bw = [next(it) for _ in P], [next(it) for _ in bufs]
+                    Fw = [None if f is None else next(it) for f in F]
+                    self._muon_group(g, params, P=Pw, G=G, A=A, K=K, X=X, F=Fw, bufs=Bw, lr=lr, damping=damping,
+                                     fisher_scale=fisher_scale, penalty_out=next(it, None))
+
+                kernels.reference.gated(found_inf, outs, run)
         return penalty_out
 
     def unstep(self):

@@ -293,11 +293,11 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         start_step = int(extra["step"])
         loader.load_state_dict(extra["loader"])
         if ars is not None and extra.get("ars") is not None:
-            if ("buf" in extra["ars"]) != lagged:
-                raise TrainError(f"checkpoint {found} holds {'device' if 'buf' in extra['ars'] else 'host'} ARS state, "
-                                 f"this run uses {'device' if lagged else 'host'} ARS (--host-sync "
-                                 f"{'lagged' if lagged else 'step'}); resume with --host-sync "
-                                 f"{'lagged' if 'buf' in extra['ars'] else 'step'}")
+            saved_on_device = "buf" in extra["ars"]  # ARSDevice state (lagged mode), else host ARS state
+            if saved_on_device != lagged:
+                want = "lagged" if saved_on_device else "step"
+                raise TrainError(f"checkpoint {found} holds the ARS state of a --host-sync {want} run, and this "
+                                 f"run is --host-sync {'lagged' if lagged else 'step'}; resume with --host-sync {want}")
             ars.load_state_dict(extra["ars"])
         consumed_flops, wall_before = float(extra["flops"]), float(extra["wall_s"])
     elif env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):

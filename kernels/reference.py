@@ -94,16 +94,27 @@ def fused_adamw_step(
         p.addcdiv_(m, denom, value=-lr * inv_bc1)
 
 
-def _gated_step(p, g, m, v, found_inf, *, fisher, penalty_out, **kw) -> None:
-    outs = [t for t in (p, m, v, fisher, penalty_out) if t is not None]
+def gated(found_inf: Tensor, outs: Sequence[Tensor], run) -> None:
+    """Apply an in-place update to `outs` only where `found_inf` is zero, with no host read:
+    `run(copies)` updates copies of `outs`, which are then kept or dropped with torch.where.
+    (Memory: one copy of each output; for the reference and torch-op paths, not the kernels.)"""
     work = [t.clone() for t in outs]
-    wp, wm, wv = work[:3]
-    wf = work[3] if fisher is not None else None
-    wpen = work[-1] if penalty_out is not None else None
-    fused_adamw_step(wp, g, wm, wv, fisher=wf, penalty_out=wpen, **kw)
+    run(work)
     keep = found_inf.reshape(()) != 0
     for t, w in zip(outs, work):
         t.copy_(torch.where(keep, t, w))
+
+
+def _gated_step(p, g, m, v, found_inf, *, fisher, penalty_out, **kw) -> None:
+    outs = [t for t in (p, m, v, fisher, penalty_out) if t is not None]
+
+    def run(work):
+        wp, wm, wv = work[:3]
+        wf = work[3] if fisher is not None else None
+        wpen = work[-1] if penalty_out is not None else None
+        fused_adamw_step(wp, g, wm, wv, fisher=wf, penalty_out=wpen, **kw)
+
+    gated(found_inf, outs, run)
 
 
 def _at(seq, i):

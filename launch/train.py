@@ -66,6 +66,7 @@ def _user_errors():
 
 def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     """Flags shared by train.py and miniseries.py (the miniseries sets depth, out and budget itself)."""
+    from engine.step_guard import HOST_SYNC_MODES
     from models.config import PRESETS
 
     p.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="model + training preset")
@@ -77,7 +78,7 @@ def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
     p.add_argument("--adamw-impl", dest="adamw_impl", default="kernel", choices=["kernel", "torch", "apex"],
                    help="kernel of plain AdamW steps: ours (default), torch's fused AdamW, or NVIDIA apex FusedAdam")
-    p.add_argument("--host-sync", dest="host_sync", default="auto", choices=["auto", "step", "lagged"],
+    p.add_argument("--host-sync", dest="host_sync", default="auto", choices=HOST_SYNC_MODES,
                    help="when the host reads each step's loss and non-finite verdict: lagged = one step late, "
                         "the skip decided on the device (no per-step sync; auto on CUDA), step = every step "
                         "(auto on CPU, where it costs nothing)")

@@ -686,3 +686,11 @@ def test_lagged_cuda_steps_make_no_host_sync(tmp_path, monkeypatch, adamw_impl, 
                 torch.cuda.set_sync_debug_mode(0)
         counts.append(sum("synchroniz" in str(w.message).lower() for w in caught))
     assert counts[0] == counts[1], f"host syncs: {counts[0]} in 6 steps, {counts[1]} in 12 (per-step syncs remain)"
+
+
+def test_resuming_with_the_other_host_sync_names_the_mode_to_use(tmp_path):
+    """Host and device ARS keep different state: a checkpoint of one is refused by the other, with
+    the --host-sync that resumes it."""
+    train_rung(_tiny(tmp_path, host_sync="step", ars="seed"), init_distributed("cpu"))
+    with pytest.raises(TrainError, match=r"ARS state of a --host-sync step run.*resume with --host-sync step"):
+        train_rung(_tiny(tmp_path, host_sync="lagged", ars="seed", resume=True), init_distributed("cpu"))
