@@ -109,6 +109,50 @@ def _kernel():
     globals()["_adamw_body"] = _adamw_body_fn
 
     @triton.jit
+    def _adamw_block_fn(
+        p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr, damp_ptr,
+        skip_ptr, start, n, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
+        log_beta2, damping, fisher_scale,
+        HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
+        HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
+        HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    ):
+        # A full block gets a mask that is one constant for the whole block: Triton then
+        # knows every lane of a 4-element group agrees and emits 16-byte ld/st.global.v4
+        # (given aligned pointers). `offs < n` with an n of unknown divisibility splits the
+        # block into 4-byte accesses, so only the last, partial block of a tensor uses it.
+        # The body is called in each branch (not after it): a mask merged from two branches
+        # loses the constancy fact.
+        offs = start + tl.arange(0, BLOCK_SIZE)
+        if start + BLOCK_SIZE <= n:
+            _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
+                        damp_ptr, skip_ptr, offs, tl.full([BLOCK_SIZE], 1, tl.int1), decay, beta1,
+                        beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping,
+                        fisher_scale, HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR,
+                        DAMP_TENSOR, HAS_SKIP)
+        else:
+            _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
+                        damp_ptr, skip_ptr, offs, offs < n, decay, beta1, beta2, eps, lr,
+                        step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
+                        HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
+                        HAS_SKIP)
+
+    globals()["_adamw_block"] = _adamw_block_fn
+
+    @triton.jit
+    def _table_ptr_fn(table_ptr, j, n_tensors, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+        # A pointer loaded from the int64 address table carries no alignment facts, so without
+        # the hint every access is a 4-byte ld/st.global.b32 (PTX checked on CPU, see
+        # tests/test_triton_ptx.py). ALIGNED is set by the host only when every address in the
+        # table is a multiple of 16 bytes, so the hint is a checked fact, not a hope.
+        ptr = tl.load(table_ptr + j * n_tensors + t).to(tl.pointer_type(DTYPE), bitcast=True)
+        if ALIGNED:
+            ptr = tl.multiple_of(ptr, 16)
+        return ptr
+
+    globals()["_table_ptr"] = _table_ptr_fn
+
+    @triton.jit
     def _fused_adamw_kernel(
         p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr, damp_ptr,
         skip_ptr, n_elements, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1,
@@ -117,20 +161,19 @@ def _kernel():
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
         HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
-        pid = tl.program_id(0).to(tl.int64)
-        offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = offs < n_elements
-        _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
-                    damp_ptr, skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt,
-                    log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR, HAS_EXTRA,
-                    HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR, HAS_SKIP)
+        start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
+                     damp_ptr, skip_ptr, start, n_elements, decay, beta1, beta2, eps, lr,
+                     step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
+                     HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
+                     HAS_SKIP, BLOCK_SIZE)
 
     @triton.jit
     def _fused_adamw_multi_kernel(
         table_ptr, n_tensors, numel_ptr, blk_tensor_ptr, blk_start_ptr, pen_ptr, step_ptr,
         damp_ptr, skip_ptr, decay, beta1, beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1, log_beta2,
         damping, fisher_scale,
-        G_BF16: tl.constexpr, K_BF16: tl.constexpr,
+        G_BF16: tl.constexpr, K_BF16: tl.constexpr, ALIGNED: tl.constexpr,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
         HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -139,42 +182,41 @@ def _kernel():
         # operand j (p, g, m, v, anchor, kappa, extra, fisher) of tensor t.
         pid = tl.program_id(0)
         t = tl.load(blk_tensor_ptr + pid)
-        start = tl.load(blk_start_ptr + pid)
+        # block starts are multiples of BLOCK_SIZE by construction (_group_tables)
+        start = tl.multiple_of(tl.load(blk_start_ptr + pid), BLOCK_SIZE)
         n = tl.load(numel_ptr + t)
-        f32 = tl.pointer_type(tl.float32)
-        p_ptr = tl.load(table_ptr + t).to(f32, bitcast=True)
+        p_ptr = _table_ptr(table_ptr, 0, n_tensors, t, tl.float32, ALIGNED)
         if G_BF16:
-            g_ptr = tl.load(table_ptr + n_tensors + t).to(tl.pointer_type(tl.bfloat16), bitcast=True)
+            g_ptr = _table_ptr(table_ptr, 1, n_tensors, t, tl.bfloat16, ALIGNED)
         else:
-            g_ptr = tl.load(table_ptr + n_tensors + t).to(f32, bitcast=True)
-        m_ptr = tl.load(table_ptr + 2 * n_tensors + t).to(f32, bitcast=True)
-        v_ptr = tl.load(table_ptr + 3 * n_tensors + t).to(f32, bitcast=True)
+            g_ptr = _table_ptr(table_ptr, 1, n_tensors, t, tl.float32, ALIGNED)
+        m_ptr = _table_ptr(table_ptr, 2, n_tensors, t, tl.float32, ALIGNED)
+        v_ptr = _table_ptr(table_ptr, 3, n_tensors, t, tl.float32, ALIGNED)
         a_ptr = p_ptr
         k_ptr = p_ptr
         e_ptr = p_ptr
         f_ptr = p_ptr
         if HAS_ANCHOR:
-            a_ptr = tl.load(table_ptr + 4 * n_tensors + t).to(f32, bitcast=True)
+            a_ptr = _table_ptr(table_ptr, 4, n_tensors, t, tl.float32, ALIGNED)
         if HAS_EXTRA:
-            e_ptr = tl.load(table_ptr + 6 * n_tensors + t).to(f32, bitcast=True)
+            e_ptr = _table_ptr(table_ptr, 6, n_tensors, t, tl.float32, ALIGNED)
         if HAS_FISHER:
-            f_ptr = tl.load(table_ptr + 7 * n_tensors + t).to(f32, bitcast=True)
-        offs = start + tl.arange(0, BLOCK_SIZE)
-        mask = offs < n
+            f_ptr = _table_ptr(table_ptr, 7, n_tensors, t, tl.float32, ALIGNED)
         if HAS_ANCHOR and K_BF16:
-            kb_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(tl.pointer_type(tl.bfloat16),
-                                                               bitcast=True)
-            _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, kb_ptr, e_ptr, f_ptr, pen_ptr,
-                        step_ptr, damp_ptr, skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
-                        inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR,
-                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR, HAS_SKIP)
+            kb_ptr = _table_ptr(table_ptr, 5, n_tensors, t, tl.bfloat16, ALIGNED)
+            _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, kb_ptr, e_ptr, f_ptr, pen_ptr,
+                         step_ptr, damp_ptr, skip_ptr, start, n, decay, beta1, beta2, eps, lr,
+                         step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
+                         HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
+                         HAS_SKIP, BLOCK_SIZE)
         else:
             if HAS_ANCHOR:
-                k_ptr = tl.load(table_ptr + 5 * n_tensors + t).to(f32, bitcast=True)
-            _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr,
-                        step_ptr, damp_ptr, skip_ptr, offs, mask, decay, beta1, beta2, eps, lr, step_size,
-                        inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale, HAS_ANCHOR,
-                        HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR, HAS_SKIP)
+                k_ptr = _table_ptr(table_ptr, 5, n_tensors, t, tl.float32, ALIGNED)
+            _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr,
+                         step_ptr, damp_ptr, skip_ptr, start, n, decay, beta1, beta2, eps, lr,
+                         step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
+                         HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
+                         HAS_SKIP, BLOCK_SIZE)
 
     _kernel_cache = (_fused_adamw_kernel, _fused_adamw_multi_kernel)
     return _kernel_cache
@@ -261,6 +303,14 @@ def _group_tables(dev, addrs, numels):
     return hit
 
 
+def _aligned(addrs) -> bool:
+    """True when every address of the table is 16-byte aligned: the condition under which the
+    multi-tensor kernel may promise Triton 16-byte alignment (one ld/st.global.v4 per 4 fp32).
+    The caching allocator's blocks are 512-byte aligned; views with an offset (a shard of a
+    flat buffer, a slice) may not be, and then the kernel is built without the hint."""
+    return all(a % 16 == 0 for row in addrs for a in row)
+
+
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
                       damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
@@ -314,7 +364,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
             float(step_size), float(inv_bc2), float(math.log(beta1)) if beta1 > 0 else -1e30,
             float(math.log(beta2)) if beta2 > 0 else -1e30,
             1.0 if damp_tensor else float(damping), float(fisher_scale),
-            G_BF16=g_bf16, K_BF16=k_bf16, HAS_ANCHOR=has_anchor, HAS_EXTRA=has_extra,
+            G_BF16=g_bf16, K_BF16=k_bf16, ALIGNED=_aligned(addrs), HAS_ANCHOR=has_anchor, HAS_EXTRA=has_extra,
             HAS_FISHER=has_fisher, HAS_PEN=has_pen, STEP_TENSOR=step_tensor,
             DAMP_TENSOR=damp_tensor, HAS_SKIP=found_inf is not None, BLOCK_SIZE=BLOCK,
             num_warps=NUM_WARPS,

@@ -58,11 +58,12 @@ def make_inputs(n, gdtype=torch.float32, kdtype=torch.float32, seed=0):
 def run_backend(backend, inp, *, steps=3, anchor=True, extra=True, fisher=True, damping=0.7,
                 step_tensor=False, penalty=True, hp=HP):
     t = {k: v.clone() for k, v in inp.items()}
-    pen = torch.zeros(1) if penalty else None
+    dev = t["p"].device  # penalty_out and a tensor step must live with the parameters (CUDA too)
+    pen = torch.zeros(1, device=dev) if penalty else None
     for s in range(1, steps + 1):
         kernels.fused_adamw_step(
             t["p"], t["g"], t["m"], t["v"], **hp,
-            step=torch.tensor(s) if step_tensor else s,
+            step=torch.tensor(s, device=dev) if step_tensor else s,
             anchor=t["anchor"] if anchor else None, kappa=t["kappa"] if anchor else None,
             extra_grad=t["extra_grad"] if extra else None,
             damping=damping,
@@ -193,7 +194,8 @@ def _multi_inputs():
 
 def _run_multi(backend, groups, steps=2):
     ts = [{k: v.clone() for k, v in g.items()} for g in groups]
-    pen = torch.zeros(1)
+    dev = ts[0]["p"].device
+    pen = torch.zeros(1, device=dev)
     for s in range(1, steps + 1):
         kernels.fused_adamw_multi(
             [t["p"] for t in ts], [t["g"] for t in ts], [t["m"] for t in ts], [t["v"] for t in ts],
@@ -201,7 +203,8 @@ def _run_multi(backend, groups, steps=2):
             anchors=[t["anchor"] if i != 1 else None for i, t in enumerate(ts)],
             kappas=[t["kappa"] if i != 1 else None for i, t in enumerate(ts)],
             extra_grads=[t["extra_grad"] if i in (0, 3) else None for i, t in enumerate(ts)],
-            damping=torch.tensor(0.8), fishers=[t["fisher"] if i != 4 else None for i, t in enumerate(ts)],
+            damping=torch.tensor(0.8, device=dev),
+            fishers=[t["fisher"] if i != 4 else None for i, t in enumerate(ts)],
             fisher_scale=0.25, penalty_out=pen, backend=backend)
     return ts, pen
 
@@ -246,13 +249,14 @@ def run_with_flags(backend, inp, flags, *, multi=False, step_tensor=False):
     """Steps with found_inf = flags[i]; a skipped step does not advance the step count (the
     trainer's bookkeeping). Returns the final state and penalty."""
     t = {k: v.clone() for k, v in inp.items()}
-    pen = torch.zeros(1)
+    dev = t["p"].device
+    pen = torch.zeros(1, device=dev)
     count = 0
     for flag in flags:
         count += 1
-        kw = dict(**HP, step=torch.tensor(count) if step_tensor else count, damping=0.7,
+        kw = dict(**HP, step=torch.tensor(count, device=dev) if step_tensor else count, damping=0.7,
                   fisher_scale=0.5, penalty_out=pen, backend=backend,
-                  found_inf=None if flag is None else torch.tensor(float(flag)))
+                  found_inf=None if flag is None else torch.tensor(float(flag), device=dev))
         if multi:
             kernels.fused_adamw_multi([t["p"]], [t["g"]], [t["m"]], [t["v"]], anchors=[t["anchor"]],
                                       kappas=[t["kappa"]], extra_grads=[t["extra_grad"]],
@@ -265,9 +269,9 @@ def run_with_flags(backend, inp, flags, *, multi=False, step_tensor=False):
     return t, pen
 
 
-def skip_errors(backend, n=1031, gdtype=torch.float32, step_tensor=False):
+def skip_errors(backend, n=1031, gdtype=torch.float32, step_tensor=False, device="cpu"):
     """[] when: found_inf=0 equals no flag bitwise, and found_inf=1 steps change nothing."""
-    inp = make_inputs(n, gdtype, gdtype)
+    inp = {k: v.to(device) for k, v in make_inputs(n, gdtype, gdtype).items()}
     errs = []
     for multi in (False, True):
         plain, pen_plain = run_with_flags(backend, inp, [None, None], multi=multi, step_tensor=step_tensor)
@@ -366,18 +370,20 @@ _TRITON_SCRIPT = textwrap.dedent(r"""
     specs = [(n, torch.float32, torch.float32, True) for n in (5, 1024, 1025, 3000, 7, 2048)]
     specs += [(n, torch.bfloat16, torch.bfloat16, False) for n in (1, 1500, 4096)]
     specs += [(n, torch.float32, None, False) for n in (33, 1030)]  # no anchor
-    def run_multi2(backend, step_tensor):
-        ins = [make_inputs(n, gd, kd or torch.float32, seed=j) for j, (n, gd, kd, fi) in enumerate(specs)]
+    def run_multi2(backend, step_tensor, sel=None):
+        sel = range(len(specs)) if sel is None else sel  # a one-tensor selection: the single kernel
+        ins = [make_inputs(specs[j][0], specs[j][1], specs[j][2] or torch.float32, seed=j) for j in sel]
+        sp = [specs[j] for j in sel]
         pen = torch.zeros(1)
         for s in (1, 2, 3):
             kernels.fused_adamw_multi(
                 [t["p"] for t in ins], [t["g"] for t in ins], [t["m"] for t in ins],
                 [t["v"] for t in ins], lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.1, step=torch.tensor(s) if step_tensor else s,
-                anchors=[t["anchor"] if sp[2] is not None else None for t, sp in zip(ins, specs)],
-                kappas=[t["kappa"] if sp[2] is not None else None for t, sp in zip(ins, specs)],
-                extra_grads=[t["extra_grad"] if j % 3 == 0 else None for j, t in enumerate(ins)],
-                damping=torch.tensor(0.9), fishers=[t["fisher"] if sp[3] else None for t, sp in zip(ins, specs)],
+                anchors=[t["anchor"] if q[2] is not None else None for t, q in zip(ins, sp)],
+                kappas=[t["kappa"] if q[2] is not None else None for t, q in zip(ins, sp)],
+                extra_grads=[t["extra_grad"] if j % 3 == 0 else None for j, t in zip(sel, ins)],
+                damping=torch.tensor(0.9), fishers=[t["fisher"] if q[3] else None for t, q in zip(ins, sp)],
                 fisher_scale=0.5, penalty_out=pen, backend=backend)
         return ins, pen
     for st in (False, True):
@@ -387,6 +393,14 @@ _TRITON_SCRIPT = textwrap.dedent(r"""
             cmp(o, r, None, None, f"multi2 step_tensor={st} tensor {j}")
         cmp({k: torch.zeros(1) for k in ("p", "m", "v", "fisher")},
             {k: torch.zeros(1) for k in ("p", "m", "v", "fisher")}, pen, pen_ref, f"multi2 {st}")
+    # the multi-tensor kernel against the single-tensor kernel, tensor by tensor: the same body
+    # over the same blocks (full blocks unmasked, the tail masked), so the state agrees bitwise
+    outs, _ = run_multi2("triton", True)
+    for j, o in enumerate(outs):
+        (one,), _ = run_multi2("triton", True, sel=[j])
+        for k in ("p", "m", "v", "fisher"):
+            if not torch.equal(o[k], one[k]):
+                errs.append(f"multi vs single kernel, tensor {j} {k}: not bitwise equal")
     from tests.test_kernels import skip_errors
     errs += skip_errors("triton", gdtype=torch.bfloat16, step_tensor=True) + skip_errors("triton")
     from kernels import triton_adamw
@@ -427,6 +441,19 @@ def test_triton_cuda_vs_reference(gdtype):
             out, po = run_backend("triton", inp, step_tensor=st)
             assert_close(out, ref, po, pr, TOL_TRITON, f"n={n} step_tensor={st}")
     assert kernels.backend_for("cuda") == "triton"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not _triton_importable(),
+                    reason="needs CUDA and triton")
+def test_triton_cuda_multi_and_skip_vs_reference():
+    groups = [{k: v.cuda() for k, v in g.items()} for g in _multi_inputs()]
+    outs, pen = _run_multi("triton", groups)
+    refs, pen_ref = _run_multi("reference", groups)
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        assert_close(o, r, None, None, TOL_TRITON, f"multi tensor {i}")
+    torch.testing.assert_close(pen, pen_ref, **TOL_TRITON["penalty"])
+    for gdtype in (torch.float32, torch.bfloat16):
+        assert skip_errors("triton", gdtype=gdtype, step_tensor=True, device="cuda") == []
 
 
 # ----------------------------------------------------------------------------------------------
