@@ -19,10 +19,17 @@ import torch.nn.functional as F
 
 from models.attention import SDPA, AttentionBackend
 from models.config import BlockConfig, GPTConfig
+from models.loss import softcap_cross_entropy
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
+
+
+def residual_dtype(x: torch.Tensor) -> torch.dtype:
+    """Autocast's dtype where autocast is on for x's device, else x's own dtype."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
 def rotary_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +77,11 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))  # QK-norm
+        # torch >= 2.12 gives rms_norm an fp32 autocast policy on CUDA: under bf16 autocast the
+        # normed q and k come back fp32 while v is bf16, and flash-attn takes only one fp16/bf16
+        # dtype for all three. v's dtype is the compute dtype (a linear's output), so cast to it
+        # (a no-op without autocast).
+        q, k = q.to(v.dtype), k.to(v.dtype)
         y = backend.fn(q, k, v)
         return self.c_proj(y.reshape(B, T, -1))
 
@@ -143,11 +155,21 @@ class GPT(nn.Module):
         if idx.size(1) > self.config.seq_len:
             raise ValueError(f"sequence of {idx.size(1)} tokens exceeds the model's seq_len {self.config.seq_len}")
         x = rms_norm(self.wte(idx))
+        # The residual stream in the compute dtype. Under single-GPU autocast the embedding (not
+        # an autocast op) and rms_norm (fp32 policy from torch 2.12) give fp32, and fp32 + bf16
+        # stays fp32: every block would read and write an fp32 stream, twice the activation
+        # traffic and memory of FSDP2's bf16 parameters (and of nanochat). Without autocast
+        # this is a no-op, so CPU fp32 runs are unchanged bitwise.
+        x = x.to(residual_dtype(x))
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin, self.attention)
-        logits = self.lm_head(rms_norm(x)).float()
+        z = self.lm_head(rms_norm(x))
         cap = self.config.softcap
-        logits = cap * torch.tanh(logits / cap)
+        if targets is not None and not (z.device.type == "cpu" and z.dtype == torch.float32):
+            # bf16 / GPU: no fp32 [B, T, V] chain (models/loss.py); CPU fp32 keeps the eager
+            # formula below, whose results the CPU runs are pinned to bitwise
+            return softcap_cross_entropy(z, targets, cap, reduction)
+        logits = cap * torch.tanh(z.float() / cap)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)

@@ -113,3 +113,122 @@ def test_sequence_longer_than_model_is_an_error():
     m = build_model(model_config("cpu-tiny", 1, seq_len=16), seed=0)
     with pytest.raises(ValueError, match="exceeds the model's seq_len 16"):
         m(torch.zeros(1, 17, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision: attention inputs, residual stream, the loss head
+# ----------------------------------------------------------------------------------------------
+def _cuda_like_rms_norm(x):
+    """rms_norm as CUDA autocast runs it from torch 2.12 on (fp32 policy): fp32 out for bf16 in.
+    CPU autocast keeps bf16, so the tests put this in to reproduce the GPU's dtypes on CPU."""
+    return torch.nn.functional.rms_norm(x.float(), (x.size(-1),))
+
+
+def _strict_flash_stand_in(seen):
+    """flash_attn_func's dtype contract: q, k, v of one dtype, fp16 or bf16."""
+    def attend(q, k, v):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16):
+            raise RuntimeError(f"FlashAttention only support fp16 and bf16 data type, one for all: {seen[-1]}")
+        return select_backend("cpu").fn(q, k, v)
+    return attend
+
+
+@pytest.fixture
+def bf16_autocast_model(monkeypatch):
+    import models.gpt as gpt
+
+    monkeypatch.setattr(gpt, "rms_norm", _cuda_like_rms_norm)
+    c = model_config("cpu-tiny", 2, vocab_size=96, seq_len=16)  # vocab != any weight's last dim
+    return build_model(c, seed=0), c
+
+
+def test_attention_gets_one_half_precision_dtype_under_autocast(bf16_autocast_model):
+    from models.attention import AttentionBackend
+
+    m, c = bf16_autocast_model
+    seen = []
+    m.set_attention(AttentionBackend("strict", _strict_flash_stand_in(seen)))
+    x = torch.randint(0, c.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(x, x)
+    loss.backward()
+    assert seen and all(s == (torch.bfloat16,) * 3 for s in seen), seen
+
+
+def test_residual_stream_is_bf16_under_autocast(bf16_autocast_model):
+    m, c = bf16_autocast_model
+    dtypes = []
+    for b in m.blocks:
+        b.register_forward_pre_hook(lambda mod, args: dtypes.append(args[0].dtype))
+        b.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(torch.randint(0, c.vocab_size, (2, 16)))
+    assert dtypes == [torch.bfloat16] * 2 * c.depth, dtypes
+
+
+def _eager_softcap_ce(z, t, cap, reduction):
+    y = cap * torch.tanh(z.float() / cap)
+    loss = torch.nn.functional.cross_entropy(y.view(-1, y.size(-1)), t.reshape(-1), ignore_index=-1,
+                                             reduction=reduction)
+    return loss.view(t.shape) if reduction == "none" else loss
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_softcap_cross_entropy_matches_the_eager_formula(monkeypatch, reduction):
+    import models.loss as L
+
+    monkeypatch.setattr(L, "CHUNK_ELEMS", 3 * 50)  # 3 rows per chunk: several chunks and a tail
+    gen = torch.Generator().manual_seed(0)
+    z = (torch.randn(2, 7, 50, generator=gen) * 20).requires_grad_()
+    t = torch.randint(0, 50, (2, 7), generator=gen)
+    t[0, 2] = t[1, 6] = -1
+    w = torch.randn(2, 7, generator=gen) if reduction == "none" else torch.tensor(1.7)
+    want = _eager_softcap_ce(z, t, 15.0, reduction)
+    (gw,) = torch.autograd.grad((want * w).sum(), z)
+    got = L.softcap_cross_entropy(z, t, 15.0, reduction)
+    (gg,) = torch.autograd.grad((got * w).sum(), z)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-7)
+    assert gg[0, 2].abs().sum() == 0 and gg[1, 6].abs().sum() == 0  # ignored targets: no gradient
+
+
+def test_softcap_cross_entropy_bf16_logits_close_to_fp32():
+    from models.loss import softcap_cross_entropy
+
+    gen = torch.Generator().manual_seed(1)
+    z32 = torch.randn(4, 8, 64, generator=gen) * 5
+    t = torch.randint(0, 64, (4, 8), generator=gen)
+    z16 = z32.bfloat16().requires_grad_()
+    got = softcap_cross_entropy(z16, t, 15.0)
+    got.backward()
+    assert z16.grad.dtype == torch.bfloat16
+    want = _eager_softcap_ce(z16.detach().float(), t, 15.0, "mean")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_loss_head_never_holds_a_full_fp32_logits_tensor(monkeypatch, bf16_autocast_model):
+    """Under bf16 autocast no op of forward or backward outputs an fp32 tensor as large as the
+    logits [B, T, V] (the chunks are smaller): at most the bf16 logits themselves exist whole."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import models.loss as L
+
+    m, c = bf16_autocast_model
+    B, T = 2, 16
+    monkeypatch.setattr(L, "CHUNK_ELEMS", 8 * c.vocab_size)
+
+    class Biggest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor) and o.dtype == torch.float32 and o.dim() and o.size(-1) == c.vocab_size:
+                    Biggest.largest = max(Biggest.largest, o.numel())
+            return out
+
+    x = torch.randint(0, c.vocab_size, (B, T))
+    with Biggest(), torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x, x).backward()
+    assert 0 < Biggest.largest <= 8 * c.vocab_size < B * T * c.vocab_size
