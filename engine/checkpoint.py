@@ -12,6 +12,12 @@ Layout of a run's checkpoint directory:
 A checkpoint becomes visible only by the atomic rename of its temporary directory after its
 manifest is on disk. Loading walks checkpoints newest first and verifies the manifest; a truncated
 or corrupted one is named in a warning and the previous good one is used.
+
+Before writing, every rank checks that the filesystem has room for the checkpoint (the previous
+checkpoint's size, or this state's byte count when larger, plus slack); a shortage, or any error
+while writing, stops every rank with one StorageError naming the path, the bytes needed and free
+and the last intact checkpoint, after the partial temporary directory is removed. Earlier
+checkpoints are never touched before the new one is complete.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
+from engine.diskspace import StorageError, ensure_free, remove_quietly, resume_advice, with_slack, write_failure
 from engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
 
 # A single process saving through DCP is intended here (world size 1 runs without a process group).
@@ -66,11 +73,20 @@ def write_json_atomic(path: Path, obj) -> None:
     a partial one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        remove_quietly(tmp)  # a failed write (disk full) leaves no partial file behind
+        if e.filename is None:  # name the file in the message (write() errors carry no name)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def _json_default(o):
@@ -146,10 +162,64 @@ def full_model_state(model) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def state_bytes(state) -> int:
+    """Bytes of this rank's tensors in a (nested) state dict: what DCP will write for it."""
+    if isinstance(state, torch.Tensor):
+        t = local(state)
+        return t.numel() * t.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def checkpoint_bytes(ckpt: Path) -> int:
+    """Total size of a written checkpoint, from its manifest (0 when it has none)."""
+    try:
+        return sum(int(m["size"]) for m in read_json(Path(ckpt) / MANIFEST)["files"].values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _needed_bytes(ckpt_dir: Path, state: dict, env: DistEnv) -> int:
+    """Expected size of the next checkpoint (all ranks): the newest one's, or the state's bytes."""
+    total = float(all_reduce_sum(torch.tensor(float(state_bytes(state)), dtype=torch.float64), env))
+    previous = [checkpoint_bytes(ck) for ck in list_checkpoints(ckpt_dir)[:1]]
+    return with_slack(max([int(total), *previous]))
+
+
+def _attempt(fn) -> BaseException | None:
+    """Run one stage of a write; its exception is returned, to be raised once every rank knows."""
+    try:
+        fn()
+    except (Exception, dcp.api.CheckpointException) as e:  # DCP's exception is a BaseException
+        return e
+    return None
+
+
+def _agree(err: BaseException | None, env: DistEnv, tmp: Path, need: int, what: str) -> None:
+    """When any rank failed: remove the partial `tmp` and raise one StorageError on every rank
+    (free space is measured after the removal, so the message says what a retry would have)."""
+    if float(all_reduce_sum(torch.tensor(0.0 if err is None else 1.0), env)) == 0:
+        return
+    if env.is_main:
+        remove_quietly(tmp)
+    barrier(env)
+    if isinstance(err, StorageError):
+        raise err
+    if err is None:
+        raise StorageError(f"writing {what} to {tmp} failed on another rank (see its message); "
+                           f"{resume_advice(tmp.parent)}")
+    raise write_failure(tmp, need, what, err, resume_advice(tmp.parent)) from err
+
+
 def save(ckpt_dir: Path, step: int, model, optimizer, extra: dict, env: DistEnv, keep_last: int = 2,
-         extra_tensors: dict | None = None) -> Path:
+         extra_tensors: dict | None = None, keep_steps=()) -> Path:
     """Write checkpoint `step` atomically; refuse to write non-finite weights. `extra_tensors`
-    (e.g. the online Fisher buffers) are saved through DCP beside the model, sharded as they are."""
+    (e.g. the online Fisher buffers) are saved through DCP beside the model, sharded as they are.
+    Checkpoints older than the newest `keep_last` are removed, except those at `keep_steps` (the
+    branch points of a WSD stable run). Raises StorageError on every rank when the disk lacks room or a write fails."""
     ckpt_dir = Path(ckpt_dir)
     bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(local(p.detach())).all())]
     if float(all_reduce_sum(torch.tensor(float(len(bad))), env)) > 0:
@@ -158,30 +228,44 @@ def save(ckpt_dir: Path, step: int, model, optimizer, extra: dict, env: DistEnv,
     tmp = ckpt_dir / f".tmp_step_{step:09d}"
     if env.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_dir.glob(".tmp_step_*"):
+        for stale in [*ckpt_dir.glob(".tmp_step_*"), *ckpt_dir.glob(".old_step_*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # a rerun reaching a step it already saved: replace it cleanly
-            shutil.rmtree(final)
     barrier(env)
     state = {"model": model_state(model), "optim": optimizer.state_dict()["state"], **(extra_tensors or {})}
-    dcp.save(state, checkpoint_id=str(tmp))
-    barrier(env)
+    need = _needed_bytes(ckpt_dir, state, env)
+    what = f"checkpoint step {step}"
+    _agree(_attempt(lambda: ensure_free(ckpt_dir, need, what, lambda: resume_advice(ckpt_dir))), env, tmp, need, what)
+    _agree(_attempt(lambda: dcp.save(state, checkpoint_id=str(tmp))), env, tmp, need, what)
+    err = _attempt(lambda: _finish(ckpt_dir, tmp, final, step, optimizer, extra, env)) if env.is_main else None
+    _agree(err, env, tmp, need, what)
     if env.is_main:
-        extra = dict(extra, step=step, optim_step=optimizer.step_count, world_size=env.world_size,
-                     saved_at=time.time(), torch_rng=torch.get_rng_state())
-        with open(tmp / EXTRA, "w") as f:
-            json.dump(extra, f, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json_atomic(tmp / MANIFEST, {"step": step, "files": files})
-        _fsync_dir(tmp)
-        os.rename(tmp, final)
-        _fsync_dir(ckpt_dir)
         for old in list_checkpoints(ckpt_dir)[keep_last:]:
-            shutil.rmtree(old, ignore_errors=True)
+            if int(old.name.removeprefix("step_")) not in keep_steps:
+                shutil.rmtree(old, ignore_errors=True)
     barrier(env)
     return final
+
+
+def _finish(ckpt_dir: Path, tmp: Path, final: Path, step: int, optimizer, extra: dict, env: DistEnv) -> None:
+    """Rank 0: extra.json, the manifest, then the rename that makes the checkpoint visible."""
+    extra = dict(extra, step=step, optim_step=optimizer.step_count, world_size=env.world_size,
+                 saved_at=time.time(), torch_rng=torch.get_rng_state())
+    with open(tmp / EXTRA, "w") as f:
+        json.dump(extra, f, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+    write_json_atomic(tmp / MANIFEST, {"step": step, "files": files})
+    _fsync_dir(tmp)
+    replaced = None
+    if final.exists():  # a rerun reaching a step it already saved: swap it out only now
+        replaced = final.with_name(".old_" + final.name)
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+    os.rename(tmp, final)
+    _fsync_dir(ckpt_dir)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
 
 
 def load(path: Path, model, optimizer, extra_tensors: dict | None = None) -> dict:

@@ -6,6 +6,13 @@ manifest.json. The manifest is written last (temp file + os.replace): a director
 valid manifest is a half-built cache and is rebuilt. Builders serialise on an fcntl lock
 (<cache_dir>/<key>.lock), so when several torchrun ranks call prepare_data at once exactly one
 builds and the others wait, then load.
+
+The manifest holds a CRC-32 per 64 MiB block of every file (engine/data/integrity.py), verified,
+with a range check of every token id, each time the cache is opened. A file that fails is named
+in a warning and the cache is rebuilt from the source (the same tokens: the build is
+deterministic). A cache written before checksums existed gets them added once, after its token
+ids pass the range check. A write error while building (a full disk) removes the partial files
+and stops with one message.
 """
 from __future__ import annotations
 
@@ -22,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.diskspace import is_write_error, remove_quietly, write_failure
+
+from .integrity import CacheCorruptError, check_range, checksum, verify
 from .sources import BUILTIN_MIN_VAL_BYTES, VAL_EVERY, Source, iter_sample, resolve_source
 from .tokenizer import SPLIT_PATTERN, TOKENIZER_FILE, Tokenizer, _num_threads, train_tokenizer
 
@@ -70,8 +80,8 @@ class _FileLock:
         os.close(self.fd)
 
 
-def _load(directory: Path) -> DataBundle | None:
-    """The cached bundle, or None when the directory holds no complete cache (rebuild it)."""
+def _read_manifest(directory: Path) -> dict | None:
+    """The manifest when it is one this version can read, else None (a half-built cache)."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -79,19 +89,31 @@ def _load(directory: Path) -> DataBundle | None:
     try:
         if manifest.get("format_version") != FORMAT_VERSION:
             return None
-        dtype = np.dtype(manifest["dtype"])
-        counts = {split: int(manifest["tokens"][split]) for split in SPLITS}
+        np.dtype(manifest["dtype"])
+        [int(manifest["tokens"][split]) for split in SPLITS]
         manifest["tokenizer_hash"], manifest["vocab_size"]
     except (AttributeError, KeyError, TypeError, ValueError):
         return None  # not a manifest this version wrote: rebuild
+    return manifest
+
+
+def _load(directory: Path) -> DataBundle | None:
+    """The cached bundle, verified; None when the directory holds no complete cache (build it) or
+    one written before checksums (add them). Raises CacheCorruptError naming a damaged file."""
+    manifest = _read_manifest(directory)
+    if manifest is None or "checksums" not in manifest:
+        return None
+    dtype = np.dtype(manifest["dtype"])
+    sums = manifest["checksums"]
+    names = (TOKENIZER_FILE, *(f"{s}.bin" for s in SPLITS))
+    if not isinstance(sums, dict) or not all(isinstance(sums.get(n), dict) for n in names):
+        raise CacheCorruptError(directory / MANIFEST, f"has no checksum entry for each of {names}")
+    verify(directory / TOKENIZER_FILE, sums[TOKENIZER_FILE])
     arrays = {}
     for split in SPLITS:
-        path, n = directory / f"{split}.bin", counts[split]
-        if n <= 0 or not path.is_file() or path.stat().st_size != n * dtype.itemsize:
-            return None  # truncated or missing token file: treat as half-built
+        path, n = directory / f"{split}.bin", int(manifest["tokens"][split])
+        verify(path, sums[path.name], dtype, int(manifest["vocab_size"]))
         arrays[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
-    if not (directory / TOKENIZER_FILE).is_file():
-        return None
     tok = Tokenizer.load(directory)  # raises if the tokenizer file fails its own hash check
     if tok.hash != manifest["tokenizer_hash"]:
         raise ValueError(f"data cache {directory}: the manifest was built with tokenizer "
@@ -101,6 +123,36 @@ def _load(directory: Path) -> DataBundle | None:
         raise ValueError(f"data cache {directory}: manifest vocab_size {manifest['vocab_size']} != "
                          f"tokenizer vocab_size {tok.vocab_size}; delete {directory} to rebuild it")
     return DataBundle(tok, arrays["train"], arrays["val"], manifest, directory)
+
+
+def _file_sums(directory: Path) -> dict:
+    return {name: checksum(directory / name) for name in (TOKENIZER_FILE, *(f"{s}.bin" for s in SPLITS))}
+
+
+def _add_checksums(directory: Path) -> bool:
+    """Give a complete cache written before checksums existed its checksums (after range-checking
+    its token ids); False when the directory holds no such cache."""
+    manifest = _read_manifest(directory)
+    if manifest is None or "checksums" in manifest or not (directory / TOKENIZER_FILE).is_file():
+        return False
+    dtype = np.dtype(manifest["dtype"])
+    for split in SPLITS:
+        path, n = directory / f"{split}.bin", int(manifest["tokens"][split])
+        if n <= 0 or not path.is_file() or path.stat().st_size != n * dtype.itemsize:
+            return False  # truncated or missing token file: treat as half-built
+        check_range(path, dtype, int(manifest["vocab_size"]))
+    manifest["checksums"] = _file_sums(directory)
+    _write_manifest(directory, manifest)
+    return True
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    tmp = directory / (MANIFEST + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
 
 
 def _tokenize_split(src: Source, split: str, tok: Tokenizer, out: Path, progress: bool) -> dict:
@@ -193,13 +245,40 @@ def _build(src: Source, vocab_size: int, directory: Path, progress: bool) -> Non
         "build_id": uuid.uuid4().hex,
         "built_by": f"{socket.gethostname()}:{os.getpid()}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checksums": _file_sums(directory),
     }
-    tmp = directory / (MANIFEST + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST)
+    _write_manifest(directory, manifest)
+
+
+def _build_or_explain(src: Source, vocab_size: int, directory: Path, progress: bool) -> None:
+    """_build; a write error (a full disk) removes the partial files and becomes one message."""
+    try:
+        _build(src, vocab_size, directory, progress)
+    except (OSError, RuntimeError) as e:
+        if not is_write_error(e):
+            raise
+        for partial in directory.glob("*.tmp*"):
+            remove_quietly(partial)
+        raise write_failure(directory, None, "the data cache", e,
+                            "The partial cache files were removed; free space or point --cache-dir (or "
+                            "LADDER_CACHE) at a disk with room, then rerun.") from e
+
+
+def _open_or_build(src: Source, vocab_size: int, directory: Path, progress: bool) -> DataBundle:
+    """Under the cache lock: open the cache, repairing it (checksums added, or a damaged cache
+    rebuilt from the source) or building it as needed."""
+    try:
+        bundle = _load(directory)  # another rank may have built it while we waited
+        if bundle is None and _add_checksums(directory):
+            bundle = _load(directory)
+    except CacheCorruptError as e:
+        print(f"warning: {e}; rebuilding the cache {directory} from {src.spec!r}", file=sys.stderr, flush=True)
+        bundle = None
+    if bundle is None:
+        _build_or_explain(src, vocab_size, directory, progress)
+        bundle = _load(directory)
+        assert bundle is not None, f"cache {directory} unreadable right after building it"
+    return bundle
 
 
 def prepare_data(source: str = "builtin", vocab_size: int = 2048, cache_dir: str | Path | None = None,
@@ -223,14 +302,12 @@ def prepare_data(source: str = "builtin", vocab_size: int = 2048, cache_dir: str
     key_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     key = f"{src.kind}-{key_hash[:16]}-v{vocab_size}"
     directory = root / key
-    bundle = _load(directory)
+    try:
+        bundle = _load(directory)
+    except CacheCorruptError:
+        bundle = None  # named and repaired under the lock
     if bundle is not None:
         return bundle
     directory.mkdir(parents=True, exist_ok=True)
     with _FileLock(root / f"{key}.lock"):
-        bundle = _load(directory)  # another rank may have built it while we waited
-        if bundle is None:
-            _build(src, vocab_size, directory, progress)
-            bundle = _load(directory)
-            assert bundle is not None, f"cache {directory} unreadable right after building it"
-    return bundle
+        return _open_or_build(src, vocab_size, directory, progress)
