@@ -94,6 +94,25 @@ def shard_model(model: torch.nn.Module, env: DistEnv, bf16: bool) -> torch.nn.Mo
     return model
 
 
+def resolve_compile(flag: bool | None, device: torch.device) -> bool:
+    """--compile / --no-compile; unset: on for CUDA, off on CPU. On CUDA the eager blocks launch
+    a kernel per elementwise op (rotary, norms, ReLU^2, residual adds) and the compiled ones fuse
+    them; on CPU compilation costs minutes of the 2 cores and the CPU runs are pinned bitwise to
+    eager results."""
+    return device.type == "cuda" if flag is None else bool(flag)
+
+
+def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> torch.nn.Module:
+    """torch.compile each block in place, before FSDP2 shards it (torchtitan's order): one
+    compiled graph per block is reused by every layer (same shapes), FSDP2's all-gather and
+    reduce-scatter hooks stay outside the graphs, and `Module.compile` keeps parameter names
+    (no `_orig_mod.` prefix), so checkpoints, growth and penalties see the same state dict.
+    The loss head stays eager: models/loss.py already keeps it to one bf16 [B, T, V] tensor."""
+    for block in model.blocks:
+        block.compile(**compile_kwargs)
+    return model
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """The rank-local storage of a (possibly DTensor) tensor; in-place updates on it update the
     parameter. FSDP2 parameters are DTensors sharded on dim 0."""
