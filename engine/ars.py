@@ -8,16 +8,18 @@ Each step, from the task loss L_t (not loss + Phi) and a window of the last `win
   the window has fewer than 2 points or rho is undefined (constant window / zero variance);
 - surprise gate Phi_t: mu = window mean (including L_t), s = |L_t - mu| / (mu + 1e-8),
   Phi_t = clip(1 - min(surprise_damping * s, 1), 0.1, 1);
-- Chronos jitter chi_t: only when Psi_t < 1, chi_t ~ N(1, sigma^2), sigma = 0.01 * lr / 1e-5,
-  clipped to [0.5, 2]; else 1 (seeded generator);
+- Chronos jitter chi_t: only when Psi_t < 1, chi_t ~ N(1, sigma^2) with sigma = 0.01, clipped to
+  [0.5, 2]; else 1 (seeded generator);
 - d_t = clip(Psi_t * Phi_t * chi_t, clip[0], clip[1]).
 
 Modes: "seed" exactly as above (the seeds' reference); "detrended": rho computed on the window
 after removing its least-squares linear trend, so a steadily falling loss (raw rho ~ 1, guard
 almost always on) does not fire it and oscillation does; "off": d_t = 1.
 
-Note (measured quantities, not assumptions, per method.md section 5): sigma = 0.01*lr/1e-5 is
-1.0 at lr = 1e-3, so at usual learning rates the jitter is mostly clipped to [0.5, 2]. A curved
+Sigma (method.md section 5, revised): the seeds' code writes sigma = 0.01 * lr / 1e-5, which is 0.01
+at their learning rate of 1e-5. Evaluated at ours (1e-3 to 1e-2) it would be 1 to 10, saturating
+the clip and turning the jitter into a coin flip between 0.5 and 2; we keep the seeds' operating
+value 0.01, independent of the learning rate (`jitter_sigma`). A curved
 (non-linear) loss curve leaves a smooth residual after detrending, which has high lag-1
 autocorrelation too, so "detrended" can also fire on strong curvature within the window.
 
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor
 
 MODES = ("off", "seed", "detrended")
-_JITTER_STD_PER_LR = 0.01 / 1e-5  # sigma = 0.01 * lr / 1e-5
+JITTER_SIGMA = 0.01  # the seeds' operating point (0.01 * lr / 1e-5 at their lr = 1e-5)
 _JITTER_CLIP = (0.5, 2.0)
 _SURPRISE_CLIP = (0.1, 1.0)
 _UNDEFINED_RTOL = 1e-12
@@ -83,6 +85,7 @@ class ARS:
         *,
         guard_factor: float = 0.5,
         jitter: bool = True,
+        jitter_sigma: float = JITTER_SIGMA,
     ):
         if mode not in MODES:
             raise ValueError(f"ARS mode must be one of {MODES}, got {mode!r}")
@@ -92,6 +95,9 @@ class ARS:
         self.guard_threshold, self.surprise_damping = float(guard_threshold), float(surprise_damping)
         self.clip = (float(clip[0]), float(clip[1]))
         self.guard_factor, self.jitter = float(guard_factor), bool(jitter)
+        if not 0 <= jitter_sigma < math.inf:
+            raise ValueError(f"ARS jitter_sigma must be a finite number >= 0, got {jitter_sigma!r}")
+        self.jitter_sigma = float(jitter_sigma)
         self.seed = seed
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self.losses: list[float] = []
@@ -115,8 +121,7 @@ class ARS:
         phi = min(max(1.0 - min(self.surprise_damping * s, 1.0), _SURPRISE_CLIP[0]), _SURPRISE_CLIP[1])
         chi = 1.0
         if psi < 1.0 and self.jitter:
-            sigma = _JITTER_STD_PER_LR * float(lr)
-            chi = min(max(float(self._rng.normal(1.0, sigma)), _JITTER_CLIP[0]), _JITTER_CLIP[1])
+            chi = min(max(float(self._rng.normal(1.0, self.jitter_sigma)), _JITTER_CLIP[0]), _JITTER_CLIP[1])
         d = min(max(psi * phi * chi, self.clip[0]), self.clip[1])
         self.last = {"psi": psi, "phi": phi, "chi": chi, "rho": rho, "d": d}
         return d
@@ -157,6 +162,7 @@ class ARSDevice:
         device: torch.device | str = "cpu",
         guard_factor: float = 0.5,
         jitter: bool = True,
+        jitter_sigma: float = JITTER_SIGMA,
     ):
         if mode not in MODES:
             raise ValueError(f"ARS mode must be one of {MODES}, got {mode!r}")
@@ -164,6 +170,9 @@ class ARSDevice:
         self.guard_threshold, self.surprise_damping = float(guard_threshold), float(surprise_damping)
         self.clip = (float(clip[0]), float(clip[1]))
         self.guard_factor, self.jitter = float(guard_factor), bool(jitter)
+        if not 0 <= jitter_sigma < math.inf:
+            raise ValueError(f"ARS jitter_sigma must be a finite number >= 0, got {jitter_sigma!r}")
+        self.jitter_sigma = float(jitter_sigma)
         self.device = torch.device(device)
         self.buf = torch.zeros(self.window, dtype=torch.float64, device=self.device)
         self.count = 0
@@ -214,7 +223,7 @@ class ARSDevice:
         if self.jitter:
             # drawn every step (no data-dependent control flow), used only where the guard fired
             noise = torch.randn((), generator=self.gen, dtype=torch.float64, device=self.device)
-            chi = (1.0 + _JITTER_STD_PER_LR * lr * noise).clamp(*_JITTER_CLIP)
+            chi = (1.0 + self.jitter_sigma * noise).clamp(*_JITTER_CLIP)
             d = d * torch.where(fire, chi, torch.ones_like(chi))
         return d.clamp(*self.clip).to(torch.float32)
 

@@ -3,6 +3,11 @@
 bits per byte = sum of per-token loss (nats) / (ln 2 * sum of the target tokens' UTF-8 bytes),
 special tokens (0 bytes) excluded from both sums, as nanochat computes it: unlike loss per token
 it does not depend on the tokenizer, so rungs and runs with different vocabularies compare.
+
+`val_loss_se` is the standard error of val_loss from the spread of the per-window mean losses
+(tokens of one window are correlated, so the window, not the token, is the independent unit).
+It is the noise of the *set*; arms are compared on the same set, so their differences are
+measured with less noise than this.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ def evaluate(model, val_tokens, token_bytes: torch.Tensor, *, seq_len: int, batc
     if len(val_tokens) < n + 1:
         raise ValueError(f"validation split has {len(val_tokens)} tokens; evaluation needs {n + 1} "
                          f"(eval_tokens={max_tokens}, seq_len={seq_len}, batch={batch_size}, world={env.world_size})")
-    sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # loss, tokens, loss on bytes>0, bytes
+    # loss, tokens, loss on bytes>0, bytes, windows, sum and sum of squares of per-window mean loss
+    sums = torch.zeros(7, dtype=torch.float64, device=env.device)
     tb = token_bytes.to(env.device)
     # n + 1 tokens make exactly n / seq_len windows of seq_len + 1 (val_batches' cut)
     for x, y in val_batches(val_tokens, seq_len, batch_size, n + 1, rank=env.rank, world_size=env.world_size):
@@ -44,7 +50,13 @@ def evaluate(model, val_tokens, token_bytes: torch.Tensor, *, seq_len: int, batc
         sums[1] += y.numel()
         sums[2] += (loss * (nbytes > 0)).sum()
         sums[3] += nbytes.sum()
+        window_mean = loss.mean(dim=-1)
+        sums[4] += window_mean.numel()
+        sums[5] += window_mean.sum()
+        sums[6] += (window_mean * window_mean).sum()
     all_reduce_sum(sums, env)
     model.train(was_training)
-    loss_sum, tokens, loss_bytes, nbytes = sums.tolist()
-    return {"val_loss": loss_sum / tokens, "val_bpb": loss_bytes / (math.log(2) * nbytes), "val_tokens": int(tokens)}
+    loss_sum, tokens, loss_bytes, nbytes, windows, wsum, wsq = sums.tolist()
+    var = max(0.0, wsq / windows - (wsum / windows) ** 2) * windows / max(1.0, windows - 1)
+    return {"val_loss": loss_sum / tokens, "val_bpb": loss_bytes / (math.log(2) * nbytes), "val_tokens": int(tokens),
+            "val_loss_se": math.sqrt(var / windows)}

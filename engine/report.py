@@ -1,24 +1,27 @@
-"""The miniseries report: summary.json, report.md and plots, computed from the rungs' own files.
+"""The miniseries report: summary.json, report.md and plots, from the budget runs' own final.json.
 
-Accounting (method.md section 6):
-- a rung's cost is its training FLOPs plus the Fisher FLOPs its penalty used plus the penalty's
-  own work; evaluation FLOPs are counted in neither arm;
-- FLOPs to match: the FLOPs (Fisher included) at which an inherited rung's val-loss curve first
-  reaches its scratch twin's final val loss, linearly interpolated between evaluations; null when
-  it never does, and then the report says so in a sentence;
-- ladder saving at matched quality: 1 - inherit_total / scratch_total over the shared lowest rung
-  and the rungs that matched, each at what it actually spent; unmatched rungs are listed.
+Accounting (method.md section 6; the math is engine/savings.py):
+- a run's cost is its training FLOPs plus the Fisher FLOPs its penalty used plus the penalty's own
+  work (engine.ladder.rung_cost); evaluation FLOPs are counted in neither arm;
+- each rung has a curve of (cost, cooled final val loss), one point per budget;
+- a grown rung's FLOPs-to-match is where its curve reaches its scratch twin's full-budget loss,
+  as a fraction of that scratch run's FLOPs; marginal counts the rung's own FLOPs, standalone adds
+  the FLOPs of the parent run it grew from; a rung that never reaches it is a bound, never dropped;
+- the ladder saving charges the base rung (the budget run the chain grew from) and each grown rung
+  its FLOPs-to-match, against the scratch rungs' full budgets.
+The report's first lines are that answer; the per-arm tables follow.
 """
 from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from engine.checkpoint import write_json_atomic
+from engine.ladder import rung_cost
+from engine.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -28,240 +31,231 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
-def rung_cost(final: dict) -> float:
-    return final["flops"] + final.get("fisher_flops", 0.0) + final.get("penalty_flops", 0.0)
+def curve(rung: dict) -> list[tuple[float, float]]:
+    """(cost, cooled final val loss) of every budget run of a rung."""
+    return [(rung_cost(r), r["val_loss"]) for r in rung["runs"]]
 
 
-def eval_curve(run: Path, offset: float = 0.0) -> list[tuple[float, float]]:
-    """(FLOPs, val_loss) at every evaluation of a rung, step 0 included."""
-    return [(offset + m["flops"], m["val_loss"]) for m in read_metrics(run) if "val_loss" in m]
-
-
-def flops_to_match(curve: list[tuple[float, float]], target: float) -> float | None:
-    """First FLOPs at which the curve reaches `target` (linear interpolation), else None."""
-    for i, (f, l) in enumerate(curve):
-        if l <= target:
-            if i == 0:
-                return f
-            f0, l0 = curve[i - 1]
-            return f0 + (f - f0) * (l0 - target) / (l0 - l) if l0 != l else f
-    return None
-
-
-def _run_dir(lc, arm: str, depth: int) -> Path:
-    from engine.ladder import rung_dir
-
-    return rung_dir(Path(lc.out), arm, depth, lc)
+def full_budget(rung: dict) -> dict:
+    return max(rung["runs"], key=lambda r: r["budget_frac"])
 
 
 def summarize(lc, results: dict[str, list[dict]]) -> dict:
     scratch = {r["depth"]: r for r in results.get("scratch", [])}
     lo = lc.depths[0]
-    arms, ladder, sentences = {}, {}, []
+    arms, grown_from, rungs_out, ladder = {}, {}, {}, {}
     for arm, rungs in results.items():
-        rows = []
-        for r in rungs:
-            row = {k: r.get(k) for k in ("depth", "params", "scaling_params", "tokens", "flops", "fisher_flops",
-                                         "penalty_flops", "val_loss", "val_bpb", "wall_s", "start_val_loss", "steps")}
-            if arm != "scratch":
-                g = r.get("growth") or {}
-                row["growth_max_abs_logit_diff"] = g.get("growth_max_abs_logit_diff")
-                row["flops_to_match_scratch"] = None
-                if r["depth"] == lo:
-                    row["shared_base_rung"] = True
-                elif r["depth"] in scratch:
-                    curve = eval_curve(_run_dir(lc, arm, r["depth"]), r.get("fisher_flops", 0.0))
-                    ftm = flops_to_match(curve, scratch[r["depth"]]["val_loss"])
-                    row["flops_to_match_scratch"] = ftm
-                    row["flops_to_match_fraction"] = ftm / scratch[r["depth"]]["flops"] if ftm is not None else None
-                    if ftm is None:
-                        sentences.append(
-                            f"{arm} d{r['depth']}: did not reach its scratch twin's val loss "
-                            f"({r['val_loss']:.4f} vs {scratch[r['depth']]['val_loss']:.4f}) within its budget "
-                            f"({lc.inherit_fraction:g} x the scratch tokens).")
-            rows.append(row)
-        arms[arm] = rows
-    for arm, rows in arms.items():
-        total = sum(rung_cost(r) for r in results[arm])
-        entry = {"flops": total, "wall_s": sum(r["wall_s"] for r in results[arm]), "rungs": len(rows)}
-        if arm != "scratch" and scratch:
-            grown = [r for r in rows if r["depth"] != lo and r["depth"] in scratch]
-            matched = [r for r in grown if r["flops_to_match_scratch"] is not None]
-            base = rung_cost(scratch[lo]) if lo in scratch else 0.0
-            spent = {r["depth"]: rung_cost(f) for r, f in zip(rows, results[arm])}
-            inh_total = base + sum(spent[r["depth"]] for r in matched)
-            scr_total = base + sum(rung_cost(scratch[r["depth"]]) for r in matched)
-            entry.update({
-                "rungs_matched": len(matched), "rungs_compared": len(grown),
-                "unmatched_depths": [r["depth"] for r in grown if r["flops_to_match_scratch"] is None],
-                "flops_saving_vs_scratch": (1 - inh_total / scr_total) if matched else None,
-                "flops_saving_if_stopped_at_match": (
-                    1 - (base + sum(r["flops_to_match_scratch"] for r in matched)) / scr_total) if matched else None,
-                "total_spend_vs_scratch": total / sum(rung_cost(r) for r in results["scratch"]),
-                "wall_saving_vs_scratch": 1 - entry["wall_s"] / sum(r["wall_s"] for r in results["scratch"]),
-            })
-        elif arm == "scratch":
-            entry.update({"rungs_matched": len(rows), "flops_saving_vs_scratch": 0.0})
-        ladder[arm] = entry
-    return {"config": asdict(lc), "arms": arms, "ladder": ladder, "not_matched": sentences,
+        arms[arm] = [{"depth": r["depth"], **_run_row(x)} for r in rungs for x in r["runs"]]
+        grown_from[arm] = {f"d{r['depth']}": r["grown_from"] for r in rungs if r["grown_from"]}
+        if arm == "scratch" or not scratch:
+            continue
+        per_rung, reaches = {}, []
+        for parent, r in zip(rungs, rungs[1:]):
+            if r["depth"] not in scratch:
+                continue
+            twin = full_budget(scratch[r["depth"]])
+            s = rung_saving(curve(r), rung_cost(twin), twin["val_loss"], r["grown_from"]["cost"])
+            s["iso_loss"] = iso_loss(curve(r), curve(scratch[r["depth"]]))
+            s["grown_from"] = r["grown_from"]
+            s["growth_factor"] = r["runs"][0]["scaling_params"] / parent["runs"][0]["scaling_params"]
+            per_rung[f"d{r['depth']}"] = s
+            reaches.append(Reach(s["status"], s["flops_to_match"]))
+        rungs_out[arm] = per_rung
+        first_grown = next((r for r in rungs if r["depth"] != lo), None)
+        if reaches and first_grown is not None:
+            base_cost = first_grown["grown_from"]["cost"]
+            ladder[arm] = ladder_saving([rung_cost(full_budget(scratch[d])) for d in lc.depths if d in scratch],
+                                        base_cost, reaches)
+    se = [x.get("val_loss_se") for rungs in results.values() for r in rungs for x in r["runs"] if x.get("val_loss_se")]
+    return {"config": asdict(lc), "answer": rungs_out, "ladder": ladder, "arms": arms, "grown_from": grown_from,
+            "val_loss_se_max": max(se) if se else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 
-def _fmt(x, spec=".4f"):
-    if x is None:
-        return "—"
-    if isinstance(x, float) and (abs(x) >= 1e5 or (0 < abs(x) < 1e-3)):
-        return f"{x:.3e}"
-    return format(x, spec) if isinstance(x, float) else str(x)
+def _run_row(r: dict) -> dict:
+    keys = ("budget_frac", "steps", "tokens", "scaling_params", "params", "flops", "fisher_flops", "penalty_flops",
+            "val_loss", "val_loss_se", "val_bpb", "wall_s", "start_val_loss", "run")
+    growth = r.get("growth") or {}
+    return {**{k: r.get(k) for k in keys}, "cost": rung_cost(r),
+            "growth_max_abs_logit_diff": growth.get("growth_max_abs_logit_diff")}
 
 
-def _plots(lc, results, summary, out: Path) -> list[str]:
+def _pct(x):
+    return "—" if x is None else f"{x:.1%}"
+
+
+def answer_lines(summary: dict) -> list[str]:
+    """The report's first lines: per grown rung, FLOPs-to-match and the savings; the ladder."""
+    lines = []
+    for arm, per_rung in summary["answer"].items():
+        for d, s in per_rung.items():
+            frac = Reach(s["status"], s["fraction"]).describe()
+            lines.append(f"- **{arm} {d}** (growth x{s['growth_factor']:.2f} in scaling params, grown from the parent's "
+                         f"budget {s['grown_from']['budget_frac']:g} {s['grown_from']['kind']} run): reaches scratch "
+                         f"{d}'s full-budget val loss {s['target_loss']:.4f} at **{frac}** of scratch's FLOPs"
+                         + (f": marginal saving **{_pct(s['marginal_saving'])}**, standalone (parent's FLOPs added) "
+                            f"**{_pct(s['standalone_saving'])}**." if s["status"] == REACHED else
+                            f" ({s['status']}; standalone fraction {s['standalone_fraction']:.3g})."))
+        lad = summary["ladder"].get(arm)
+        if lad:
+            kind = "" if lad["kind"] == "exact" else f" ({lad['kind']}: a bound, some rung is known only by a bound)"
+            lines.append(f"- **{arm} ladder**: {_pct(lad['saving'])} of the scratch ladder's FLOPs saved{kind} "
+                         f"({lad['inherit_flops']:.3e} vs {lad['scratch_flops']:.3e}).")
+    se = summary.get("val_loss_se_max")
+    if se:
+        lines.append(f"- Val-loss noise: the largest standard error of one run's val loss (spread over the fixed "
+                     f"strided validation windows) is {se:.4f} nats; arms share the set, so their differences are "
+                     f"less noisy than that.")
+    return lines or ["- No grown rung with a scratch twin in this ladder: nothing to compare."]
+
+
+def _plot_curves(results: dict, summary: dict, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
-    colors = {"scratch": "tab:blue", "inherit": "tab:red", "inherit-nopenalty": "tab:orange",
-              "inherit-noars": "tab:green", "grow-only": "tab:purple"}
-    # 1. val loss vs cumulative FLOPs
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for arm, rungs in results.items():
-        offset = 0.0
-        for i, r in enumerate(rungs):
-            run = _run_dir(lc, arm, r["depth"])
-            curve = eval_curve(run, offset + r.get("fisher_flops", 0.0))
-            if curve:
-                xs, ys = zip(*curve)
-                ax.plot(xs, ys, color=colors.get(arm), label=arm if i == 0 else None, marker=".", ms=3, lw=1)
-                ax.annotate(f"d{r['depth']}", (xs[-1], ys[-1]), fontsize=7, color=colors.get(arm))
-            offset += rung_cost(r)
-    ax.set_xlabel("cumulative training FLOPs of the arm (Fisher included)")
-    ax.set_ylabel("val loss (nats/token)")
-    ax.set_xscale("log")
-    ax.set_title("val loss against cumulative FLOPs, every arm and rung")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "val_loss_vs_flops.png", dpi=120)
-    plt.close(fig)
-    made.append("val_loss_vs_flops.png")
-    # 2. final val loss vs scaling params
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, rows in summary["arms"].items():
-        ax.plot([r["scaling_params"] for r in rows], [r["val_loss"] for r in rows], marker="o", label=arm, color=colors.get(arm))
-    ax.set_xscale("log")
-    ax.set_xlabel("scaling params N")
-    ax.set_ylabel("final val loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_params.png", dpi=120)
-    plt.close(fig)
-    made.append("loss_vs_params.png")
-    # 3. ARS factor and penalty over steps (inheriting arms)
-    growers = [a for a in results if a != "scratch"]
-    if growers:
-        fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=False)
-        for arm in growers:
-            for r in results[arm][1:]:
-                m = [x for x in read_metrics(_run_dir(lc, arm, r["depth"])) if "loss" in x]
-                a1.plot([x["step"] for x in m], [x.get("ars", 1.0) for x in m], lw=0.8, label=f"{arm} d{r['depth']}")
-                if any("penalty" in x for x in m):
-                    a2.plot([x["step"] for x in m], [x.get("penalty", math.nan) for x in m], lw=0.8, label=f"{arm} d{r['depth']}")
-        a1.set_ylabel("ARS factor d_t")
-        a2.set_ylabel("penalty Phi")
-        a2.set_xlabel("step within the rung")
-        a1.legend(fontsize=7)
-        if a2.lines:
-            a2.set_yscale("log")
-            a2.legend(fontsize=7)
+    scratch = {r["depth"]: r for r in results.get("scratch", [])}
+    for d, twin in scratch.items():
+        grown = {arm: next(r for r in rungs if r["depth"] == d) for arm, rungs in results.items()
+                 if arm != "scratch" and f"d{d}" in summary["answer"].get(arm, {})}
+        if not grown:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for arm, rung in {"scratch": twin, **grown}.items():
+            xs, ys = zip(*sorted(curve(rung)))
+            ax.plot(xs, ys, marker="o", ms=4, label=arm)
+            s = summary["answer"].get(arm, {}).get(f"d{d}")
+            if s and s["status"] == REACHED:
+                ax.plot([s["flops_to_match"]], [s["target_loss"]], marker="*", ms=14, color=ax.lines[-1].get_color())
+                ax.annotate(f"{s['fraction']:.0%}", (s["flops_to_match"], s["target_loss"]), textcoords="offset points",
+                            xytext=(4, 6))
+        ax.axhline(full_budget(twin)["val_loss"], color="gray", lw=0.8, ls="--", label="scratch full-budget loss")
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs of the run (training + Fisher + penalty)")
+        ax.set_ylabel("cooled final val loss (nats/token)")
+        ax.set_title(f"d{d}: final loss against compute, one point per budget (star: match point)")
+        ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "ars_penalty.png", dpi=120)
+        name = f"curve_d{d}.png"
+        fig.savefig(out / name, dpi=120)
         plt.close(fig)
-        made.append("ars_penalty.png")
+        made.append(name)
     return made
+
+
+def _arm_tables(summary: dict) -> list[str]:
+    lines = []
+    for arm, rows in summary["arms"].items():
+        lines += [f"### {arm}", "", "| depth | budget | steps | tokens | FLOPs (Fisher+penalty incl.) | val loss | ± se | "
+                  "val bpb | wall s | run |", "|" + "---|" * 10]
+        for x in rows:
+            lines.append(f"| d{x['depth']} | {x['budget_frac']:g} | {x['steps']} | {x['tokens']:,} | {x['cost']:.3e} | "
+                         f"{x['val_loss']:.4f} | {x.get('val_loss_se') or 0:.4f} | {x['val_bpb']:.4f} | "
+                         f"{x['wall_s']:.0f} | `{Path(x['run']).name}` |")
+        lines.append("")
+        for d, g in summary["grown_from"].get(arm, {}).items():
+            lines.append(f"- {d} grew from `{g['checkpoint']}` (budget {g['budget_frac']:g}, {g['kind']}; "
+                         f"{'reached' if g['reached_target'] else 'did not reach'} its scratch twin; val loss "
+                         f"{g['val_loss']:.4f}, FLOPs {g['cost']:.3e}).")
+        lines.append("")
+    return lines
+
+
+def _iso_lines(summary: dict) -> list[str]:
+    lines = []
+    for arm, per_rung in summary["answer"].items():
+        for d, s in per_rung.items():
+            lines += [f"**{arm} {d}**: FLOPs the inheriting arm needs for each scratch budget's loss", "",
+                      "| scratch FLOPs | loss | inheriting FLOPs | speedup |", "|---|---|---|---|"]
+            for row in s["iso_loss"]:
+                inh = Reach(row["status"], row["inherit_flops"]).describe()
+                lines.append(f"| {row['scratch_flops']:.3e} | {row['loss']:.4f} | {inh} | "
+                             f"{row['speedup']:.2f}x{'' if row['status'] == REACHED else ' (bound)'} |")
+            lines.append("")
+    return lines
 
 
 def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | None = None) -> Path:
     out = Path(lc.out)
     summary = summarize(lc, results)
-    plots = _plots(lc, results, summary, out)
+    plots = _plot_curves(results, summary, out)
     summary["plots"] = plots
     from engine.report_scaling import core_section, scaling_section
 
-    run_dir_of = lambda arm, d: _run_dir(lc, arm, d)
-    summary["scaling"], scaling_md = scaling_section(lc, results, run_dir_of)
-    summary["core"], core_md = core_section(lc, results, run_dir_of, core_bundle) if core_bundle else (None, [])
-    profile_md = None
-    try:
-        from profiling.report import write_report
-
-        profile_md = write_report(out)
-        summary["profile"] = str(Path(profile_md).name)
-    except Exception as e:  # the profile is an addition to the report, never a reason to lose it
-        summary["profile_error"] = f"{type(e).__name__}: {e}"
+    flat = {arm: [x for r in rungs for x in r["runs"]] for arm, rungs in results.items()}
+    summary["scaling"], scaling_md = scaling_section(lc, flat, lambda arm, d: None)
+    core_md = []
+    if core_bundle:
+        summary["core"], core_md = _core(lc, results, core_bundle)
     write_json_atomic(out / "summary.json", summary)
+    first = next(iter(results.values()))[0]["runs"][0]
     lines = [f"# Miniseries report: {lc.preset}, depths {lc.depths}, arms {', '.join(results)}", "",
-             f"Created {summary['created']}. Ratio {lc.ratio:g} tokens per scaling parameter for scratch rungs; "
-             f"inherited rungs train {lc.inherit_fraction:g} x that budget. Penalty lambda={lc.lam:g}, gamma={lc.gamma:g}, "
-             f"subspace={lc.subspace}, schedule={lc.penalty_schedule}; ARS={lc.ars}; Fisher={lc.fisher} "
-             f"over {lc.fisher_batches} batches; placement={lc.placement}; seed {lc.seed}.", ""]
-    first = next(iter(results.values()))[0]
-    lines += [f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
+             "## The answer", ""] + answer_lines(summary) + [""] + [f"![{p}]({p})" for p in plots] + [""]
+    lines += ["## Setup", "",
+              f"Created {summary['created']}. Scratch budget: ratio {lc.ratio:g} tokens per scaling parameter. "
+              f"Budgets (fractions of it): scratch {lc.scratch_budgets}, grown rungs {lc.inherit_budgets}; schedule "
+              f"{lc.schedule}" + (f" (one stable run per rung, each budget a branch cooled over its last "
+                                  f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
+              f". Growth: {lc.placement} placement, grown-rung peak LR x{lc.inherit_lr_mult:g}, re-warmup "
+              f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
+              f"order {lc.data_order}. Penalty lambda={lc.lam:g}, gamma={lc.gamma:g}, subspace={lc.subspace}; "
+              f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}.", "",
+              f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "
-              f"dtype {first.get('dtype')}.", ""]
-    lines += ["## Ladder totals", "", "| arm | FLOPs | wall s | rungs matched | FLOPs saving at matched quality | "
-              "saving if stopped at match | total spend vs scratch |", "|---|---|---|---|---|---|---|"]
-    for arm, e in summary["ladder"].items():
-        lines.append(f"| {arm} | {e['flops']:.3e} | {e['wall_s']:.0f} | {e.get('rungs_matched', '—')}"
-                     f"{'/' + str(e['rungs_compared']) if 'rungs_compared' in e else ''} | "
-                     f"{_pct(e.get('flops_saving_vs_scratch'))} | {_pct(e.get('flops_saving_if_stopped_at_match'))} | "
-                     f"{_fmt(e.get('total_spend_vs_scratch'), '.3f')} |")
-    lines += ["", "## Rungs", ""]
-    for arm, rows in summary["arms"].items():
-        lines += [f"### {arm}", "", "| depth | params | N | tokens | FLOPs (Fisher incl.) | wall s | val loss | val bpb | "
-                  "val loss after growth | growth logit error | FLOPs to match scratch |", "|" + "---|" * 11]
-        for r in rows:
-            cost = (r["flops"] or 0) + (r.get("fisher_flops") or 0) + (r.get("penalty_flops") or 0)
-            ftm = r.get("flops_to_match_scratch")
-            ftm_s = "shared base rung" if r.get("shared_base_rung") else (
-                "—" if arm == "scratch" else ("never" if ftm is None else f"{ftm:.3e} ({r['flops_to_match_fraction']:.0%})"))
-            lines.append(f"| d{r['depth']} | {r['params']:,} | {r['scaling_params']:,} | {r['tokens']:,} | {cost:.3e} | "
-                         f"{r['wall_s']:.0f} | {r['val_loss']:.4f} | {r['val_bpb']:.4f} | "
-                         f"{_fmt(r.get('start_val_loss')) if arm != 'scratch' and not r.get('shared_base_rung') else '—'} | "
-                         f"{_fmt(r.get('growth_max_abs_logit_diff'), '.2e')} | {ftm_s} |")
-        lines.append("")
-    lines += ["## Rungs that did not match", ""]
-    lines += [f"- {s}" for s in summary["not_matched"]] or ["- none: every inherited rung reached its scratch twin's val loss."]
-    lines += [""] + scaling_md + core_md
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    if profile_md:
-        lines += ["", f"Per-stage profile: [{Path(profile_md).name}]({Path(profile_md).name})"]
+              f"dtype {first.get('dtype')}.", "", "## Iso-loss speedup", ""] + _iso_lines(summary)
+    lines += ["## Budget runs", ""] + _arm_tables(summary) + scaling_md + core_md
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
 
 
-def _pct(x):
-    return "—" if x is None else f"{x:+.1%}"
+def _core(lc, results, bundle):
+    from engine.report_scaling import core_section
+
+    finals = {arm: [full_budget(r) for r in rungs] for arm, rungs in results.items()}
+    runs = {(arm, f["depth"]): Path(f["run"]) for arm, fs in finals.items() for f in fs}
+    return core_section(lc, finals, lambda arm, d: runs[(arm, d)], bundle)
 
 
 def write_multiseed_summary(out: Path, configs) -> Path:
-    """Mean and spread of the ladder numbers over seeds."""
+    """Mean and a Student-t interval over seeds of every saving; a rung that is a bound in any seed
+    is reported as such (its interval would be meaningless)."""
     per_seed = [json.loads((Path(lc.out) / "summary.json").read_text()) for lc in configs]
-    agg = {}
-    for arm in per_seed[0]["ladder"]:
-        vals = [s["ladder"][arm].get("flops_saving_vs_scratch") for s in per_seed]
-        vals = [v for v in vals if v is not None]
-        finals = {}
-        for s in per_seed:
-            for r in s["arms"][arm]:
-                finals.setdefault(r["depth"], []).append(r["val_loss"])
-        agg[arm] = {
-            "flops_saving_vs_scratch": {"mean": statistics.mean(vals) if vals else None,
-                                        "stdev": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)},
-            "rungs_matched": [s["ladder"][arm].get("rungs_matched") for s in per_seed],
-            "val_loss": {f"d{d}": {"mean": statistics.mean(v), "stdev": statistics.stdev(v) if len(v) > 1 else None}
-                         for d, v in finals.items()},
-        }
-    write_json_atomic(out / "summary.json", {"seeds": [lc.seed for lc in configs], "arms": agg,
-                                             "per_seed": [str(Path(lc.out) / "summary.json") for lc in configs]})
+    agg: dict = {"seeds": [lc.seed for lc in configs], "rungs": {}, "ladder": {},
+                 "per_seed": [str(Path(lc.out) / "summary.json") for lc in configs]}
+    for arm, per_rung in per_seed[0]["answer"].items():
+        for d in per_rung:
+            ss = [s["answer"][arm][d] for s in per_seed]
+            exact = all(s["status"] == REACHED for s in ss)
+            agg["rungs"][f"{arm} {d}"] = {
+                "statuses": [s["status"] for s in ss], "all_reached": exact,
+                **{k: mean_ci([s[k] for s in ss]) for k in ("fraction", "marginal_saving", "standalone_saving")},
+                "values": {k: [s[k] for s in ss] for k in ("fraction", "marginal_saving", "standalone_saving")}}
+        lads = [s["ladder"][arm] for s in per_seed if arm in s["ladder"]]
+        if lads:
+            agg["ladder"][arm] = {"kinds": [l["kind"] for l in lads], **mean_ci([l["saving"] for l in lads]),
+                                  "values": [l["saving"] for l in lads]}
+    write_json_atomic(out / "summary.json", agg)
+    lines = [f"# Miniseries over seeds {agg['seeds']}", "", "## The answer (mean and 95% Student-t interval over seeds)", ""]
+    for key, r in agg["rungs"].items():
+        f, m, st = r["fraction"], r["marginal_saving"], r["standalone_saving"]
+        note = "" if r["all_reached"] else f" — in some seed only a bound ({', '.join(r['statuses'])})"
+        lines.append(f"- **{key}**: FLOPs-to-match {_ci(f)} of scratch; marginal saving {_ci(m, pct=True)}, "
+                     f"standalone {_ci(st, pct=True)}{note}. Per seed: "
+                     + ", ".join(f"{v:.3f}" for v in r["values"]["fraction"]) + ".")
+    for arm, l in agg["ladder"].items():
+        lines.append(f"- **{arm} ladder**: saving {_ci(l, pct=True)} (per seed {', '.join(_pct(v) for v in l['values'])}; "
+                     f"{', '.join(l['kinds'])}).")
+    lines += ["", f"Method: {next(iter(agg['rungs'].values()))['fraction']['method'] if agg['rungs'] else '—'}. "
+              "Per-seed reports: " + ", ".join(f"[{Path(p).parent.name}]({Path(p).parent.name}/report.md)"
+                                              for p in agg["per_seed"]), ""]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "summary.json"
+
+
+def _ci(c: dict, pct: bool = False) -> str:
+    fmt = _pct if pct else (lambda x: f"{x:.3f}")
+    if c["lo"] is None:
+        return fmt(c["mean"])
+    return f"{fmt(c['mean'])} [{fmt(c['lo'])}, {fmt(c['hi'])}]"

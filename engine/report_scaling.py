@@ -49,34 +49,34 @@ BOOTSTRAP_REFITS_BUDGET = 250  # bootstrap refits over all fits of the section (
 MIN_DISTINCT = 5  # fit_chinchilla's own minimum
 PARAMS = ("E", "A", "alpha", "B", "beta", "ratio_opt")
 VARIANTS = {
-    "final": "final points (one per rung, own tokens)",
-    "intermediate": "intermediate evaluations (own tokens; weaker: points inside one LR schedule)",
-    "intermediate_cumulative": "intermediate evaluations, tokens incl. inherited rungs' (weaker)",
+    "final": "cooled budget runs (one point per finished run, own tokens)",
 }
+# A fit is reported as failed, never as a result, when it is degenerate: an exponent that is not
+# positive or implausibly large (the data cannot separate the terms), or an irreducible loss E
+# that collapsed to ~0 (the optimiser ran into the edge of the log-parametrised space).
+EXPONENT_RANGE = (0.01, 3.0)
+MIN_E = 1e-3
+
+
+def fit_failure(fit: dict) -> str | None:
+    """Why a fit cannot be read as a result, or None."""
+    bad = [f"{k}={fit[k]:.3g}" for k in ("alpha", "beta") if not EXPONENT_RANGE[0] < fit[k] < EXPONENT_RANGE[1]]
+    if fit["E"] < MIN_E:
+        bad.append(f"E={fit['E']:.3g}")
+    return (f"degenerate fit ({', '.join(bad)}; exponents must lie in {EXPONENT_RANGE} and E >= {MIN_E})"
+            if bad else None)
 
 
 def _is_inheriting(arm: str) -> bool:
     return arm != "scratch"
 
 
-def arm_points(results: dict, run_dir_of: Callable[[str, int], Path], arm: str, variant: str) -> list[tuple[float, float, float, int]]:
-    """(N, D, L, depth) for one arm and variant (see the module docstring)."""
-    rungs = sorted(results[arm], key=lambda r: r["depth"])
-    pts = []
-    if variant == "final":
-        for r in rungs:
-            pts.append((float(r["scaling_params"]), float(r["tokens"]), float(r["val_loss"]), int(r["depth"])))
-        return pts
-    if variant not in ("intermediate", "intermediate_cumulative"):
-        raise ValueError(f"unknown variant {variant!r}")
-    offset = 0.0
-    for r in rungs:
-        add = offset if variant == "intermediate_cumulative" and _is_inheriting(arm) else 0.0
-        for m in read_metrics(run_dir_of(arm, r["depth"])):
-            if "val_loss" in m and m.get("tokens", 0) > 0 and math.isfinite(m["val_loss"]):
-                pts.append((float(r["scaling_params"]), add + float(m["tokens"]), float(m["val_loss"]), int(r["depth"])))
-        offset += float(r["tokens"])
-    return pts
+def arm_points(results: dict, run_dir_of: Callable[[str, int], Path] | None, arm: str, variant: str = "final") -> list[tuple[float, float, float, int]]:
+    """(N, D, L, depth): one point per finished run of the arm (each a cooled budget run)."""
+    if variant != "final":
+        raise ValueError(f"unknown variant {variant!r}; only finished runs are fit points")
+    return [(float(r["scaling_params"]), float(r["tokens"]), float(r["val_loss"]), int(r["depth"]))
+            for r in sorted(results[arm], key=lambda r: (r["depth"], r["tokens"]))]
 
 
 def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
@@ -100,7 +100,8 @@ def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
     except Exception as e:  # the report must never be lost to a fit
         return {**base, "error": str(e) if isinstance(e, ValueError) else f"fit failed: {type(e).__name__}: {e}"}
     fit.update(depths=depths, fit_s=time.time() - t0)
-    return fit
+    failure = fit_failure(fit)
+    return {**base, "error": failure, "rejected_fit": {k: fit[k] for k in ("E", "A", "alpha", "B", "beta")}} if failure else fit
 
 
 def scaling_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, int], Path], *,
@@ -110,8 +111,7 @@ def scaling_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[st
     ratio_opt_compute, ci, ...) plus `depths`; a failed one is {"error", n_points, n_distinct, depths}."""
     finals = [(float(r["scaling_params"]), float(r["tokens"])) for rungs in results.values() for r in rungs]
     compute = max((6.0 * n * d for n, d in finals), default=None) or None
-    plan = {arm: ["final", "intermediate"] + (["intermediate_cumulative"] if _is_inheriting(arm) else [])
-            for arm in results}
+    plan = {arm: ["final"] for arm in results}
     n_fits = sum(len(v) for v in plan.values())
     # many arms: fewer resamples per fit so the whole section stays within ~20 s on a busy 2-core CPU
     nb = min(n_bootstrap, max(10, BOOTSTRAP_REFITS_BUDGET // max(1, n_fits))) if n_bootstrap > 0 else 0
@@ -172,11 +172,9 @@ def scaling_lines(out: dict, compute: float | None, n_bootstrap: int) -> list[st
              "both are the same. Every inheriting arm's points include the shared lowest rung (trained from scratch "
              "once for all arms).",
              "",
-             "**Caveat on the intermediate variants** (weaker evidence): they use every evaluation along each rung "
-             "as a point (N, tokens seen so far, val loss). Those points are not separate runs: they sit inside one "
-             "learning-rate schedule (an early point never had its LR decayed), the points of one rung are "
-             "correlated, and the bootstrap resamples points, not rungs, so the intervals are too narrow. "
-             "Only the `final` variant is a proper approach-3 fit; it needs at least 5 rungs per arm.", ""]
+             "Every point is a finished run with a cooled learning rate (a WSD branch or a separate run), so "
+             "each (N, D, L) is a genuine approach-3 point; evaluations inside one schedule are not used. "
+             f"A fit whose exponents fall outside {EXPONENT_RANGE} or whose E < {MIN_E} is shown as failed.", ""]
     for v, label in VARIANTS.items():
         have = [a for a in arms if v in out[a]]
         if not have:
@@ -190,7 +188,7 @@ def scaling_lines(out: dict, compute: float | None, n_bootstrap: int) -> list[st
             str(out[a][v].get("n_bootstrap", "—")) for a in have) + " |")
         lines.append("| residual rms (log L) | " + " | ".join(
             "—" if "error" in out[a][v] else f"{out[a][v]['residual_rms']:.3g}" for a in have) + " |")
-        errs = [f"- {a}: not enough points to fit: {out[a][v]['error']}" for a in have if "error" in out[a][v]]
+        errs = [f"- {a}: failed: {out[a][v]['error']}" for a in have if "error" in out[a][v]]
         lines += [""] + errs + ([""] if errs else [])
     lines += ["### Does inheritance change the exponents or the optimal ratio?", ""]
     ref = out.get("scratch")
@@ -199,9 +197,7 @@ def scaling_lines(out: dict, compute: float | None, n_bootstrap: int) -> list[st
         lines.append("- Needs the scratch arm and at least one inheriting arm; this report has "
                      f"{', '.join(arms) or 'no arms'}.")
     for a in growers if ref is not None else []:
-        for v in ("final", "intermediate", "intermediate_cumulative"):
-            if v in out[a]:
-                lines.append(compare_sentence(a, out[a][v], ref["intermediate" if v == "intermediate_cumulative" else v], v))
+        lines.append(compare_sentence(a, out[a]["final"], ref["final"], "final"))
     lines.append("")
     return lines
 
@@ -233,7 +229,7 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     if max_per_task == "auto":
         max_per_task = None if torch.device(device).type == "cuda" else CPU_MAX_PER_TASK
     if load_model is None:
-        from engine.ladder import _load_trained as load_model
+        from engine.ladder import load_run_weights as load_model
     if tokenizer is None:
         from engine.data import prepare_data
         from models.config import model_config

@@ -26,8 +26,8 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.data import prepare_data, TokenLoader
-from engine.distributed import DistEnv, all_reduce_sum, device_name, full_tensor, local, shard_like, shard_model
-from engine.evaluate import evaluate
+from engine.distributed import DistEnv, all_reduce_sum, compile_blocks, device_name, full_tensor, local, resolve_compile, shard_like, shard_model
+from engine.evaluate import evaluate, val_set_tokens
 from engine.optim import InheritTerms, LadderOptimizer, model_param_groups
 from engine.step_guard import DeviceValues, NonFiniteGuard, found_inf, resolve_host_sync, step_flags
 from engine.schedule import lr_multiplier
@@ -64,14 +64,17 @@ class TrainConfig:
     embedding_lr: float | None = None
     unembedding_lr: float | None = None
     weight_decay: float = 0.0
+    lr_mult: float = 1.0  # multiplies every group's peak learning rate (LR sweeps; a grown rung's re-warm peak)
     warmup_steps: int | None = None  # default: 2% of the steps, at least 1
-    warmdown_frac: float = 0.65
+    warmdown_frac: float = 0.65  # the final linear decay (engine/schedule.py: nanochat 0.65, WSD 0.2, 0 = constant)
     final_lr_frac: float = 0.05
     eval_every: int | None = None  # default: ~12 evaluations per run (val-loss curves for FLOPs-to-match)
     eval_tokens: int | None = None
     ckpt_every: int = 0  # 0: only the final checkpoint
+    keep_ckpt_steps: list = field(default_factory=list)  # also checkpoint at these steps and never prune them (WSD branch points)
+    init_from: str | None = None  # a checkpoint of another run of this model to start from (a WSD branch starts from its stable run)
     resume: bool = False
-    compile: bool = False
+    compile: bool | None = None  # None: on for CUDA, off on CPU (engine/distributed.py: resolve_compile)
     device: str = "auto"
     host_sync: str = "auto"  # auto | step | lagged: when the host reads a step's loss (engine/step_guard.py)
     progress: bool = True
@@ -104,6 +107,7 @@ class Inheritance:
     penalty: dict = field(default_factory=dict)  # kwargs for engine.penalty.Penalty (lam, gamma, subspace, ...)
     info: dict = field(default_factory=dict)  # growth facts for the report (logit error, placement, ...)
     fisher_flops: float = 0.0  # FLOPs spent computing the Fisher this rung's penalty uses
+    loader_state: dict | None = None  # where the rung's token stream starts (None: at its beginning)
 
 
 class TrainError(RuntimeError):
@@ -154,6 +158,24 @@ def validate(cfg: TrainConfig, env: DistEnv) -> None:
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     if cfg.warmup_steps is not None and (not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0):
         raise ValueError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
+    if not (isinstance(cfg.lr_mult, (int, float)) and 0 < cfg.lr_mult < math.inf):
+        raise ValueError(f"lr_mult must be a finite number > 0, got {cfg.lr_mult!r}")
+    if any(not isinstance(k, int) or k < 1 for k in cfg.keep_ckpt_steps):
+        raise ValueError(f"keep_ckpt_steps must be positive step numbers, got {cfg.keep_ckpt_steps!r}")
+    if cfg.init_from is not None and not (Path(cfg.init_from) / ckpt.EXTRA).exists():
+        raise ValueError(f"init_from={cfg.init_from!r} is not a checkpoint directory (no {ckpt.EXTRA} in it)")
+
+
+def check_val_split(have: int, cfg: TrainConfig, seq_len: int, batch: int, world: int) -> None:
+    """Before any compute: a validation split too small for the evaluation would otherwise stop
+    the run at its first evaluation (e.g. --preset nanochat's 5.2M eval tokens on the built-in
+    corpus, whose split holds ~0.2M)."""
+    need = val_set_tokens(cfg.resolved("eval_tokens"), seq_len, batch, world) + 1
+    if have < need:
+        raise ValueError(f"--data {cfg.data}: the validation split has {have:,} tokens but the evaluation needs {need:,} "
+                         f"(eval_tokens={cfg.resolved('eval_tokens')}, seq_len={seq_len}, batch={batch}, world={world}); "
+                         f"pass --data 'parquet:DIR/*.parquet' (nanochat's FineWeb-Edu / ClimbMix shards, a `text` column; "
+                         f"the last shard is held out) or a smaller --eval-tokens")
 
 
 def total_steps_for(cfg: TrainConfig, mcfg: GPTConfig) -> int:
@@ -227,6 +249,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     gb = cfg.resolved("global_batch")
     db = min(cfg.resolved("device_batch"), gb // env.world_size)
     accum = gb // (db * env.world_size)
+    check_val_split(len(bundle.val), cfg, mcfg.seq_len, db, env.world_size)
     total_steps = total_steps_for(cfg, mcfg)
     loader = TokenLoader(bundle.train, mcfg.seq_len, db * env.world_size, rank=env.rank, world_size=env.world_size,
                          seed=cfg.seed, device=env.device)
@@ -242,14 +265,15 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         model.load_state_dict({k: v.to(env.device) for k, v in inherit.state.items()}, strict=False)
     attention = select_backend(env.device, torch.bfloat16 if bf16 else torch.float32)
     model.set_attention(attention)
+    if resolve_compile(cfg.compile, env.device):
+        compile_blocks(model)  # per block, before FSDP2 shards it (torchtitan's order)
     model = shard_model(model, env, bf16)
-    if cfg.compile:
-        model.compile()
     autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if bf16 and env.world_size == 1 else nullcontext)
 
     muon = cfg.optimizer == "muon"
-    groups = model_param_groups(model, matrix_lr=MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr"),
-                                embedding_lr=cfg.resolved("embedding_lr"), unembedding_lr=cfg.resolved("unembedding_lr"),
+    matrix_lr = MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr")
+    groups = model_param_groups(model, matrix_lr=matrix_lr * cfg.lr_mult, embedding_lr=cfg.resolved("embedding_lr") * cfg.lr_mult,
+                                unembedding_lr=cfg.resolved("unembedding_lr") * cfg.lr_mult,
                                 weight_decay=cfg.weight_decay, muon=muon)
     opt = LadderOptimizer(groups, adamw_impl=cfg.adamw_impl)
     named = dict(model.named_parameters())
@@ -284,12 +308,19 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     found = ckpt.latest_valid(out / "ckpt", env) if cfg.resume else None
     if cfg.resume and found is None and (out / "final.json").exists():
         raise TrainError(f"{out} holds a finished run (final.json) but no usable checkpoint to resume from")
-    if found is not None:
-        saved = ckpt.read_json(found / ckpt.EXTRA)  # check compatibility before touching any tensor
-        if saved.get("model_config") != mcfg.to_dict() or saved.get("total_steps") != total_steps:
+    # a run starts from its own newest checkpoint (resume), else from init_from (a WSD branch from
+    # its stable run: another run's checkpoint, so its step budget differs), else from step 0
+    start_from = found if found is not None else (Path(cfg.init_from) if cfg.init_from else None)
+    if start_from is not None:
+        saved = ckpt.read_json(start_from / ckpt.EXTRA)  # check compatibility before touching any tensor
+        if saved.get("model_config") != mcfg.to_dict() or (found is not None and saved.get("total_steps") != total_steps):
             raise TrainError(f"checkpoint {found} belongs to a different run (model config or step budget differs); "
                              f"use another --out or delete {out / 'ckpt'}")
-        extra = ckpt.load(found, model, opt, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
+        if found is None and not 0 < int(saved["step"]) < total_steps:
+            raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {total_steps} steps can only "
+                             f"start from a step in 1..{total_steps - 1}")
+        own = {"fisher": fisher_bufs} if fisher_bufs and found is not None else None  # Fisher: accumulated by this run
+        extra = ckpt.load(start_from, model, opt, extra_tensors=own)
         start_step = int(extra["step"])
         loader.load_state_dict(extra["loader"])
         if ars is not None and extra.get("ars") is not None:
@@ -300,10 +331,13 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
                                  f"run is --host-sync {'lagged' if lagged else 'step'}; resume with --host-sync {want}")
             ars.load_state_dict(extra["ars"])
         consumed_flops, wall_before = float(extra["flops"]), float(extra["wall_s"])
-    elif env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
+    elif inherit is not None and inherit.loader_state is not None:
+        loader.load_state_dict(inherit.loader_state)  # the grown rung reads on from its parent's stream
+    if found is None and env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
         raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose another --out")
 
     metrics = MetricsLog(out / "metrics.jsonl", start_step if found is not None else None, env.is_main)
+    keep_steps = set(cfg.keep_ckpt_steps)
     prof = _profiler(cfg, out, env, mcfg)
     tokens_per_step = gb * mcfg.seq_len
     flops_per_step = mcfg.flops_per_token * tokens_per_step
@@ -338,7 +372,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
                 "loader": loader.state_dict(), "ars": ars.state_dict() if ars else None,
                 "model_config": mcfg.to_dict(), "total_steps": total_steps, "flops": consumed_flops,
                 "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": guard.skipped,
-            }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None)
+            }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None, keep_steps=keep_steps)
 
     def settle(entry: dict) -> bool:
         """Read a step's verdict (engine/step_guard.py) and log it; False when it was skipped."""
@@ -391,7 +425,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         lr = groups[-1].lr * lr_mult
         step += 1
         eval_due = step % eval_every == 0 or step == total_steps
-        ckpt_due = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps
+        ckpt_due = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps or step in keep_steps
         entry = {"step": step, "lr": lr, "lr_mult": lr_mult, "tokens": step * tokens_per_step}
         if lagged:
             if pending is not None and settle(pending):  # its flags were computed before this step's forward
@@ -463,7 +497,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
         "fisher_flops": inherit.fisher_flops if inherit else 0.0,
         # the penalty's own elementwise/SVD work, summed over ranks' shards (an estimate, see Penalty)
         "penalty_flops": float(penalty.penalty_flops_per_step * env.world_size * total_steps) if penalty else 0.0,
-        "val_loss": last_eval["val_loss"], "val_bpb": last_eval["val_bpb"],
+        "val_loss": last_eval["val_loss"], "val_bpb": last_eval["val_bpb"], "val_loss_se": last_eval.get("val_loss_se"),
         "start_val_loss": start_eval["val_loss"] if start_eval else None,
         "wall_s": wall_s, "setup_s": t_loop - t_start, "skipped_steps": guard.skipped,
         **{k: meta[k] for k in ("device", "device_name", "attention_backend", "kernel_backend", "world_size", "dtype")},
@@ -495,7 +529,7 @@ def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_b
         "device_name": device_name(env.device),
         "world_size": env.world_size, "attention_backend": attention_name, "kernel_backend": kernel_backend,
         "dtype": "bfloat16" if on_cuda and mcfg.dtype == "bfloat16" else "float32",
-        "fsdp": env.world_size > 1, "compile": cfg.compile, "torch": torch.__version__,
+        "fsdp": env.world_size > 1, "compile": resolve_compile(cfg.compile, env.device), "torch": torch.__version__,
         "apex": _apex_available() if on_cuda else False,
         "threads": torch.get_num_threads(),
         # when the host reads each step's loss/non-finite verdict (engine/step_guard.py)

@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMELESS = ("depth", "params", "scaling_params", "tokens", "flops", "fisher_flops", "penalty_flops", "val_loss",
-            "val_bpb", "start_val_loss", "growth_max_abs_logit_diff", "flops_to_match_scratch", "steps")
+# every number of a summary.json run row / ladder entry that does not measure time
+TIMELESS = ("depth", "budget_frac", "params", "scaling_params", "tokens", "flops", "fisher_flops", "penalty_flops",
+            "val_loss", "val_loss_se", "val_bpb", "growth_max_abs_logit_diff", "steps")
+LADDER_KEYS = ("saving", "kind", "inherit_flops", "scratch_flops")
 
 
 def miniseries_args(a) -> list[str]:
@@ -77,10 +79,10 @@ def differences(got: Path, ref: Path) -> list[str]:
                 if a.get(k) != b.get(k):
                     diffs.append(f"summary {arm} d{b.get('depth')} {k}: {a.get(k)!r} vs {b.get(k)!r}")
     for arm in sr["ladder"]:
-        for k in ("flops", "rungs_matched", "flops_saving_vs_scratch"):
+        for k in LADDER_KEYS:
             if sg["ladder"].get(arm, {}).get(k) != sr["ladder"][arm].get(k):
                 diffs.append(f"ladder {arm} {k}: {sg['ladder'].get(arm, {}).get(k)!r} vs {sr['ladder'][arm].get(k)!r}")
-    runs = sorted(str(f.parent.relative_to(ref)) for f in ref.glob("*/d*/metrics.jsonl"))
+    runs = sorted(str(f.parent.relative_to(ref)) for f in ref.glob("*/d*/*/metrics.jsonl"))
     for run in runs:
         def lines(d):
             f = d / run / "metrics.jsonl"

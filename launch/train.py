@@ -59,9 +59,11 @@ def token_count(s: str) -> int:
 
 def _user_errors():
     from engine.checkpoint import CheckpointError
+    from engine.diskspace import StorageError
+    from engine.run_lock import RunLockedError
     from engine.trainer import TrainError
 
-    return (ValueError, FileNotFoundError, TrainError, CheckpointError)
+    return (ValueError, FileNotFoundError, TrainError, CheckpointError, StorageError, RunLockedError)
 
 
 def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
@@ -87,12 +89,15 @@ def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     p.add_argument("--matrix-lr", dest="matrix_lr", type=positive_float)
     p.add_argument("--embedding-lr", dest="embedding_lr", type=positive_float)
     p.add_argument("--unembedding-lr", dest="unembedding_lr", type=positive_float)
+    p.add_argument("--lr-mult", dest="lr_mult", type=positive_float, default=1.0,
+                   help="multiply every peak learning rate (LR sweeps)")
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.0)
     p.add_argument("--warmdown-frac", dest="warmdown_frac", type=float, default=0.65)
     p.add_argument("--eval-every", dest="eval_every", type=positive_int)
     p.add_argument("--eval-tokens", dest="eval_tokens", type=positive_int)
     p.add_argument("--ckpt-every", dest="ckpt_every", type=nonneg_int, default=0, help="steps between checkpoints (0: final only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile each block (default: on with CUDA, off on CPU; --no-compile: eager)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--cache-dir", dest="cache_dir")
@@ -123,7 +128,11 @@ def main(argv=None):
     cfg = config_from_args(ns)
     env = init_distributed(cfg.device)
     try:
-        final = train_rung(cfg, env)
+        from engine.diskspace import storage_guard
+        from engine.run_lock import run_lock
+
+        with run_lock(cfg.out, env), storage_guard(cfg.out):  # one writer; a full disk is one message
+            final = train_rung(cfg, env)
     except USER_ERRORS as e:  # bad input or state: one clear line, not a traceback
         sys.exit(f"error: {e}")
     finally:

@@ -12,7 +12,7 @@ from engine.ars import ARS, ARSDevice
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def reference_factors(losses, lr, *, detrended=False, window=10, seed=0, jitter=True):
+def reference_factors(losses, sigma, *, detrended=False, window=10, seed=0, jitter=True):
     """method.md section 5 written out with the statistics module (independent of engine/ars.py)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     out, win = [], []
@@ -39,7 +39,7 @@ def reference_factors(losses, lr, *, detrended=False, window=10, seed=0, jitter=
         phi = min(max(1 - min(0.1 * s, 1.0), 0.1), 1.0)
         chi = 1.0
         if psi < 1 and jitter:
-            chi = min(max(rng.normal(1.0, 0.01 * lr / 1e-5), 0.5), 2.0)
+            chi = min(max(rng.normal(1.0, sigma), 0.5), 2.0)
         out.append(min(max(psi * phi * chi, 0.1), 2.0))
     return out
 
@@ -48,8 +48,8 @@ FALLING = [5.0 - 0.1 * t for t in range(15)]
 
 
 def test_hand_computed_falling_sequence():
-    ars = ARS("seed")
-    d = [ars.update(L, lr=0.0) for L in FALLING]  # lr=0: sigma=0, chi == 1 exactly
+    ars = ARS("seed", jitter_sigma=0.0)
+    d = [ars.update(L, lr=0.0) for L in FALLING]  # sigma=0: chi == 1 exactly
     assert d[0] == 1.0  # one point: no guard, no surprise
     assert d[1] == pytest.approx(1 - 0.1 * 0.05 / (4.95 + 1e-8), abs=1e-12)  # 2 points: rho undefined
     assert d[2] == pytest.approx(0.5 * (1 - 0.1 * 0.1 / (4.9 + 1e-8)), abs=1e-12)  # linear: rho=1, guard on
@@ -64,15 +64,15 @@ def test_seed_mode_matches_reference_with_jitter():
     rng = np.random.default_rng(3)
     falling = [4.0 * math.exp(-t / 40) + 0.02 * rng.standard_normal() for t in range(60)]
     ars = ARS("seed", seed=7)
-    d = [ars.update(L, lr=3e-6) for L in falling]
-    assert d == pytest.approx(reference_factors(falling, 3e-6, seed=7), abs=1e-12)
+    d = [ars.update(L, lr=3e-3) for L in falling]  # sigma is 0.01 whatever the learning rate
+    assert d == pytest.approx(reference_factors(falling, 0.01, seed=7), abs=1e-12)
 
 
 def test_noisy_sequence_guard_off():
     rng = np.random.default_rng(0)
     noisy = list(3.0 + 0.05 * rng.standard_normal(40))
     ref_psi_on = reference_factors(noisy, 0.0)
-    ars = ARS("seed")
+    ars = ARS("seed", jitter_sigma=0.0)
     d, psi = [], []
     for L in noisy:
         d.append(ars.update(L, lr=0.0))
@@ -91,16 +91,16 @@ def test_clip_bounds():
     rng = np.random.default_rng(1)
     wild = list(np.abs(rng.standard_normal(200)) * 10 ** rng.uniform(-2, 2, 200))
     for mode in ("seed", "detrended"):
-        ars = ARS(mode, seed=1)
+        ars = ARS(mode, seed=1, jitter_sigma=1.0)
         d = [ars.update(L, lr=1e-3) for L in wild]  # sigma = 1: jitter hits both clips
         assert all(0.1 <= v <= 2.0 for v in d)
         # the upper clip never binds: chi <= 2 only multiplies Psi = 0.5, and Phi <= 1
         assert max(d) <= 1.0
     # the lower clip: a falling loss gives 0.5 * Phi ~ 0.49 once the guard is on
-    ars = ARS("seed", clip=(0.6, 2.0))
+    ars = ARS("seed", clip=(0.6, 2.0), jitter_sigma=0.0)
     d = [ars.update(L, lr=0.0) for L in FALLING]
     assert d[2:] == [0.6] * (len(FALLING) - 2)
-    ars = ARS("seed", clip=(0.1, 0.7))
+    ars = ARS("seed", clip=(0.1, 0.7), jitter_sigma=0.0)
     assert max(ars.update(L, lr=0.0) for L in FALLING) == 0.7
     # Phi reaches its floor 0.1 only for a spike ~9x the window mean (s -> 9 with window 10)
     ars = ARS("seed")
@@ -143,7 +143,7 @@ def test_detrended_fires_only_on_oscillation():
         fired.append(det.last["psi"] < 1)
     assert all(fired[3:])
     ref = reference_factors(osc, 0.0, detrended=True)
-    det2 = ARS("detrended")
+    det2 = ARS("detrended", jitter_sigma=0.0)
     assert [det2.update(L, 0.0) for L in osc] == pytest.approx(ref, abs=1e-12)
     # white noise around a linear trend: detrended guard rarely fires
     rng = np.random.default_rng(5)
@@ -217,3 +217,26 @@ def test_device_update_refused_by_ok_then_rolled_back_leaves_no_trace(mode):
     assert got == want
     assert guarded.steps == clean.steps and guarded.state_dict()["count"] == clean.state_dict()["count"]
     assert torch.equal(guarded.buf, clean.buf)
+
+
+@pytest.mark.parametrize("cls", ["host", "device"])
+def test_jitter_sigma_is_the_seeds_operating_point(cls):
+    """chi ~ N(1, 0.01^2) at any learning rate (method.md section 5). A falling loss keeps the guard
+    on; chi is read from the host's components, or as the ratio of a jittered to an unjittered
+    device ARS fed the same losses."""
+    losses = [10.0 - 0.001 * t for t in range(2000)]
+    if cls == "host":
+        ars, chis = ARS("seed", seed=5), []
+        for L in losses:
+            ars.update(L, 5e-3)
+            if ars.last["psi"] < 1:
+                chis.append(ars.last["chi"])
+    else:
+        a, b = ARSDevice("seed", seed=5), ARSDevice("seed", seed=5, jitter=False)
+        pairs = [(float(a.update(torch.tensor(L, dtype=torch.float64), 5e-3)),
+                  float(b.update(torch.tensor(L, dtype=torch.float64), 5e-3))) for L in losses]
+        chis = [x / y for x, y in pairs if y < 0.75]  # guard on: d ~ 0.5
+    chis = np.array(chis)
+    assert len(chis) > 1000 and abs(chis.mean() - 1.0) < 2e-3 and 0.009 < chis.std() < 0.011
+    with pytest.raises(ValueError, match="jitter_sigma"):
+        ARS("seed", jitter_sigma=-1.0)

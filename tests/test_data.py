@@ -410,8 +410,12 @@ def test_val_batches():
     for (x1, y1), (x2, y2) in zip(a, b):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     x = torch.cat([p[0] for p in a])
-    assert torch.equal(x.flatten(), torch.arange(len(a) * 4 * 32))  # in order, no shuffling
-    assert int(torch.cat([p[1] for p in a]).max()) < 4000  # only the first max_tokens tokens
+    starts = x[:, 0]  # arange tokens: a window's first token is its offset
+    slots = 4999 // 32
+    assert torch.equal(starts, torch.tensor([(i * slots // 124) * 32 for i in range(124)]))  # strided, in order
+    assert int(starts[-1]) >= (slots - 2) * 32 and int(starts[1] - starts[0]) == 32  # spans the whole split
+    whole = torch.cat([p[0] for p in val_batches(tokens, 32, 4, None)])
+    assert torch.equal(whole.flatten(), torch.arange(whole.numel()))  # the whole split: every window, in order
     for ws in (2, 3):
         per_rank = [list(val_batches(tokens, 32, 4, 4000, rank=r, world_size=ws)) for r in range(ws)]
         assert sorted(len(p) for p in per_rank) in ([15, 16], [10, 10, 11])

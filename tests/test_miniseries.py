@@ -1,8 +1,10 @@
-"""The miniseries end to end, small enough for CI: a 2-rung ladder (d1 -> d2, scratch vs inherit) on
-the built-in corpus, its summary.json contract, its report files, a rerun that skips finished rungs,
-exact growth, and 2 torchrun ranks giving the summary of 1 rank."""
+"""The miniseries end to end, small enough for CI: a 2-rung ladder (d1 -> d2, scratch vs inherit) with
+budget curves on the built-in corpus, its summary.json contract, its report files, a rerun that skips
+finished runs, exact growth, WSD branches equal to standalone runs, and 2 torchrun ranks giving the
+summary of 1 rank."""
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,14 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# d1 -> d2 at ratio 0.05: 16 + 45 scratch steps and 22 inherited ones (~15 s on one busy core)
+# d1 -> d2 at ratio 0.05 (16 and 45 scratch steps), two budgets per rung, WSD branches
 MINI = ["--depths", "1:2", "--arms", "scratch,inherit", "--ratio", "0.05", "--preset", "cpu-tiny", "--seq-len", "64",
-        "--global-batch", "4", "--eval-tokens", "1024", "--fisher-batches", "2", "--no-progress", "--no-profile"]
+        "--global-batch", "4", "--eval-tokens", "1024", "--fisher-batches", "2", "--no-progress", "--no-profile",
+        "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-RUNG_KEYS = {"depth", "params", "scaling_params", "tokens", "flops", "fisher_flops", "val_loss", "val_bpb", "wall_s"}
-INHERIT_KEYS = RUNG_KEYS | {"start_val_loss", "growth_max_abs_logit_diff", "flops_to_match_scratch"}
-LADDER_KEYS = {"flops", "wall_s", "rungs_matched", "flops_saving_vs_scratch"}
+RUN_KEYS = {"depth", "budget_frac", "params", "scaling_params", "tokens", "flops", "fisher_flops", "val_loss",
+            "val_loss_se", "val_bpb", "wall_s", "cost"}
+ANSWER_KEYS = {"status", "flops_to_match", "fraction", "marginal_saving", "standalone_saving", "iso_loss", "grown_from"}
 
 
 def run_miniseries(out, extra=(), nproc=1, check=True, timeout=300):
@@ -34,7 +37,7 @@ def run_miniseries(out, extra=(), nproc=1, check=True, timeout=300):
 
 
 def rung_files(out: Path) -> dict[str, str]:
-    """sha256 of every file the rungs wrote (everything under OUT/<arm>/d<k>/)."""
+    """sha256 of every file the runs wrote (everything under OUT/<arm>/d<k>/)."""
     return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(out.glob("*/d*/**/*")) if f.is_file()}
 
@@ -50,34 +53,50 @@ def ladder(tmp_path_factory):
 def test_summary_json_contract(ladder):
     out, _, _ = ladder
     s = json.loads((out / "summary.json").read_text())
-    assert set(s["arms"]) == {"scratch", "inherit"} and set(s["ladder"]) == {"scratch", "inherit"}
+    assert set(s["arms"]) == {"scratch", "inherit"} and set(s["answer"]) == set(s["ladder"]) == {"inherit"}
     for arm, rows in s["arms"].items():
-        assert [r["depth"] for r in rows] == [1, 2], arm
+        assert [(r["depth"], r["budget_frac"]) for r in rows] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)], arm
         for r in rows:
-            want = INHERIT_KEYS if arm != "scratch" else RUNG_KEYS
-            assert want <= set(r), (arm, r["depth"], sorted(want - set(r)))
-            for k in RUNG_KEYS:
+            assert RUN_KEYS <= set(r), (arm, r["depth"], sorted(RUN_KEYS - set(r)))
+            for k in RUN_KEYS:
                 assert isinstance(r[k], (int, float)) and r[k] == r[k], (arm, k, r[k])  # a number, not NaN
             assert r["params"] > r["scaling_params"] > 0 and r["tokens"] > 0 and r["flops"] > 0 and r["wall_s"] > 0
-    base_s, d2_s = s["arms"]["scratch"]
-    base_i, d2_i = s["arms"]["inherit"]
-    assert base_i["val_loss"] == base_s["val_loss"]  # the lowest rung is shared by every arm
-    assert d2_i["tokens"] < d2_s["tokens"]  # an inherited rung trains on a fraction of the scratch budget
-    assert d2_i["fisher_flops"] > 0 and d2_s["fisher_flops"] == 0
-    assert d2_i["growth_max_abs_logit_diff"] < 1e-4
-    assert d2_i["flops_to_match_scratch"] is None or d2_i["flops_to_match_scratch"] > 0
-    for arm, e in s["ladder"].items():
-        assert LADDER_KEYS <= set(e), (arm, sorted(LADDER_KEYS - set(e)))
-        assert e["flops"] > 0 and e["wall_s"] > 0 and 0 <= e["rungs_matched"] <= 2
-    assert s["ladder"]["scratch"]["flops_saving_vs_scratch"] == 0.0
-    saving = s["ladder"]["inherit"]["flops_saving_vs_scratch"]
-    assert (saving is None) == (s["ladder"]["inherit"]["rungs_matched"] == 0)
+    sc, inh = s["arms"]["scratch"], s["arms"]["inherit"]
+    assert inh[:2] == sc[:2]  # the lowest rung is shared by every arm
+    assert inh[2]["tokens"] < inh[3]["tokens"] == sc[3]["tokens"]  # budgets are fractions of the scratch budget
+    assert inh[3]["fisher_flops"] > 0 and sc[3]["fisher_flops"] == 0
+    assert inh[3]["growth_max_abs_logit_diff"] < 1e-4
+    a = s["answer"]["inherit"]["d2"]
+    assert ANSWER_KEYS <= set(a) and a["target_loss"] == sc[3]["val_loss"] and a["scratch_flops"] == sc[3]["cost"]
+    assert a["grown_from"]["budget_frac"] in (0.5, 1.0) and a["growth_factor"] > 1
+    lad = s["ladder"]["inherit"]
+    assert lad["scratch_flops"] == sc[1]["cost"] + sc[3]["cost"] and lad["kind"] in ("exact", "at most", "at least")
+    assert math.isclose(lad["saving"], 1 - lad["inherit_flops"] / lad["scratch_flops"])
+
+
+def test_branches_are_finished_wsd_runs(ladder, tmp_path):
+    """A budget run branched from the stable run equals a standalone run of that budget with the WSD
+    schedule and the same warmup, bitwise (the point of WSD branching)."""
+    out, _, _ = ladder
+    branch = out / "scratch/d2/b0.5"
+    cfg = json.loads((branch / "run.json").read_text())["config"]
+    stand = dict(cfg, out=str(tmp_path / "standalone"), init_from=None, keep_ckpt_steps=[], resume=False)
+    from engine.distributed import init_distributed
+    from engine.trainer import TrainConfig, train_rung
+
+    got = train_rung(TrainConfig(**stand), init_distributed("cpu"))
+    want = json.loads((branch / "final.json").read_text())
+    for k in ("val_loss", "val_bpb", "flops", "tokens", "steps"):
+        assert got[k] == want[k], k
+    m = [json.loads(l) for l in (branch / "metrics.jsonl").read_text().splitlines()]
+    assert m[0]["step"] == round(0.8 * cfg["steps"]) + 1 and m[-1]["step"] == cfg["steps"] and m[-1]["lr_mult"] == pytest.approx(0.05)
 
 
 def test_report_and_plots_exist(ladder):
     out, p, _ = ladder
     report = (out / "report.md").read_text()
-    assert report.startswith("# Miniseries report") and "inherit" in report
+    assert report.startswith("# Miniseries report") and report.splitlines()[2] == "## The answer"
+    assert "**inherit d2**" in report and "**inherit ladder**" in report
     pngs = sorted(out.glob("*.png"))
     assert pngs and all(f.stat().st_size > 1000 for f in pngs), pngs
     for name in json.loads((out / "summary.json").read_text()).get("plots", []):
@@ -86,13 +105,13 @@ def test_report_and_plots_exist(ladder):
 
 
 def test_growth_is_exact(ladder):
-    """The grown d2 starts where d1 ended: its step-0 val loss is d1's final val loss."""
+    """The grown d2 starts where the d1 run it grew from ended: the stable run's step-0 val loss is
+    that run's final val loss."""
     out, _, _ = ladder
     s = json.loads((out / "summary.json").read_text())
-    base, grown = s["arms"]["inherit"]
-    assert grown["start_val_loss"] == pytest.approx(base["val_loss"], abs=1e-4)
-    first = json.loads((out / "inherit/d2/metrics.jsonl").read_text().splitlines()[0])
-    assert first["step"] == 0 and first["val_loss"] == grown["start_val_loss"]
+    src = s["grown_from"]["inherit"]["d2"]
+    first = json.loads((out / "inherit/d2/stable/metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["val_loss"] == pytest.approx(src["val_loss"], abs=1e-4)
 
 
 def test_rerun_skips_finished_rungs(ladder):
@@ -100,8 +119,8 @@ def test_rerun_skips_finished_rungs(ladder):
     before = rung_files(out)
     summary = json.loads((out / "summary.json").read_text())
     p = run_miniseries(out)
-    assert "scratch d" not in p.stdout and "growth logit error" not in p.stdout, p.stdout  # nothing trained
-    assert rung_files(out) == before  # every rung file untouched, checkpoints included
+    assert "steps ->" not in p.stdout and "growth logit error" not in p.stdout, p.stdout  # nothing trained
+    assert rung_files(out) == before  # every run file untouched, checkpoints included
     again = json.loads((out / "summary.json").read_text())
     assert again["arms"] == summary["arms"] and again["ladder"] == summary["ladder"]
     # (no wall-clock bound: timings belong in benchmarks; the file checks above are the real test)
@@ -110,7 +129,7 @@ def test_rerun_skips_finished_rungs(ladder):
 def test_rerun_with_another_configuration_is_refused(ladder, tmp_path):
     out, _, _ = ladder
     p = run_miniseries(out, ["--seed", "1"], check=False)
-    assert p.returncode != 0 and "holds a finished rung of a different configuration" in p.stderr, p.stderr[-2000:]
+    assert p.returncode != 0 and "holds a finished run of a different configuration" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
 
 
@@ -125,18 +144,17 @@ def test_two_ranks_give_the_summary_of_one(ladder, tmp_path):
     assert set(s1["arms"]) == set(s2["arms"])
     for arm in s1["arms"]:
         for r1, r2 in zip(s1["arms"][arm], s2["arms"][arm], strict=True):
-            assert r1["depth"] == r2["depth"]
+            assert (r1["depth"], r1["budget_frac"]) == (r2["depth"], r2["budget_frac"])
             for k in ("params", "scaling_params", "tokens", "flops", "fisher_flops"):
                 assert r1[k] == r2[k], (arm, r1["depth"], k)
-            for k in ("val_loss", "val_bpb", "start_val_loss"):
+            for k in ("val_loss", "val_bpb"):
                 assert r2[k] == pytest.approx(r1[k], rel=1e-4), (arm, r1["depth"], k, r1[k], r2[k])
     for arm in s1["ladder"]:
-        assert s2["ladder"][arm]["flops"] == s1["ladder"][arm]["flops"]
-        assert s2["ladder"][arm]["rungs_matched"] == s1["ladder"][arm]["rungs_matched"]
-    finals = [json.loads(f.read_text()) for f in out2.glob("*/d*/final.json")]
+        assert s2["ladder"][arm]["scratch_flops"] == s1["ladder"][arm]["scratch_flops"]
+    finals = [json.loads(f.read_text()) for f in out2.glob("*/d*/*/final.json")]
     assert finals and all(f["world_size"] == 2 for f in finals)
     # rerunning under torchrun skips every finished rung on every rank (no rank trains alone)
     before = rung_files(out2)
     p = run_miniseries(out2, nproc=2, timeout=120)
-    assert "scratch d" not in p.stdout and "growth logit error" not in p.stdout, p.stdout
+    assert "steps ->" not in p.stdout and "growth logit error" not in p.stdout, p.stdout
     assert rung_files(out2) == before

@@ -32,20 +32,20 @@ KILL_FLAGS = ["--ckpt-every", "5"]  # checkpoints every 5 steps inside each rung
 
 def rung_metrics(out: Path) -> dict[str, list[dict]]:
     return {str(f.parent.relative_to(out)): [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
-            for f in sorted(out.glob("*/d*/metrics.jsonl"))}
+            for f in sorted(out.glob("*/d*/*/metrics.jsonl"))}
 
 
 def assert_same_ladder(got: Path, ref: Path):
     """Bitwise: every number that does not measure time is the same float."""
+    from launch.soak import LADDER_KEYS, TIMELESS
+
     s_got, s_ref = (json.loads((d / "summary.json").read_text()) for d in (got, ref))
     assert set(s_got["arms"]) == set(s_ref["arms"])
-    timeless = ("depth", "params", "scaling_params", "tokens", "flops", "fisher_flops", "penalty_flops", "val_loss",
-                "val_bpb", "start_val_loss", "growth_max_abs_logit_diff", "flops_to_match_scratch", "steps")
     for arm in s_ref["arms"]:
         for a, b in zip(s_got["arms"][arm], s_ref["arms"][arm], strict=True):
-            assert {k: a.get(k) for k in timeless} == {k: b.get(k) for k in timeless}, arm
+            assert {k: a.get(k) for k in TIMELESS} == {k: b.get(k) for k in TIMELESS}, arm
     for arm in s_ref["ladder"]:
-        for k in ("flops", "rungs_matched", "flops_saving_vs_scratch"):
+        for k in LADDER_KEYS:
             assert s_got["ladder"][arm][k] == s_ref["ladder"][arm][k], (arm, k)
     m_got, m_ref = rung_metrics(got), rung_metrics(ref)
     assert set(m_got) == set(m_ref)
@@ -73,13 +73,13 @@ def _steps_logged(path: Path) -> int:
 # kill points: (name, predicate on OUT telling when to send SIGKILL)
 KILL_POINTS = {
     # mid-step inside the scratch d2 rung, after its step-10 checkpoint
-    "mid-scratch-rung": lambda o: _steps_logged(o / "scratch/d2/metrics.jsonl") >= 12,
+    "mid-scratch-rung": lambda o: _steps_logged(o / "scratch/d2/stable/metrics.jsonl") >= 12,
     # the moment the last scratch rung is final: the run is loading d1, building the Fisher, growing
-    "mid-growth": lambda o: (o / "scratch/d2/final.json").exists(),
+    "mid-growth": lambda o: (o / "scratch/d2/b1/final.json").exists(),
     # mid-step inside the inherited rung, after its step-5 checkpoint
-    "mid-inherited-rung": lambda o: _steps_logged(o / "inherit/d2/metrics.jsonl") >= 8,
+    "mid-inherited-rung": lambda o: _steps_logged(o / "inherit/d2/stable/metrics.jsonl") >= 8,
     # the inherited rung is final: the run is writing the report
-    "mid-report": lambda o: (o / "inherit/d2/final.json").exists(),
+    "mid-report": lambda o: (o / "inherit/d2/b1/final.json").exists(),
 }
 
 
@@ -327,6 +327,7 @@ def _env(world_size: int) -> DistEnv:
     return DistEnv(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"), backend=None)
 
 
+_budget_lists = st.lists(st.one_of(st.floats(-0.5, 1.5), st.just(float("nan"))), max_size=4)
 _floats = st.one_of(st.floats(-2, 2), st.sampled_from([0.0, 1.0, -0.0, float("nan"), float("inf"), -float("inf")]))
 
 
@@ -422,7 +423,13 @@ def ladder_configs(draw):
         arms=draw(st.lists(st.sampled_from(list(ARMS) + ["bogus"]), max_size=4)),
         out="unused",
         ratio=draw(st.one_of(st.floats(-1, 2e4), st.sampled_from([0.0, float("nan"), float("inf")]))),
-        inherit_fraction=draw(_floats),
+        scratch_budgets=draw(_budget_lists),
+        inherit_budgets=draw(_budget_lists),
+        schedule=draw(st.sampled_from(["wsd", "nanochat", "cosine"])),
+        cooldown_frac=draw(_floats),
+        inherit_lr_mult=draw(_floats),
+        grow_from=draw(st.sampled_from(["cooled", "stable", "annealed"])),
+        data_order=draw(st.sampled_from(["restart", "continue", "shuffle"])),
         lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf")]))),
         gamma=draw(_floats),
         subspace=subspace,
@@ -448,8 +455,21 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
     unknown = [a for a in lc.arms if a not in ARMS]
     if unknown or not lc.arms or len(set(lc.arms)) != len(lc.arms):
         bad.append(str(unknown or lc.arms))
-    if not 0 < lc.inherit_fraction <= 1:
-        bad.append("--inherit-fraction")
+    for name, b in (("--scratch-budgets", lc.scratch_budgets), ("--inherit-budgets", lc.inherit_budgets)):
+        if not b or any(not 0 < f <= 1 for f in b) or sorted(set(b)) != list(b):
+            bad.append(name)
+    if lc.schedule not in ("wsd", "nanochat"):
+        bad.append(repr(lc.schedule))
+    if not 0 < lc.cooldown_frac < 1:
+        bad.append("--cooldown-frac")
+    if not 0 < lc.inherit_lr_mult < math.inf:
+        bad.append("--inherit-lr-mult")
+    if lc.grow_from not in ("cooled", "stable"):
+        bad.append(repr(lc.grow_from))
+    if lc.data_order not in ("restart", "continue"):
+        bad.append(repr(lc.data_order))
+    if lc.grow_from == "stable" and lc.schedule == "nanochat":
+        bad.append("--grow-from stable")
     if not 0 < lc.ratio <= 1e4:
         bad.append("--ratio")
     if not (0 <= lc.lam < math.inf and 0 <= lc.gamma < math.inf):
@@ -498,7 +518,8 @@ def test_every_ladder_config_validates_or_names_the_bad_value(lc):
     (["--depths", "0:2"], "--depths must be positive, got [0, 1, 2]"),
     (["--depths", "2"], "inheriting arms need at least two depths"),
     (["--arms", "scratch,bogus"], "unknown arm(s) ['bogus']"),
-    (["--inherit-fraction", "1.5"], "--inherit-fraction must be in (0, 1], got 1.5"),
+    (["--inherit-budgets", "0.5,1.5"], "expected increasing fractions in (0, 1] like 0.25,0.5,1, got '0.5,1.5'"),
+    (["--grow-from", "stable", "--schedule", "nanochat"], "--grow-from stable needs --schedule wsd"),
     (["--ratio", "0"], "expected a positive finite number, got '0'"),
     (["--fisher-batches", "0"], "expected a positive integer, got '0'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
@@ -583,9 +604,9 @@ def test_soak_comparison_sees_a_changed_loss(reference_ladder, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(reference_ladder, copy)
     s = json.loads((copy / "summary.json").read_text())
-    s["arms"]["inherit"][1]["val_loss"] = math.nextafter(s["arms"]["inherit"][1]["val_loss"], 0.0)
+    s["arms"]["inherit"][-1]["val_loss"] = math.nextafter(s["arms"]["inherit"][-1]["val_loss"], 0.0)
     (copy / "summary.json").write_text(json.dumps(s))
-    m = copy / "scratch/d2/metrics.jsonl"
+    m = copy / "scratch/d2/stable/metrics.jsonl"
     lines = m.read_text().splitlines()
     rec = json.loads(lines[3])
     rec["loss"] = math.nextafter(rec["loss"], 0.0)
@@ -593,7 +614,7 @@ def test_soak_comparison_sees_a_changed_loss(reference_ladder, tmp_path):
     m.write_text("\n".join(lines) + "\n")
     diffs = differences(copy, reference_ladder)
     assert any("summary inherit d2 val_loss" in d for d in diffs), diffs
-    assert any("scratch/d2/metrics.jsonl differs from line 3" in d for d in diffs), diffs
+    assert any("scratch/d2/stable/metrics.jsonl differs from line 3" in d for d in diffs), diffs
 
 
 def test_real_sigkill_during_a_checkpoint_write(tmp_path):

@@ -52,7 +52,7 @@ def _ladder(tmp_path, depths, arms=("scratch", "inherit"), n_evals=5, ratio=20, 
         for d in depths:
             N = model_config("cpu-tiny", d).scaling_params
             shared = d == depths[0] and arm != "scratch"
-            tokens = int(ratio * N) if (arm == "scratch" or d == depths[0]) else int(ratio * N * lc.inherit_fraction)
+            tokens = int(ratio * N) if (arm == "scratch" or d == depths[0]) else int(ratio * N * 0.5)
             run = rung_dir(tmp_path, arm, d, lc)
             if shared and "scratch" in arms:
                 final_loss = next(r for r in results["scratch"] if r["depth"] == d)["val_loss"]
@@ -66,30 +66,43 @@ def _ladder(tmp_path, depths, arms=("scratch", "inherit"), n_evals=5, ratio=20, 
     return lc, results, run_dir_of
 
 
-def test_points_own_and_cumulative_tokens(tmp_path):
+def test_points_are_finished_runs(tmp_path):
     lc, results, run_dir_of = _ladder(tmp_path, [2, 3, 4], n_evals=4)
     fin = rs.arm_points(results, run_dir_of, "inherit", "final")
     assert [p[3] for p in fin] == [2, 3, 4] and [p[1] for p in fin] == [r["tokens"] for r in results["inherit"]]
-    own = rs.arm_points(results, run_dir_of, "inherit", "intermediate")
-    cum = rs.arm_points(results, run_dir_of, "inherit", "intermediate_cumulative")
-    assert len(own) == len(cum) == 3 * 4  # step-0 and training-only lines are skipped
-    t2, t3 = results["inherit"][0]["tokens"], results["inherit"][1]["tokens"]
-    off = {2: 0, 3: t2, 4: t2 + t3}
-    for (n, d, l, dep), (n2, d2, l2, dep2) in zip(own, cum):
-        assert (n, l, dep) == (n2, l2, dep2) and d2 == d + off[dep]
-    # the shared base rung is read from the scratch arm's directory
-    assert run_dir_of("inherit", 2) == run_dir_of("scratch", 2)
-    assert rs.arm_points(results, run_dir_of, "scratch", "intermediate") == rs.arm_points(
-        results, run_dir_of, "scratch", "intermediate_cumulative")
+    with pytest.raises(ValueError, match="only finished runs"):
+        rs.arm_points(results, run_dir_of, "inherit", "intermediate")
+
+
+def test_degenerate_fit_is_shown_as_failed():
+    assert rs.fit_failure({"E": 1e-11, "alpha": 0.3, "beta": 0.3}).startswith("degenerate fit (E=1e-11")
+    assert "alpha=-0.2" in rs.fit_failure({"E": 1.0, "alpha": -0.2, "beta": 0.3})
+    assert rs.fit_failure({"E": 1.7, "alpha": 0.34, "beta": 0.28}) is None
+
+
+def _budget_points(depths, arms=("scratch", "inherit"), fracs=(0.25, 0.5, 1.0), ratio=20, seed=0):
+    """Cooled budget runs as the ladder writes them: one final dict per (rung, budget), losses
+    from LAW with 0.2% noise."""
+    rng = np.random.default_rng(seed)
+    results = {}
+    for arm in arms:
+        results[arm] = []
+        for d in depths:
+            N = model_config("cpu-tiny", d).scaling_params
+            for f in fracs:
+                tokens = int(ratio * N * f)
+                loss = float(predict(LAW, N, tokens)) * (1 + 0.002 * rng.standard_normal())
+                results[arm].append({"depth": d, "scaling_params": N, "tokens": tokens, "val_loss": loss})
+    return results
 
 
 def test_scaling_section_side_by_side(tmp_path):
-    # scratch: 6 rungs (final fit possible); inherit: same 6 rungs. Both fit with every variant.
-    lc, results, run_dir_of = _ladder(tmp_path, [2, 3, 4, 5, 6, 7], n_evals=3)
+    # 4 rungs x 3 budgets per arm: genuine (N, D, L) points that separate the N and D terms
+    lc = LadderConfig(depths=[2, 3, 4, 5], arms=["scratch", "inherit"], out=str(tmp_path))
+    results, run_dir_of = _budget_points([2, 3, 4, 5]), None
     out, lines = rs.scaling_section(lc, results, run_dir_of, n_bootstrap=20)
     assert set(out) == {"scratch", "inherit"}
-    assert set(out["scratch"]) == {"final", "intermediate"}
-    assert set(out["inherit"]) == {"final", "intermediate", "intermediate_cumulative"}
+    assert set(out["scratch"]) == set(out["inherit"]) == {"final"}
     for arm in out:
         for v, fit in out[arm].items():
             assert "error" not in fit, (arm, v, fit)
@@ -99,36 +112,29 @@ def test_scaling_section_side_by_side(tmp_path):
     cs = {fit["ratio_opt_compute"] for a in out.values() for fit in a.values()}
     assert len(cs) == 1
     # scratch's final points come from the law itself: the exponents are recovered roughly
-    assert out["scratch"]["intermediate"]["alpha"] == pytest.approx(LAW["alpha"], abs=0.15)
+    assert out["scratch"]["final"]["alpha"] == pytest.approx(LAW["alpha"], abs=0.15)
+    # one budget per rung (D proportional to N) cannot separate the terms: shown as failed, not as a result
+    lc6, same_ratio, rd = _ladder(tmp_path / "same", [2, 3, 4, 5, 6, 7], n_evals=3)
+    out6, _ = rs.scaling_section(lc6, same_ratio, rd, n_bootstrap=0)
+    assert "error" in out6["scratch"]["final"] and "rejected_fit" in out6["scratch"]["final"]
     json.dumps(out)  # summary.json-serialisable
     text = "\n".join(lines)
     assert "## Scaling-law fits" in text and "| | scratch | inherit |" in text
-    assert "own" in text and "cumulative" in text and "LR schedule" in text.replace("learning-rate schedule", "LR schedule")
+    assert "own" in text and "cooled" in text
     assert "inherit vs scratch" in text and ("intervals overlap" in text or "do not overlap" in text)
     for k in ("| E |", "| A |", "| alpha |", "| B |", "| beta |", "| ratio_opt |"):
         assert k in text
 
 
-def test_too_few_rungs_says_so_and_intermediate_still_fits(tmp_path):
+def test_too_few_rungs_says_so(tmp_path):
     lc, results, run_dir_of = _ladder(tmp_path, [2, 3, 4], n_evals=4)
     out, lines = rs.scaling_section(lc, results, run_dir_of, n_bootstrap=10)
     for arm in ("scratch", "inherit"):
         assert "error" in out[arm]["final"] and "3 distinct" in out[arm]["final"]["error"]
         assert out[arm]["final"]["depths"] == [2, 3, 4]
-        assert "error" not in out[arm]["intermediate"], out[arm]["intermediate"]
     text = "\n".join(lines)
-    assert "not enough points to fit" in text
+    assert "failed: 3 distinct" in text
     assert "not enough points to compare inherit with scratch" in text  # the final-points comparison
-
-
-def test_no_points_at_all(tmp_path):
-    lc, results, run_dir_of = _ladder(tmp_path, [2, 3], n_evals=1)
-    for arm in results:  # metrics without evaluations
-        for r in results[arm]:
-            (run_dir_of(arm, r["depth"]) / "metrics.jsonl").write_text("")
-    out, lines = rs.scaling_section(lc, results, run_dir_of, n_bootstrap=0)
-    assert all("error" in f for a in out.values() for f in a.values())
-    assert "0 distinct" in out["scratch"]["intermediate"]["error"]
 
 
 def test_scratch_only_has_no_comparison(tmp_path):
@@ -150,7 +156,7 @@ def test_compare_sentence_overlap_and_not():
     assert "inheritance changes alpha beyond the bootstrap intervals" in s
     assert "alpha from 0.3 [0.28, 0.32] to 0.5 [0.45, 0.55] (intervals do not overlap)" in s
     assert "beta from" in s and "(intervals overlap)" in s
-    s = rs.compare_sentence("inherit", _fake_fit(0.31, [0.29, 0.33]), ref, "intermediate")
+    s = rs.compare_sentence("inherit", _fake_fit(0.31, [0.29, 0.33]), ref, "final")
     assert "no change detectable beyond the bootstrap intervals" in s
     s = rs.compare_sentence("inherit", {"error": "2 distinct (N, D) points"}, ref, "final")
     assert "not enough points to compare" in s and "2 distinct" in s
@@ -195,7 +201,7 @@ def test_core_section_per_arm_shared_base_once(tmp_path):
 
 
 def test_core_section_loads_real_checkpoints(tmp_path):
-    """The default loader (engine.ladder._load_trained) on a checkpoint written by engine.checkpoint."""
+    """The default loader (engine.ladder.load_run_weights) on a checkpoint written by engine.checkpoint."""
     from engine import checkpoint as ckpt
     from engine.distributed import DistEnv
     from engine.ladder import rung_dir

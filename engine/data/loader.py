@@ -135,11 +135,14 @@ class TokenLoader:
 
 def val_batches(tokens, seq_len: int, batch_size: int, max_tokens: int | None, rank: int = 0,
                 world_size: int = 1, device="cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation set: the first max_tokens tokens (all when None) cut in order into
-    windows of seq_len + 1, grouped into full batches of batch_size (a trailing partial batch is
-    dropped so every batch has the same shape); rank r yields batches r, r + W, r + 2W, ...
-    The union over ranks is the same set for every world size. Arguments are checked here, at
-    the call, not at the first next()."""
+    """The fixed validation set: as many windows of seq_len + 1 as max_tokens tokens fill (all
+    when None), in full batches of batch_size (a trailing partial batch is dropped so every batch
+    has the same shape), spread evenly over the WHOLE split: window i starts at window slot
+    floor(i * slots / n_windows). A prefix would measure one stretch of documents (in the
+    built-in corpus, a handful of modules); strided windows sample every part of the split, so the
+    same set stays representative at any size. Rank r yields batches r, r + W, r + 2W, ...; the
+    union over ranks is the same set for every world size. Arguments are checked here, at the
+    call, not at the first next()."""
     tokens = _as_array(tokens)
     seq_len = _check_int("seq_len", seq_len, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
@@ -156,13 +159,14 @@ def val_batches(tokens, seq_len: int, batch_size: int, max_tokens: int | None, r
     import torch
 
     dev = torch.device(device)
+    slots, n_windows = (len(tokens) - 1) // seq_len, n_batches * batch_size
 
     def gen():
         L = seq_len
         for b in range(rank, n_batches, world_size):
             windows = np.empty((batch_size, L + 1), dtype=tokens.dtype)
             for i in range(batch_size):
-                s = (b * batch_size + i) * L
+                s = ((b * batch_size + i) * slots // n_windows) * L
                 windows[i] = tokens[s: s + L + 1]
             yield _to_device(windows, dev)
 
