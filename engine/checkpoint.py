@@ -287,3 +287,15 @@ def load_full_weights(path: Path, model) -> None:
     sd = {k: v for k, v in model.state_dict().items()}
     dcp.load({"model": sd}, checkpoint_id=str(path))
     model.load_state_dict(sd)
+
+
+def load_full_moments(path: Path, model) -> tuple[dict, int]:
+    """The AdamW moments of a checkpoint (saved at any world size), unsharded on CPU and keyed like
+    `model`'s parameters, and the optimizer's step count: used to carry them into a grown rung."""
+    moments = {n: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)} for n, p in model.named_parameters()}
+    try:
+        dcp.load({"optim": moments}, checkpoint_id=str(path))
+    except Exception as e:  # e.g. a Muon checkpoint: its block matrices hold a momentum, not Adam moments
+        raise CheckpointError(f"checkpoint {path} holds no AdamW moments for every parameter to carry into the "
+                              f"grown rung ({type(e).__name__}); use --optimizer-state fresh") from e
+    return moments, int(read_json(Path(path) / EXTRA)["optim_step"])

@@ -51,6 +51,10 @@ from models.config import GPTConfig
 from models.gpt import GPT, build_model
 
 PLACEMENTS = ("end", "middle", "copy-middle")
+# How an inserted layer starts: "identity" (fresh read-ins, zero write-outs: exact, method.md section 2)
+# or "copy" (the G_stack idea, Du et al. 2024: a whole copy of the trained neighbouring layer, write-outs
+# included; the function changes, and growth_logit_error measures by how much).
+DEPTH_INITS = ("identity", "copy")
 
 # Tensors whose inherited block is multiplied by 1/c (so their carried Fisher is times c^2).
 _RESCALED_SUFFIXES = ("mlp.c_proj.weight",)
@@ -70,6 +74,10 @@ class GrowthResult:
             (every coordinate of an inserted layer is new, including copy-middle copies).
     fisher: the carried Omega' (fp32): Omega on copied coordinates, c^2 * Omega where the weight
             was multiplied by 1/c, 0 on new coordinates; None when no Fisher was given.
+    moments: the parent's Adam moments carried into the new shapes (method.md section 2), keyed
+            like the parameters, each {"exp_avg": m', "exp_avg_sq": v'}: m' = c * m and v' = c^2 * v
+            where the weight was multiplied by 1/c (its gradient is c times the old one), m and v on
+            other copied coordinates, 0 on new ones; None when no moments were given.
     new_layer_indices: indices (in the new model) of the inserted layers, ascending.
     width:  (D, D') model_dim before and after.
     c:      sqrt(D'/D).
@@ -82,6 +90,7 @@ class GrowthResult:
     new_layer_indices: list[int]
     width: tuple[int, int]
     c: float
+    moments: dict[str, dict[str, Tensor]] | None = None
 
 
 def _check_configs(old: GPTConfig, new: GPTConfig) -> None:
@@ -139,14 +148,19 @@ def grow(
     seed: int,
     placement: str = "end",
     fisher: dict[str, Tensor] | None = None,
+    moments: dict[str, dict[str, Tensor]] | None = None,
+    depth_init: str = "identity",
 ) -> GrowthResult:
     """Grow `model` into a GPT of `new_config` (method.md section 2); see the module docstring.
 
     new_config.depth >= old depth (any number of new layers), model_dim equal or larger; vocab,
     head_dim, rope_base and softcap must match (seq_len and compute dtype may differ). `fisher`
-    is keyed by the OLD model's parameter names. The old model is not modified."""
+    and `moments` ({name: {"exp_avg", "exp_avg_sq"}}, the parent's Adam state) are keyed by the
+    OLD model's parameter names. The old model is not modified."""
     old_cfg = model.config
     _check_configs(old_cfg, new_config)
+    if depth_init not in DEPTH_INITS:
+        raise ValueError(f"depth_init must be one of {DEPTH_INITS}, got {depth_init!r}")
     D, D2 = old_cfg.model_dim, new_config.model_dim
     c = math.sqrt(D2 / D)
     old_to_new, new_layers, copy_src = _layer_map(old_cfg.depth, new_config.depth, placement)
@@ -159,17 +173,23 @@ def grow(
     new.set_attention(model.attention)
     new_params = dict(new.named_parameters())
 
+    # what is carried into the new shapes, per old parameter: (name, tensor, power of c where rescaled)
+    # d/d(W/c) = c * d/dW: a rescaled weight's gradient is c times, its square (Omega, v) c^2 times
+    sources = {}
     if fisher is not None:
-        missing = [n for n, _ in model.named_parameters() if n not in fisher]
+        sources["fisher"] = ({n: fisher.get(n) for n, _ in model.named_parameters()}, 2)
+    if moments is not None:
+        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+            sources[key] = ({n: (moments.get(n) or {}).get(key) for n, _ in model.named_parameters()}, power)
+    for key, (src, _) in sources.items():
+        missing = [n for n, t in src.items() if t is None]
         if missing:
-            raise KeyError(f"fisher lacks entries for {missing[:4]}{'...' if len(missing) > 4 else ''}")
+            raise KeyError(f"{'fisher' if key == 'fisher' else 'moments'} lacks entries for "
+                           f"{missing[:4]}{'...' if len(missing) > 4 else ''}")
 
     mask = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
-    carried = (
-        {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
-        if fisher is not None
-        else None
-    )
+    carried = {key: {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
+               for key in sources}
 
     for old_name, old_p in model.named_parameters():
         name = _new_name(old_name, old_to_new)
@@ -187,12 +207,11 @@ def grow(
         else:
             p[region] = old_p.detach().to(p.dtype)
         mask[name][region] = 1.0
-        if carried is not None:
-            om = fisher[old_name].detach().to(device=p.device, dtype=torch.float32)
-            if om.shape != old_p.shape:
-                raise ValueError(f"fisher[{old_name!r}] has shape {tuple(om.shape)}, expected {tuple(old_p.shape)}")
-            # d/d(W/c) = c * d/dW, so the squared gradient of a rescaled weight is c^2 times.
-            carried[name][region] = om * (c * c) if _is_rescaled(name) else om
+        for key, (src, power) in sources.items():
+            t = src[old_name].detach().to(device=p.device, dtype=torch.float32)
+            if t.shape != old_p.shape:
+                raise ValueError(f"{key}[{old_name!r}] has shape {tuple(t.shape)}, expected {tuple(old_p.shape)}")
+            carried[key][name][region] = t * (c * c if power == 2 else c) if _is_rescaled(name) else t
 
     if copy_src is not None:
         src = new.blocks[old_to_new[copy_src]]
@@ -204,16 +223,34 @@ def grow(
             dst.attn.c_proj.weight.zero_()  # zero write-out keeps the copy an identity map
             dst.mlp.c_proj.weight.zero_()
 
+    if depth_init == "copy" and new_layers:
+        _copy_neighbours(new, old_to_new, new_layers, copy_src)
     anchor = {n: p.detach().clone() for n, p in new_params.items()}
     return GrowthResult(
         model=new,
         anchor=anchor,
         mask=mask,
-        fisher=carried,
+        fisher=carried.get("fisher"),
         new_layer_indices=new_layers,
         width=(D, D2),
         c=c,
+        moments={n: {"exp_avg": carried["exp_avg"][n], "exp_avg_sq": carried["exp_avg_sq"][n]} for n in new_params}
+        if moments is not None else None,
     )
+
+
+def _copy_neighbours(new: GPT, old_to_new: list[int], new_layers: list[int], copy_src: int | None) -> None:
+    """Each inserted layer becomes a whole copy (write-outs included) of a trained layer: the
+    copy-middle source, else the old layer right before the insertion point (after it when the
+    layers go first). Inherited coordinates stay masked as new: the penalty treats the copy as new
+    capacity."""
+    if copy_src is not None:
+        src = old_to_new[copy_src]
+    else:
+        before = [j for j in old_to_new if j < new_layers[0]]
+        src = max(before) if before else min(old_to_new)
+    for j in new_layers:
+        new.blocks[j].load_state_dict(new.blocks[src].state_dict())
 
 
 @torch.no_grad()

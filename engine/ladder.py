@@ -44,9 +44,11 @@ from models.gpt import GPT
 
 GROW_FROM = ("cooled", "stable")
 DATA_ORDERS = ("restart", "continue")
+OPTIMIZER_STATES = ("fresh", "carry")
 # recipe knobs that name a grown arm's directory when they differ from these defaults, so recipes
 # share one OUT (and its scratch rungs) without overwriting each other
-RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05)
+RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05,
+                       optimizer_state="fresh", depth_init="identity")
 
 ARMS = {
     # arm: (grows, penalty, ars)
@@ -102,6 +104,8 @@ class LadderConfig:
     inherit_lr_mult: float = 1.0
     grow_from: str = "cooled"  # cooled | stable
     data_order: str = "restart"  # restart | continue
+    optimizer_state: str = "fresh"  # fresh | carry (the parent's Adam moments in the new shapes)
+    depth_init: str = "identity"  # identity (exact) | copy (a new layer copies its trained neighbour: G_stack)
     train: dict = field(default_factory=dict)  # TrainConfig overrides shared by every rung
 
     def validate(self):
@@ -130,6 +134,14 @@ class LadderConfig:
             raise ValueError(f"--grow-from must be one of {GROW_FROM}, got {self.grow_from!r}")
         if self.data_order not in DATA_ORDERS:
             raise ValueError(f"--data-order must be one of {DATA_ORDERS}, got {self.data_order!r}")
+        from engine.growth import DEPTH_INITS
+
+        if self.depth_init not in DEPTH_INITS:
+            raise ValueError(f"--depth-init must be one of {DEPTH_INITS}, got {self.depth_init!r}")
+        if self.optimizer_state not in OPTIMIZER_STATES:
+            raise ValueError(f"--optimizer-state must be one of {OPTIMIZER_STATES}, got {self.optimizer_state!r}")
+        if self.optimizer_state == "carry" and self.train.get("optimizer", "adamw") != "adamw":
+            raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
         if self.grow_from == "stable" and self.schedule != "wsd":
             raise ValueError("--grow-from stable needs --schedule wsd (only WSD has a stable-phase checkpoint)")
         if not 0 < self.ratio <= 1e4:
@@ -455,14 +467,18 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
         omega, fisher_flops = _fisher_for(source.parent.parent, prev_model, lc, env)
     over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
     new_cfg = model_config(lc.preset, d, **over)
-    res = grow(prev_model, new_cfg, seed=lc.seed * 1000 + d, placement=lc.placement, fisher=omega)
+    moments, optim_step = ckpt.load_full_moments(source, prev_model) if lc.optimizer_state == "carry" else (None, 0)
+    res = grow(prev_model, new_cfg, seed=lc.seed * 1000 + d, placement=lc.placement, fisher=omega, moments=moments,
+               depth_init=lc.depth_init)
     err = growth_logit_error(prev_model, res.model, new_cfg.vocab_size, min(64, new_cfg.seq_len), seed=lc.seed)
     lam, gamma = lc.lam_by_depth.get(d, lc.lam), lc.gamma_by_depth.get(d, lc.gamma)
     penalty = dict(enabled=use_penalty, lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0,
                    subspace=lc.subspace, svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule)
-    info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "c": res.c, "width": list(res.width),
+    info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "depth_init": lc.depth_init,
+            "c": res.c, "width": list(res.width),
             "growth_max_abs_logit_diff": err, "new_layer_indices": res.new_layer_indices, "growth_s": time.time() - t0,
             "fisher_mode": lc.fisher if omega is not None else None, "source": str(source)}
     loader_state = ckpt.read_json(source / ckpt.EXTRA)["loader"] if lc.data_order == "continue" else None
     return Inheritance(state=res.model.state_dict(), anchor=res.anchor, mask=res.mask, fisher=res.fisher,
-                       penalty=penalty, info=info, fisher_flops=fisher_flops, loader_state=loader_state)
+                       penalty=penalty, info=info, fisher_flops=fisher_flops, loader_state=loader_state,
+                       moments=res.moments, optim_step=optim_step)

@@ -200,7 +200,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
                                   f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
               f". Growth: {lc.placement} placement, grown-rung peak LR x{lc.inherit_lr_mult:g}, re-warmup "
               f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
-              f"order {lc.data_order}. Penalty lambda={lc.lam:g}, gamma={lc.gamma:g}, subspace={lc.subspace}; "
+              f"order {lc.data_order}, optimizer state {lc.optimizer_state}. Penalty lambda={lc.lam:g}, gamma={lc.gamma:g}, subspace={lc.subspace}; "
               f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}.", "",
               f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "

@@ -108,6 +108,8 @@ class Inheritance:
     info: dict = field(default_factory=dict)  # growth facts for the report (logit error, placement, ...)
     fisher_flops: float = 0.0  # FLOPs spent computing the Fisher this rung's penalty uses
     loader_state: dict | None = None  # where the rung's token stream starts (None: at its beginning)
+    moments: dict | None = None  # the parent's AdamW moments in the new shapes (None: a fresh optimizer)
+    optim_step: int = 0  # the parent's optimizer step count, carried with its moments (bias correction)
 
 
 class TrainError(RuntimeError):
@@ -331,8 +333,8 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
                                  f"run is --host-sync {'lagged' if lagged else 'step'}; resume with --host-sync {want}")
             ars.load_state_dict(extra["ars"])
         consumed_flops, wall_before = float(extra["flops"]), float(extra["wall_s"])
-    elif inherit is not None and inherit.loader_state is not None:
-        loader.load_state_dict(inherit.loader_state)  # the grown rung reads on from its parent's stream
+    elif inherit is not None:
+        start_inherited(inherit, loader, opt, named)
     if found is None and env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
         raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose another --out")
 
@@ -506,6 +508,19 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     if env.is_main:
         ckpt.write_json_atomic(out / "final.json", final)
     return final
+
+
+def start_inherited(inherit: Inheritance, loader, opt, named) -> None:
+    """A grown rung's first step: its token stream and optimizer state as the inheritance says."""
+    if inherit.loader_state is not None:
+        loader.load_state_dict(inherit.loader_state)  # the grown rung reads on from its parent's stream
+    if inherit.moments is not None:
+        if opt.step_count != 0 or any("exp_avg" not in opt.state[n] for n in named):
+            raise TrainError("carried optimizer moments need a fresh AdamW optimizer (--optimizer adamw)")
+        for n, p in named.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                local(opt.state[n][key]).copy_(local(shard_like(inherit.moments[n][key], p)))
+        opt.step_count = inherit.optim_step
 
 
 def penalty_terms(penalty, named, step) -> InheritTerms:

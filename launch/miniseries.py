@@ -17,8 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.train import _user_errors, add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
-from engine.ladder import DATA_ORDERS, GROW_FROM  # noqa: E402
+from engine.ladder import DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES  # noqa: E402
 from engine.schedule import SCHEDULES  # noqa: E402
+from engine.growth import DEPTH_INITS  # noqa: E402
 
 # The embedded CPU default: sized so its budget curves finish in about 15 minutes on a 2-core CPU
 # (measured; see the README and docs/results/).
@@ -57,6 +58,10 @@ def main(argv=None):
                    help="grow from the parent's cooled budget run or from the stable-phase checkpoint it started from")
     p.add_argument("--data-order", dest="data_order", default="restart", choices=DATA_ORDERS,
                    help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped")
+    p.add_argument("--depth-init", dest="depth_init", default="identity", choices=DEPTH_INITS,
+                   help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour (G_stack)")
+    p.add_argument("--optimizer-state", dest="optimizer_state", default="fresh", choices=OPTIMIZER_STATES,
+                   help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--seeds", default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
     p.add_argument("--lam", default="1e5",
@@ -99,6 +104,7 @@ def main(argv=None):
                           preset=ns.preset, ratio=ns.ratio, seed=seed, lam=lam, scratch_budgets=ns.scratch_budgets,
                           inherit_budgets=ns.inherit_budgets, schedule=ns.schedule, cooldown_frac=ns.cooldown_frac,
                           inherit_lr_mult=ns.inherit_lr_mult, grow_from=ns.grow_from, data_order=ns.data_order,
+                          optimizer_state=ns.optimizer_state, depth_init=ns.depth_init,
                           gamma=gamma, lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth, subspace=ns.subspace, svd_rank=ns.svd_rank, svd_energy=ns.svd_energy,
                           penalty_schedule=ns.penalty_schedule, ars=ns.ars, fisher=ns.fisher,
                           fisher_batches=ns.fisher_batches, placement=ns.placement,

@@ -283,6 +283,72 @@ def test_fisher_carry_over_equals_grown_model_fisher(kind, d0, d1):
         assert c2 > 1.0
 
 
+def test_moments_carried_padded_and_rescaled():
+    """Carried Adam moments (method.md section 2): the parent's m and v on inherited coordinates,
+    m * c and v * c^2 where the weight was multiplied by 1/c, zero on new coordinates."""
+    old = trained("cpu-tiny", 2)
+    gen = torch.Generator().manual_seed(3)
+    moments = {n: {"exp_avg": torch.randn(p.shape, generator=gen), "exp_avg_sq": torch.rand(p.shape, generator=gen)}
+               for n, p in old.named_parameters()}
+    res = grow(old, cfg("cpu-tiny", 3), seed=1, moments=moments)
+    assert res.fisher is None and res.c > 1
+    for n, mv in res.moments.items():
+        m = res.mask[n] > 0
+        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+            assert (mv[key][~m] == 0).all(), (n, key)
+        if n in moments:  # same name, same place (end placement keeps old layers' indices)
+            region = tuple(slice(0, k) for k in moments[n]["exp_avg"].shape)
+            rescaled = n.endswith("mlp.c_proj.weight") or n == "lm_head.weight"
+            assert torch.equal(mv["exp_avg"][region], moments[n]["exp_avg"] * (res.c if rescaled else 1.0)), n
+            assert torch.equal(mv["exp_avg_sq"][region], moments[n]["exp_avg_sq"] * (res.c * res.c if rescaled else 1.0)), n
+    with pytest.raises(KeyError, match="moments lacks entries"):
+        grow(old, cfg("cpu-tiny", 3), seed=1, moments={})
+
+
+def test_start_inherited_loads_moments_into_a_fresh_optimizer():
+    from engine.distributed import DistEnv
+    from engine.optim import LadderOptimizer, model_param_groups
+    from engine.trainer import Inheritance, TrainError, start_inherited
+    from models.gpt import build_model
+
+    res = grow(trained("cpu-tiny", 1), cfg("cpu-tiny", 2), seed=1,
+               moments={n: {"exp_avg": torch.full_like(p, 0.5), "exp_avg_sq": torch.full_like(p, 0.25)}
+                        for n, p in trained("cpu-tiny", 1).named_parameters()})
+    model = build_model(cfg("cpu-tiny", 2), seed=0)
+    groups = model_param_groups(model, matrix_lr=1e-3, embedding_lr=1e-3, unembedding_lr=1e-3, weight_decay=0.0, muon=False)
+    opt, named = LadderOptimizer(groups), dict(model.named_parameters())
+    inh = Inheritance(state={}, anchor={}, mask={}, fisher=None, moments=res.moments, optim_step=37)
+    start_inherited(inh, loader=None, opt=opt, named=named)
+    assert opt.step_count == 37
+    for n in named:
+        assert torch.equal(opt.state[n]["exp_avg"], res.moments[n]["exp_avg"]), n
+        assert torch.equal(opt.state[n]["exp_avg_sq"], res.moments[n]["exp_avg_sq"]), n
+    with pytest.raises(TrainError, match="fresh AdamW"):
+        start_inherited(inh, loader=None, opt=opt, named=named)  # not fresh any more
+
+
+@pytest.mark.parametrize("placement", ["end", "middle", "copy-middle"])
+def test_depth_init_copy_stacks_a_trained_layer(placement):
+    """G_stack-style depth growth: each inserted layer is a whole copy of a trained neighbour
+    (write-outs included), so the function changes, by an amount growth_logit_error measures."""
+    old, new_cfg = trained("cpu-tiny", 2), cfg("cpu-tiny", 4)
+    exact = grow(old, new_cfg, seed=1, placement=placement)
+    res = grow(old, new_cfg, seed=1, placement=placement, depth_init="copy")
+    assert res.new_layer_indices == exact.new_layer_indices and len(res.new_layer_indices) == 2
+    old_idx = [i for i in range(4) if i not in res.new_layer_indices]  # copy-middle copies old layer 2 // 2 = 1
+    src = old_idx[1] if placement == "copy-middle" else max([i for i in old_idx if i < res.new_layer_indices[0]] or old_idx[:1])
+    want = res.model.blocks[src].state_dict()
+    for j in res.new_layer_indices:
+        for k, v in res.model.blocks[j].state_dict().items():
+            assert torch.equal(v, want[k]), (j, k)
+        assert res.model.blocks[j].mlp.c_proj.weight.abs().sum() > 0  # write-outs copied, not zero
+        assert (res.mask[f"blocks.{j}.mlp.c_fc.weight"] == 0).all()  # still new capacity for the penalty
+    assert growth_logit_error(old, exact.model, new_cfg.vocab_size, 32) < 1e-4
+    assert growth_logit_error(old, res.model, new_cfg.vocab_size, 32) > 1e-3
+    with pytest.raises(ValueError, match="depth_init must be one of"):
+        grow(old, new_cfg, seed=1, depth_init="zero")
+
+
 def test_report_errors():
     """Prints the measured max logit errors (run with -s); always passes."""
     for kind, rows in ERRORS.items():

@@ -158,3 +158,32 @@ def test_two_ranks_give_the_summary_of_one(ladder, tmp_path):
     p = run_miniseries(out2, nproc=2, timeout=120)
     assert "steps ->" not in p.stdout and "growth logit error" not in p.stdout, p.stdout
     assert rung_files(out2) == before
+
+
+def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
+    """A second recipe in the same OUT reuses the scratch rungs (nothing of them retrains) and lives in
+    its own directory. --grow-from stable grows from the stable checkpoint the chosen budget cooled
+    from; --data-order continue starts the grown rung's stream where that checkpoint's stopped, so it
+    reads new tokens; --inherit-lr-mult scales the peak LR; --optimizer-state carry starts from the
+    parent's moments and step count (their padding and rescaling: tests/test_growth.py)."""
+    out, _, _ = ladder
+    scratch_before = {k: v for k, v in rung_files(out).items() if k.startswith("scratch/")}
+    p = run_miniseries(out, ["--arms", "scratch,grow-only", "--grow-from", "stable", "--data-order", "continue",
+                             "--inherit-lr-mult", "2", "--optimizer-state", "carry"])
+    assert "scratch" not in "".join(l for l in p.stdout.splitlines() if "steps ->" in l and "/scratch/" in l)
+    assert {k: v for k, v in rung_files(out).items() if k.startswith("scratch/")} == scratch_before
+    arm = out / "grow-only+inherit_lr_mult=2+grow_from=stable+data_order=continue+optimizer_state=carry"
+    s = json.loads((out / "summary.json").read_text())
+    src = s["grown_from"]["grow-only"]["d2"]
+    assert src["kind"] == "stable" and "/stable/ckpt/step_" in src["checkpoint"]
+    parent = json.loads((Path(src["checkpoint"]) / "extra.json").read_text())
+    parent_stream = parent["loader"]["seq_consumed"]
+    run = json.loads((arm / "d2/stable/run.json").read_text())
+    first_ckpt = sorted((arm / "d2/stable/ckpt").iterdir())[0]
+    extra = json.loads((first_ckpt / "extra.json").read_text())
+    assert extra["loader"]["seq_consumed"] == parent_stream + extra["step"] * 4  # read on: global batch 4
+    assert run["config"]["lr_mult"] == 2.0
+    assert extra["optim_step"] == parent["optim_step"] + extra["step"]  # Adam's step count carried with its moments
+    m = [json.loads(l) for l in (arm / "d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in l]
+    scratch_m = [json.loads(l) for l in (out / "scratch/d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in l]
+    assert m[-1]["lr"] == pytest.approx(2 * scratch_m[-1]["lr"])  # both at the constant peak

@@ -430,6 +430,8 @@ def ladder_configs(draw):
         inherit_lr_mult=draw(_floats),
         grow_from=draw(st.sampled_from(["cooled", "stable", "annealed"])),
         data_order=draw(st.sampled_from(["restart", "continue", "shuffle"])),
+        optimizer_state=draw(st.sampled_from(["fresh", "carry", "reset"])),
+        depth_init=draw(st.sampled_from(["identity", "copy", "zero"])),
         lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf")]))),
         gamma=draw(_floats),
         subspace=subspace,
@@ -468,6 +470,10 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append(repr(lc.grow_from))
     if lc.data_order not in ("restart", "continue"):
         bad.append(repr(lc.data_order))
+    if lc.depth_init not in ("identity", "copy"):
+        bad.append(repr(lc.depth_init))
+    if lc.optimizer_state not in ("fresh", "carry"):
+        bad.append(repr(lc.optimizer_state))
     if lc.grow_from == "stable" and lc.schedule == "nanochat":
         bad.append("--grow-from stable")
     if not 0 < lc.ratio <= 1e4:
