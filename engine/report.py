@@ -190,6 +190,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
     if core_bundle:
         summary["core"], core_md = _core(lc, results, core_bundle)
     write_json_atomic(out / "summary.json", summary)
+    profile_md = _profile(out, summary)
     first = next(iter(results.values()))[0]["runs"][0]
     lines = [f"# Miniseries report: {lc.preset}, depths {lc.depths}, arms {', '.join(results)}", "",
              "## The answer", ""] + answer_lines(summary) + [""] + [f"![{p}]({p})" for p in plots] + [""]
@@ -206,8 +207,23 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "
               f"dtype {first.get('dtype')}.", "", "## Iso-loss speedup", ""] + _iso_lines(summary)
     lines += ["## Budget runs", ""] + _arm_tables(summary) + scaling_md + core_md
+    if profile_md:
+        lines += ["", f"Per-stage profile (time, energy, inheritance overhead, cost projections): [{profile_md}]({profile_md})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
+
+
+def _profile(out: Path, summary: dict) -> str | None:
+    """profiling.report over the miniseries (it reads summary.json, so it runs after it is written);
+    the profile is an addition to the report, never a reason to lose it."""
+    try:
+        from profiling.report import write_report
+
+        summary["profile"] = Path(write_report(out)).name
+    except Exception as e:
+        summary["profile_error"] = f"{type(e).__name__}: {e}"
+    write_json_atomic(out / "summary.json", summary)
+    return summary.get("profile")
 
 
 def _core(lc, results, bundle):

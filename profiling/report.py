@@ -5,7 +5,11 @@
 RUN_DIR is either
   (a) a train run dir: final.json (depth, params, scaling_params, tokens, flops, val_loss, wall_s,
       device, world_size), profile_windows.jsonl and profile_meta.json (written by Profiler); or
-  (b) a miniseries dir: summary.json plus rung run dirs RUN_DIR/<arm>/d<depth>/, each a train run dir.
+  (b) a miniseries dir: summary.json plus rung run dirs RUN_DIR/<arm>/d<depth>/, each a train run dir,
+      or (budget curves) RUN_DIR/<arm>/d<depth>/<run>/ (stable/, b<frac>/), each a train run dir.
+A run started from another run's checkpoint (a WSD branch) is charged only its own work: its
+FLOPs and wall time minus those recorded in the checkpoint it started from, so an arm's totals are
+what its budget curves cost (the stable run once, plus each cooldown).
 It writes RUN_DIR/profile.json, RUN_DIR/profile.md and RUN_DIR/profile_stages.png (stacked bars of
 time per stage per rung). Every statement of the report is marked *measured* (read from this
 run's files) or *projected* (computed from FLOPs and an MFU, stated with its source).
@@ -75,7 +79,8 @@ def is_run_dir(p: Path) -> bool:
 
 
 def find_rungs(root: Path) -> list[tuple[str, str, int, Path]]:
-    """(group, arm, depth, dir) for every ROOT/<arm>/d<depth>/ train run dir; with several seeds
+    """(group, arm, depth, dir) for every ROOT/<arm>/d<depth>/ train run dir (or every run dir one
+    level below it: the budget runs of a rung); with several seeds
     (ROOT/seed<k>/<arm>/d<depth>/) the group is "seed<k>", else "". ROOT/base/d<lo> (the shared
     lowest rung when `scratch` is not an arm) is found like an arm named "base"."""
 
@@ -84,15 +89,23 @@ def find_rungs(root: Path) -> list[tuple[str, str, int, Path]]:
         for arm_dir in sorted(p for p in d.iterdir() if p.is_dir()):
             for rung in arm_dir.iterdir():
                 m = re.fullmatch(r"d(\d+)", rung.name)
-                if m and rung.is_dir() and is_run_dir(rung):
-                    out.append((group, arm_dir.name, int(m.group(1)), rung))
+                if not (m and rung.is_dir()):
+                    continue
+                runs = [rung] if is_run_dir(rung) else sorted(r for r in rung.iterdir() if r.is_dir() and is_run_dir(r))
+                out += [(group, arm_dir.name, int(m.group(1)), r) for r in runs]
         return out
 
     found = scan(root, "")
     if not found:
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"seed\d+", p.name)):
             found += scan(sub, sub.name)
-    return sorted(found, key=lambda r: (r[0], r[1], r[2]))
+    return sorted(found, key=lambda r: (r[0], r[1], r[2], str(r[3])))
+
+
+def _started_from(run_dir: Path) -> dict:
+    """The checkpoint extras a run started from (a WSD branch's stable checkpoint), else {}."""
+    init = ((_read_json(run_dir / "run.json") or {}).get("config") or {}).get("init_from")
+    return (_read_json(Path(init) / "extra.json") or {}) if init else {}
 
 
 def rung_cost(r: dict) -> float:
@@ -158,7 +171,8 @@ def summarize_run(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
     device_type = meta.get("device_type") or ("cuda" if "cuda" in str(final.get("device", "")) else "cpu")
     world = int(final.get("world_size") or meta.get("world_size") or 1)
     peak = meta.get("peak_flops_per_s")
-    wall_s = float(final["wall_s"]) if final.get("wall_s") is not None else wall
+    before = _started_from(run_dir)  # a branch: charge only its own work
+    wall_s = float(final["wall_s"]) - float(before.get("wall_s", 0.0)) if final.get("wall_s") is not None else wall
     on_gpu = device_type == "cuda"
     gh = cost.gpu_hours(wall_s, world) if on_gpu else None
     out = {
@@ -169,7 +183,7 @@ def summarize_run(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
         "stages": _stage_table(acc, total, steps, untracked),
         **_overhead(acc, total),
         "tokens": final.get("tokens", tokens), "profiled_tokens": tokens,
-        "flops": float(final["flops"]) if final.get("flops") is not None else mflops + xflops,
+        "flops": float(final["flops"]) - float(before.get("flops", 0.0)) if final.get("flops") is not None else mflops + xflops,
         "model_flops": mflops, "extra_flops": xflops,
         "fisher_flops": final.get("fisher_flops") or 0.0, "penalty_flops": final.get("penalty_flops") or 0.0,
         "val_loss": final.get("val_loss"), "params": final.get("params"), "scaling_params": final.get("scaling_params"),
@@ -214,8 +228,9 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
         rungs = []
         for group, arm, depth, d in rungs_found:
             r = summarize_run(d, price_per_gpu_hour)
+            nested = d.parent.name == f"d{depth}"
             r.update({"group": group, "arm": arm, "depth": depth if r["depth"] is None else r["depth"],
-                      "label": f"{group + '/' if group else ''}{arm}/d{depth}"})
+                      "label": f"{group + '/' if group else ''}{arm}/d{depth}" + (f"/{d.name}" if nested else "")})
             rungs.append(r)
     elif is_run_dir(root):
         kind = "run"
@@ -247,14 +262,17 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
     # measured totals per arm. The lowest rung is trained once and shared (it lives under scratch/ or
     # base/): an arm without its own copy is charged the shared one, as engine/ladder.py trains it.
     lo = min((r["depth"] for r in rungs if r["depth"] is not None), default=None)
-    shared = {r["group"]: r for r in rungs if r["arm"] in ("scratch", "base") and r["depth"] == lo}
+    shared: dict[str, list[dict]] = {}
+    for r in rungs:
+        if r["arm"] in ("scratch", "base") and r["depth"] == lo:
+            shared.setdefault(r["group"], []).append(r)
     arm_rungs: dict[str, list[dict]] = {}
     for r in rungs:
         if r["arm"] != "base":
             arm_rungs.setdefault(r["arm"] or "run", []).append(r)
     for name, rs in arm_rungs.items():
         have = {(r["group"], r["depth"]) for r in rs}
-        rs += [b for g, b in shared.items() if (g, lo) not in have]
+        rs += [b for g, bs in shared.items() if (g, lo) not in have for b in bs]
     arms: dict[str, dict] = {}
     for name, rs in arm_rungs.items():
         gpu = all(r["gpu_hours"] is not None for r in rs)
@@ -303,10 +321,10 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
                 frac = f
     ladder = ((prof["summary"] or {}).get("ladder") or {}) if isinstance(prof["summary"], dict) else {}
     for arm_name, entry in ladder.items():
-        sv = entry.get("flops_saving_vs_scratch") if isinstance(entry, dict) else None
+        sv = entry.get("saving") if isinstance(entry, dict) else None
         if arm_name != "scratch" and isinstance(sv, (int, float)):
             q = cost.project_ladder(mfu_used, fraction=1 - sv, price_per_gpu_hour=price_per_gpu_hour)
-            q["basis"] = "summary.json flops_saving_vs_scratch (matched rungs only)"
+            q["basis"] = f"summary.json ladder saving at matched quality ({entry.get('kind', 'exact')})"
             proj[f"{arm_name} (matched quality)"] = q
     for p in proj.values():
         p.pop("rungs", None)

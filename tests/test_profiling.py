@@ -536,3 +536,21 @@ def test_report_shared_base_rung_and_gpu_numbers(tmp_path):
     mfus = [(3e17 / 1100 / 1e15, 1100), (4e17 / 1000 / 1e15, 1000), (8e17 / 2000 / 1e15, 2000)]
     assert p["mfu_used"] == pytest.approx(sum(m * w for m, w in mfus) / 4100) and p["mfu_source"].startswith("measured")
     assert p["projection"]["inherit"]["dollars"] == pytest.approx(p["projection"]["scratch"]["dollars"] * 8 / 12)
+
+
+def test_budget_runs_are_charged_their_own_work(tmp_path):
+    """A WSD branch (run.json's init_from) is charged its FLOPs and wall time minus those of the
+    stable checkpoint it started from, so an arm costs its stable run once plus each cooldown."""
+    from profiling.report import build_profile
+
+    root = tmp_path / "ms"
+    _fake_rung(root / "scratch" / "d2" / "stable", 2, flops=8e17, wall=800.0, steps=8, stages={"forward": 400.0})
+    ck = root / "scratch" / "d2" / "stable" / "ckpt" / "step_000000008"
+    ck.mkdir(parents=True)
+    (ck / "extra.json").write_text(json.dumps({"flops": 8e17, "wall_s": 800.0}))
+    _fake_rung(root / "scratch" / "d2" / "b1", 2, flops=10e17, wall=1000.0, steps=2, stages={"forward": 100.0})
+    (root / "scratch" / "d2" / "b1" / "run.json").write_text(json.dumps({"config": {"init_from": str(ck)}}))
+    p = build_profile(root)
+    assert [r["label"] for r in p["rungs"]] == ["scratch/d2/b1", "scratch/d2/stable"]
+    assert p["rungs"][0]["flops"] == pytest.approx(2e17) and p["rungs"][0]["wall_s"] == pytest.approx(200.0)
+    assert p["arms"]["scratch"]["flops"] == pytest.approx(10e17) and p["arms"]["scratch"]["wall_s"] == pytest.approx(1000.0)
