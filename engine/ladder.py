@@ -293,8 +293,12 @@ def _finished(run: Path, cfg: TrainConfig) -> dict | None:
     if not final.exists():
         return None
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    # execution choices that do not change what is computed are not part of the identity
-    want = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress", "out", "profile", "init_from", "compile")}
+    # choices that do not change the trained weights are not part of the identity: execution
+    # choices, and the online Fisher (it only accumulates g^2 beside the step), so a rung trained as
+    # the ladder's last can be reused when the ladder grows a rung further (a penalty arm that needs
+    # its fisher.pt says so by name)
+    skip = ("resume", "progress", "out", "profile", "init_from", "compile", "fisher_online_steps")
+    want = {k: v for k, v in asdict(cfg).items() if k not in skip}
     defaults = asdict(TrainConfig(depth=cfg.depth))  # a field added since the rung ran reads as its default
     have = {k: meta.get("config", {}).get(k, defaults[k]) for k in want}
     if have != want:
