@@ -267,7 +267,9 @@ def _runs_of(lc: LadderConfig, plan: RungPlan) -> list[tuple[float | None, Path,
         bad = {f: steps[f] for f in plan.fracs if not 0 < starts[f] < steps[f]}
         if bad:
             raise ValueError(f"d{plan.depth}: budget(s) {bad} (steps) are too short for a cooldown of "
-                             f"{lc.cooldown_frac:g}; use larger budgets or --ratio")
+                             f"{lc.cooldown_frac:g} (the scratch budget is {plan.scratch_steps} steps: ratio x N tokens "
+                             f"over global_batch x seq_len tokens per step); use larger budgets, a larger --ratio "
+                             f"or a smaller --seq-len / --global-batch")
         horizon = max(starts.values())
         stable = plan.root / "stable"
         runs.append((None, stable, _train_config(lc, plan, stable, horizon, warmdown_frac=0.0, fisher_online_steps=0,
@@ -412,7 +414,8 @@ def _plans(lc: LadderConfig, out: Path, growers: list[str]) -> dict[int, int]:
 
 def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
     """Train every run of every rung of every arm that is not finished yet. Returns
-    {arm: [rung]} with rung = {"depth", "runs": [final dicts, one per budget], "grown_from"}."""
+    {arm label: [rung]} with rung = {"depth", "runs": [final dicts, one per budget], "grown_from"};
+    a grown arm's label carries its recipe (arm_dir_name), so reports of two recipes never mix."""
     lc.validate()
     out = Path(lc.out)
     growers = [a for a in lc.arms if ARMS[a][0]]
@@ -433,13 +436,14 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
         rung = {"depth": d, "runs": _train_rung_curve(lc, scratch_plan(d, root), env, log), "grown_from": None,
                 "scratch_steps": scratch_steps[d]}
         for arm in (["scratch"] if "scratch" in lc.arms else []) + (growers if d == lo else []):
-            results.setdefault(arm, []).append(rung)
+            results.setdefault(arm_dir_name(arm, lc), []).append(rung)
     twin = {r["depth"]: min(r["runs"], key=lambda x: -x["budget_frac"]) for r in results.get("scratch", [])}
 
     # 2. the growing arms, rung by rung, each grown from its parent's chosen budget run
     for arm in growers:
         _, use_penalty, use_ars = ARMS[arm]
-        parent = results[arm][0]
+        label = arm_dir_name(arm, lc)  # the arm and its recipe, as its directory is named
+        parent = results[label][0]
         for prev_d, d in zip(lc.depths, lc.depths[1:]):
             target = twin[prev_d]["val_loss"] if prev_d in twin else None
             source = grow_source(lc, parent["runs"], target if prev_d != lo else
@@ -456,7 +460,7 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
 
             parent = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, make), "grown_from": source,
                       "scratch_steps": scratch_steps[d]}
-            results[arm].append(parent)
+            results[label].append(parent)
     return results
 
 

@@ -47,6 +47,7 @@ N_BOOTSTRAP = 50  # small: the section must fit in seconds on a busy 2-core CPU
 N_REFINE = 16  # L-BFGS starts from the best 16 of the paper's 4,500-point grid (fit_chinchilla: 64)
 BOOTSTRAP_REFITS_BUDGET = 250  # bootstrap refits over all fits of the section (~0.05 s each, busy CPU)
 MIN_DISTINCT = 5  # fit_chinchilla's own minimum
+MIN_SIZES = 3  # distinct model sizes (rungs) before alpha means anything
 PARAMS = ("E", "A", "alpha", "B", "beta", "ratio_opt")
 VARIANTS = {
     "final": "cooled budget runs (one point per finished run, own tokens)",
@@ -88,8 +89,9 @@ def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
     if len(distinct) < MIN_DISTINCT:
         return {**base, "error": f"{len(distinct)} distinct (N, D) points (rungs {', '.join(f'd{d}' for d in depths) or 'none'}); "
                                  f"the fit needs at least {MIN_DISTINCT}"}
-    if len({p[0] for p in pts}) < 2:
-        return {**base, "error": "a single model size N: the N term cannot be fitted"}
+    sizes = len({p[0] for p in pts})
+    if sizes < MIN_SIZES:  # through two sizes any exponent fits: alpha would be a line through two points
+        return {**base, "error": f"{sizes} model size(s) N; the N term needs at least {MIN_SIZES}"}
     N, D, L = (np.array([p[i] for p in pts]) for i in range(3))
     t0 = time.time()
     try:

@@ -174,7 +174,7 @@ def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
     assert {k: v for k, v in rung_files(out).items() if k.startswith("scratch/")} == scratch_before
     arm = out / "grow-only+inherit_lr_mult=2+grow_from=stable+data_order=continue+optimizer_state=carry"
     s = json.loads((out / "summary.json").read_text())
-    src = s["grown_from"]["grow-only"]["d2"]
+    src = s["grown_from"][arm.name]["d2"]
     assert src["kind"] == "stable" and "/stable/ckpt/step_" in src["checkpoint"]
     parent = json.loads((Path(src["checkpoint"]) / "extra.json").read_text())
     parent_stream = parent["loader"]["seq_consumed"]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The commands behind docs/results/2026-12-01-budget-curves-cpu.md (2-core CPU, one thread per job).
+# Every command resumes after any interruption and skips finished runs; recipes share one OUT per
+# seed (and its scratch rungs), each grown arm in its own directory named by its recipe.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
+        --eval-tokens 131072 --ckpt-every 200 --no-progress)
+ladder() {  # ladder SEED [recipe flags...]: d2 -> d3, scratch and grow-only with a recipe
+  local seed=$1; shift
+  OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2:3 --arms scratch,grow-only "${COMMON[@]}" \
+      --seed "$seed" --out "runs/r8/seed$seed" "$@"
+}
+case "${1:-}" in
+  base) ladder 0 & ladder 1 & wait ;;                       # exact growth, fresh Adam, restart, LR x1
+  screen-a) LADDER_RUN_LOCK=off ladder 0 --data-order continue; LADDER_RUN_LOCK=off ladder 0 --optimizer-state carry ;;
+  screen-b) LADDER_RUN_LOCK=off ladder 0 --inherit-lr-mult 2; LADDER_RUN_LOCK=off ladder 0 --grow-from stable ;;
+  nanochat)  # WSD (c = 0.2) against nanochat's schedule (65% warmdown) at full budget, scratch d2
+    for seed in 0 1; do
+      OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2 --arms scratch --schedule nanochat \
+          --scratch-budgets 1 "${COMMON[@]}" --seed "$seed" --out "runs/r8-nanochat/seed$seed"
+    done ;;
+  *) echo "usage: $0 base|screen-a|screen-b|nanochat" >&2; exit 2 ;;
+esac
