@@ -15,10 +15,23 @@ case "${1:-}" in
   base) ladder 0 & ladder 1 & wait ;;                       # exact growth, fresh Adam, restart, LR x1
   screen-a) LADDER_RUN_LOCK=off ladder 0 --data-order continue; LADDER_RUN_LOCK=off ladder 0 --optimizer-state carry ;;
   screen-b) LADDER_RUN_LOCK=off ladder 0 --inherit-lr-mult 2; LADDER_RUN_LOCK=off ladder 0 --grow-from stable ;;
+  confirm) ladder 1 --data-order continue ;;                  # the screen's best recipe, second seed
   nanochat)  # WSD (c = 0.2) against nanochat's schedule (65% warmdown) at full budget, scratch d2
     for seed in 0 1; do
       OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2 --arms scratch --schedule nanochat \
-          --scratch-budgets 1 "${COMMON[@]}" --seed "$seed" --out "runs/r8-nanochat/seed$seed"
+          "${COMMON[@]}" --seed "$seed" --out "runs/r8-nanochat/seed$seed"
     done ;;
-  *) echo "usage: $0 base|screen-a|screen-b|nanochat" >&2; exit 2 ;;
+  collect)  # regenerate the reports (nothing retrains) and copy the small files into this folder
+    dst=docs/results/2026-12-01-budget-curves
+    LADDER_RUN_LOCK=off OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2:3 --arms scratch,grow-only \
+        "${COMMON[@]}" --seeds 0,1 --out runs/r8
+    for seed in 0 1; do
+      mkdir -p "$dst/seed$seed"; cp runs/r8/seed$seed/{report.md,summary.json,curve_d3.png} "$dst/seed$seed/"
+      LADDER_RUN_LOCK=off ladder "$seed" --data-order continue
+      mkdir -p "$dst/seed$seed-continue"; cp runs/r8/seed$seed/{report.md,summary.json,curve_d3.png} "$dst/seed$seed-continue/"
+      .venv/bin/python "$dst/screen_table.py" "runs/r8/seed$seed" > "$dst/screen-seed$seed.md"
+    done
+    cp runs/r8/{report.md,summary.json} "$dst/"
+    mkdir -p "$dst/nanochat-seed0"; cp runs/r8-nanochat/seed0/{report.md,summary.json} "$dst/nanochat-seed0/" ;;
+  *) echo "usage: $0 base|screen-a|screen-b|confirm|nanochat|collect" >&2; exit 2 ;;
 esac
