@@ -188,9 +188,18 @@ def total_steps_for(cfg: TrainConfig, mcfg: GPTConfig) -> int:
     return max(1, math.ceil(tokens / tokens_per_step))
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a blank or torn one."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricsLog:
     """metrics.jsonl, appended one line per optimizer step. On resume, lines past the checkpoint's
-    step (written before a crash) are dropped so the file reads as one uninterrupted run."""
+    step (written before a crash) are dropped so the file reads as one uninterrupted run; so is a
+    torn line (a kill in the middle of a write), which is necessarily after the checkpoint."""
 
     def __init__(self, path: Path, resume_step: int | None, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -199,7 +208,8 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            steps = [(l, _step_of(l)) for l in path.read_text().splitlines()]
+            keep = [l for l, k in steps if k is not None and k <= resume_step]
             path.write_text("".join(l + "\n" for l in keep))
         self.f = open(path, "a")
 

@@ -167,3 +167,16 @@ def test_muon_option_trains(tmp_path):
 def test_apex_impl_is_refused_without_cuda(tmp_path):
     with pytest.raises(ValueError, match="apex needs CUDA"):
         _short(tmp_path, "apex", adamw_impl="apex")
+
+
+def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
+    """A kill in the middle of a metrics write leaves a torn line; resuming drops it with the lines
+    past the checkpoint instead of failing on it."""
+    from engine.trainer import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    log = MetricsLog(path, resume_step=2, enabled=True)
+    log.write({"step": 3})
+    log.close()
+    assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [0, 1, 2, 3]
