@@ -355,6 +355,11 @@ def grow_source(lc: LadderConfig, runs: list[dict], target: float | None) -> dic
             "reached_target": bool(reached), "val_loss": chosen["val_loss"], "cost": rung_cost(chosen)}
 
 
+def full_budget(rung: dict) -> dict:
+    """The final dict of a rung's largest budget run (for a scratch rung: its full budget)."""
+    return max(rung["runs"], key=lambda r: r["budget_frac"])
+
+
 def rung_cost(final: dict) -> float:
     """A run's FLOPs: training, plus the Fisher its penalty used, plus the penalty's own work."""
     return final["flops"] + final.get("fisher_flops", 0.0) + final.get("penalty_flops", 0.0)
@@ -402,7 +407,7 @@ def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv)
     return {k: v.cpu() for k, v in omega.items()}, float(flops)
 
 
-def _plans(lc: LadderConfig, out: Path, growers: list[str]) -> dict[int, int]:
+def _scratch_steps(lc: LadderConfig) -> dict[int, int]:
     """Scratch budget (optimizer steps) of every depth."""
     steps = {}
     for d in lc.depths:
@@ -420,7 +425,7 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
     out = Path(lc.out)
     growers = [a for a in lc.arms if ARMS[a][0]]
     lo = lc.depths[0]
-    scratch_steps = _plans(lc, out, growers)
+    scratch_steps = _scratch_steps(lc)
 
     def fisher_k(depth: int) -> int:  # online-Fisher steps for rungs some arm grows from
         return lc.fisher_batches if (lc.fisher == "online" and growers and depth != lc.depths[-1]) else 0
@@ -437,7 +442,7 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
                 "scratch_steps": scratch_steps[d]}
         for arm in (["scratch"] if "scratch" in lc.arms else []) + (growers if d == lo else []):
             results.setdefault(arm_dir_name(arm, lc), []).append(rung)
-    twin = {r["depth"]: min(r["runs"], key=lambda x: -x["budget_frac"]) for r in results.get("scratch", [])}
+    twin = {r["depth"]: r for r in results.get("scratch", [])}
 
     # 2. the growing arms, rung by rung, each grown from its parent's chosen budget run
     for arm in growers:
@@ -445,9 +450,8 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
         label = arm_dir_name(arm, lc)  # the arm and its recipe, as its directory is named
         parent = results[label][0]
         for prev_d, d in zip(lc.depths, lc.depths[1:]):
-            target = twin[prev_d]["val_loss"] if prev_d in twin else None
-            source = grow_source(lc, parent["runs"], target if prev_d != lo else
-                                 max(parent["runs"], key=lambda x: x["budget_frac"])["val_loss"])
+            reference = twin.get(prev_d) or (parent if prev_d == lo else None)  # the base rung is its own twin
+            source = grow_source(lc, parent["runs"], full_budget(reference)["val_loss"] if reference else None)
             plan = RungPlan(d, rung_dir(out, arm, d, lc), scratch_steps[d], list(lc.inherit_budgets),
                             max(1, round(lc.inherit_warmup_frac * scratch_steps[d])), lc.inherit_lr_mult,
                             fisher_k(d), lc.ars if use_ars else "off")

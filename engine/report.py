@@ -20,24 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from engine.checkpoint import write_json_atomic
-from engine.ladder import rung_cost
+from engine.ladder import full_budget, rung_cost
 from engine.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
-
-
-def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
 def curve(rung: dict) -> list[tuple[float, float]]:
     """(cost, cooled final val loss) of every budget run of a rung."""
     return [(rung_cost(r), r["val_loss"]) for r in rung["runs"]]
-
-
-def full_budget(rung: dict) -> dict:
-    return max(rung["runs"], key=lambda r: r["budget_frac"])
 
 
 def summarize(lc, results: dict[str, list[dict]]) -> dict:

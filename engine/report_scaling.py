@@ -41,7 +41,6 @@ from typing import Callable
 
 import numpy as np
 
-from engine.report import read_metrics
 
 N_BOOTSTRAP = 50  # small: the section must fit in seconds on a busy 2-core CPU
 N_REFINE = 16  # L-BFGS starts from the best 16 of the paper's 4,500-point grid (fit_chinchilla: 64)

@@ -326,7 +326,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     if start_from is not None:
         saved = ckpt.read_json(start_from / ckpt.EXTRA)  # check compatibility before touching any tensor
         if saved.get("model_config") != mcfg.to_dict() or (found is not None and saved.get("total_steps") != total_steps):
-            raise TrainError(f"checkpoint {found} belongs to a different run (model config or step budget differs); "
+            raise TrainError(f"checkpoint {start_from} belongs to a different run (model config or step budget differs); "
                              f"use another --out or delete {out / 'ckpt'}")
         if found is None and not 0 < int(saved["step"]) < total_steps:
             raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {total_steps} steps can only "
