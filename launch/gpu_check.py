@@ -272,8 +272,9 @@ def _torch_fused_adamw(params, grads):
 def _train_once(out: Path, compile_: bool, args, resume: bool = False) -> dict:
     import torch
 
-    from engine.distributed import init_distributed
-    from engine.trainer import TrainConfig, train_rung
+    from engine.runtime.distributed import init_distributed
+    from engine.train.config import TrainConfig
+    from engine.train.trainer import train_rung
 
     cfg = TrainConfig(depth=args.depth, preset="nanochat", data=args.data, out=str(out), steps=args.steps,
                       global_batch=args.batch, device_batch=args.batch, eval_tokens=args.eval_tokens,

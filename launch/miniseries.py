@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.train import _user_errors, add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
-from engine.ladder import DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES  # noqa: E402
-from engine.schedule import SCHEDULES  # noqa: E402
-from engine.growth import DEPTH_INITS  # noqa: E402
+from engine.ladder.run import DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES  # noqa: E402
+from engine.train.schedule import SCHEDULES  # noqa: E402
+from engine.inherit.growth import DEPTH_INITS  # noqa: E402
 
 # The embedded CPU default: sized so its budget curves finish in about 15 minutes on a 2-core CPU
 # (measured; see the README and docs/results/).
@@ -82,9 +82,9 @@ def main(argv=None):
     add_training_args(p, rung=False)
     ns = p.parse_args(argv)
 
-    from engine.distributed import destroy, init_distributed
-    from engine.ladder import LadderConfig, parse_depths, parse_per_rung, run_ladder
-    from engine.report import write_ladder_report, write_multiseed_summary
+    from engine.runtime.distributed import destroy, init_distributed
+    from engine.ladder.run import LadderConfig, parse_depths, parse_per_rung, run_ladder
+    from engine.analysis.report import write_ladder_report, write_multiseed_summary
 
     try:
         depths = parse_depths(ns.depths)
@@ -116,8 +116,8 @@ def main(argv=None):
         configs.append(lc)
 
     env = init_distributed(train.get("device", "auto"))
-    from engine.diskspace import storage_guard
-    from engine.run_lock import run_lock
+    from engine.runtime.diskspace import storage_guard
+    from engine.runtime.run_lock import run_lock
 
     try:
         with run_lock(ns.out, env), storage_guard(ns.out):  # one writer; a full disk is one message

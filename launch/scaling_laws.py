@@ -1,4 +1,4 @@
-"""Scaling-law sweeps and fits (Hoffmann et al. 2022, approaches 2 and 3; see engine/scaling.py).
+"""Scaling-law sweeps and fits (Hoffmann et al. 2022, approaches 2 and 3; see engine/analysis/scaling.py).
 
 Fit a CSV of finished runs (columns params, tokens, loss; flops_budget too for IsoFLOP profiles):
 
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.scaling import fit_chinchilla, isoflop_analysis, optimal_allocation, predict  # noqa: E402
+from engine.analysis.scaling import fit_chinchilla, isoflop_analysis, optimal_allocation, predict  # noqa: E402
 from models.config import PRESETS, model_config  # noqa: E402
 
 TRAINER_ENV = "SCALING_LAWS_TRAINER"

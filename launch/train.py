@@ -3,7 +3,7 @@
     python launch/train.py --depth 2 --preset cpu-tiny --steps 200 --out runs/d2
     torchrun --standalone --nproc_per_node=2 launch/train.py --depth 2 --steps 200 --out runs/d2
 
-Writes OUT/metrics.jsonl, OUT/final.json, OUT/ckpt/ (see engine/trainer.py). `--resume` continues
+Writes OUT/metrics.jsonl, OUT/final.json, OUT/ckpt/ (see engine/train/trainer.py). `--resume` continues
 from the newest intact checkpoint with exactly the tokens and losses an uninterrupted run has.
 """
 from __future__ import annotations
@@ -58,17 +58,17 @@ def token_count(s: str) -> int:
 
 
 def _user_errors():
-    from engine.checkpoint import CheckpointError
-    from engine.diskspace import StorageError
-    from engine.run_lock import RunLockedError
-    from engine.trainer import TrainError
+    from engine.train.checkpoint import CheckpointError
+    from engine.runtime.diskspace import StorageError
+    from engine.runtime.run_lock import RunLockedError
+    from engine.train.config import TrainError
 
     return (ValueError, FileNotFoundError, TrainError, CheckpointError, StorageError, RunLockedError)
 
 
 def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
     """Flags shared by train.py and miniseries.py (the miniseries sets depth, out and budget itself)."""
-    from engine.step_guard import HOST_SYNC_MODES
+    from engine.train.guard import HOST_SYNC_MODES
     from models.config import PRESETS
 
     p.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="model + training preset")
@@ -120,16 +120,17 @@ def main(argv=None):
     add_training_args(p)
     ns = p.parse_args(argv)
 
-    from engine.distributed import destroy, init_distributed
-    from engine.trainer import config_from_args, train_rung
+    from engine.runtime.distributed import destroy, init_distributed
+    from engine.train.config import config_from_args
+    from engine.train.trainer import train_rung
 
     USER_ERRORS = _user_errors()
 
     cfg = config_from_args(ns)
     env = init_distributed(cfg.device)
     try:
-        from engine.diskspace import storage_guard
-        from engine.run_lock import run_lock
+        from engine.runtime.diskspace import storage_guard
+        from engine.runtime.run_lock import run_lock
 
         with run_lock(cfg.out, env), storage_guard(cfg.out):  # one writer; a full disk is one message
             final = train_rung(cfg, env)

@@ -20,5 +20,5 @@ bench-train: native
 	mkdir -p docs/results
 	LADDER_BENCH_THREADS=$(TBENCH_THREADS) $(PY) -m pytest -q -p no:cacheprovider tests/bench/test_bench_train_step.py \
 	    --benchmark-only --benchmark-json=$(TBENCH_OUT).json $(TBENCH_ARGS)
-	$(PY) -m engine.train_bench $(TBENCH_OUT).json -o $(TBENCH_OUT).md --device $(TBENCH_DEVICE) \
+	$(PY) -m launch.train_bench $(TBENCH_OUT).json -o $(TBENCH_OUT).md --device $(TBENCH_DEVICE) \
 	    $(if $(TBENCH_NOTE),--note "$(TBENCH_NOTE)")

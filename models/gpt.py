@@ -6,7 +6,7 @@ untied wte / lm_head; fp32 logits soft-capped as cap * tanh(z / cap). Output pro
 zero so a fresh block is the identity map, which is also what makes an inserted layer exact.
 
 The module knows nothing about training, sharding or inheritance: FSDP2, autocast and
-torch.compile are applied from outside (engine/), and growth (engine/growth.py) builds a new
+torch.compile are applied from outside (engine/), and growth (engine/inherit/growth.py) builds a new
 module from a new config.
 """
 from __future__ import annotations

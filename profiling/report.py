@@ -260,7 +260,7 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
     }
 
     # measured totals per arm. The lowest rung is trained once and shared (it lives under scratch/ or
-    # base/): an arm without its own copy is charged the shared one, as engine/ladder.py trains it.
+    # base/): an arm without its own copy is charged the shared one, as engine/ladder/run.py trains it.
     lo = min((r["depth"] for r in rungs if r["depth"] is not None), default=None)
     shared: dict[str, list[dict]] = {}
     for r in rungs:

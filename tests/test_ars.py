@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.ars import ARS, ARSDevice
+from engine.inherit.ars import ARS, ARSDevice
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_factors(losses, sigma, *, detrended=False, window=10, seed=0, jitter=True):
-    """method.md section 5 written out with the statistics module (independent of engine/ars.py)."""
+    """method.md section 5 written out with the statistics module (independent of engine/inherit/ars.py)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     out, win = [], []
     for L in losses:

@@ -1,4 +1,4 @@
-"""CORE evaluator (engine/core_eval.py) against a hand computation on a tiny bundle."""
+"""CORE evaluator (engine/analysis/core_eval.py) against a hand computation on a tiny bundle."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import core_eval
-from engine.core_eval import evaluate_core, load_bundle, render_prompts
+from engine.analysis import core_eval
+from engine.analysis.core_eval import evaluate_core, load_bundle, render_prompts
 
 BOS = 256
 

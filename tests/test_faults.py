@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import checkpoint as ckpt
-from engine import diskspace
+from engine.train import checkpoint as ckpt
+from engine.runtime import diskspace
 from engine.data import prepare as prepare_mod
 from engine.data import prepare_data
 from engine.data.integrity import CacheCorruptError, checksum, verify
-from engine.diskspace import StorageError, storage_guard
-from engine.distributed import init_distributed
-from engine.run_lock import LOCK_FILE, RunLockedError, run_lock
+from engine.runtime.diskspace import StorageError, storage_guard
+from engine.runtime.distributed import init_distributed
+from engine.runtime.run_lock import LOCK_FILE, RunLockedError, run_lock
 from tests.test_data import make_text
 from tests.test_trainer import ENV, FAST, ROOT, run_train
 
@@ -58,7 +58,7 @@ def small_fs(tmp_path):
 
 
 def _tiny_model_and_opt():
-    from engine.optim import LadderOptimizer, model_param_groups
+    from engine.train.optim import LadderOptimizer, model_param_groups
     from models.config import model_config
     from models.gpt import GPT
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.fisher import OnlineFisher, posthoc_fisher
+from engine.inherit.fisher import OnlineFisher, posthoc_fisher
 from models.config import model_config
 from models.gpt import build_model
 

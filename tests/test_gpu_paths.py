@@ -3,7 +3,7 @@ the up-front check that the validation split can hold the evaluation."""
 import pytest
 import torch
 
-from engine.distributed import compile_blocks, resolve_compile
+from engine.runtime.distributed import compile_blocks, resolve_compile
 from models.config import model_config
 from models.gpt import build_model
 
@@ -35,7 +35,7 @@ def test_compiled_blocks_keep_names_and_results():
 
 
 def test_too_small_validation_split_fails_before_training_naming_the_fix():
-    from engine.trainer import TrainConfig, check_val_split
+    from engine.train.config import TrainConfig, check_val_split
 
     cfg = TrainConfig(depth=12, preset="nanochat", steps=10)  # eval_tokens 10 x 524288
     with pytest.raises(ValueError, match=r"--data builtin: the validation split has 200,000 tokens.*5,242,881.*parquet:"):

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from engine.fisher import posthoc_fisher
-from engine.growth import grow, growth_logit_error
+from engine.inherit.fisher import posthoc_fisher
+from engine.inherit.growth import grow, growth_logit_error
 from models.config import model_config
 from models.gpt import LM_HEAD_STD
 
@@ -306,9 +306,11 @@ def test_moments_carried_padded_and_rescaled():
 
 
 def test_start_inherited_loads_moments_into_a_fresh_optimizer():
-    from engine.distributed import DistEnv
-    from engine.optim import LadderOptimizer, model_param_groups
-    from engine.trainer import Inheritance, TrainError, start_inherited
+    from engine.runtime.distributed import DistEnv
+    from engine.train.optim import LadderOptimizer, model_param_groups
+    from engine.inherit.inheritance import Inheritance
+    from engine.train.config import TrainError
+    from engine.train.trainer import start_inherited
     from models.gpt import build_model
 
     res = grow(trained("cpu-tiny", 1), cfg("cpu-tiny", 2), seed=1,

@@ -81,8 +81,9 @@ def test_branches_are_finished_wsd_runs(ladder, tmp_path):
     branch = out / "scratch/d2/b0.5"
     cfg = json.loads((branch / "run.json").read_text())["config"]
     stand = dict(cfg, out=str(tmp_path / "standalone"), init_from=None, keep_ckpt_steps=[], resume=False)
-    from engine.distributed import init_distributed
-    from engine.trainer import TrainConfig, train_rung
+    from engine.runtime.distributed import init_distributed
+    from engine.train.config import TrainConfig
+    from engine.train.trainer import train_rung
 
     got = train_rung(TrainConfig(**stand), init_distributed("cpu"))
     want = json.loads((branch / "final.json").read_text())

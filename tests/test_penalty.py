@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.penalty import Penalty, energy_rank
+from engine.inherit.penalty import Penalty, energy_rank
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,10 +19,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import checkpoint as ckpt
-from engine.distributed import DistEnv, init_distributed
-from engine.ladder import ARMS, LadderConfig
-from engine.trainer import TrainConfig, TrainError, train_rung, validate
+from engine.train import checkpoint as ckpt
+from engine.runtime.distributed import DistEnv, init_distributed
+from engine.ladder.run import ARMS, LadderConfig
+from engine.train.config import TrainConfig, TrainError, validate
+from engine.train.trainer import train_rung
 from models.config import PRESETS
 from tests.test_miniseries import MINI, run_miniseries
 from tests.test_trainer import ENV, FAST, ROOT, losses, run_train
@@ -204,7 +205,7 @@ def _tiny(tmp_path, **kw) -> TrainConfig:
 
 
 # "step" reads each step's verdict on the host; "lagged" decides the skip on the device and reads
-# it a step later (the CUDA default, engine/step_guard.py), run here on CPU tensors.
+# it a step later (the CUDA default, engine/train/guard.py), run here on CPU tensors.
 SYNC_MODES = pytest.mark.parametrize("host_sync", ["step", "lagged"])
 
 
@@ -302,7 +303,7 @@ def test_lagged_guard_with_device_ars_resumes_bitwise(tmp_path, monkeypatch):
 
 
 def test_nonfinite_weights_are_never_checkpointed(tmp_path):
-    from engine.optim import LadderOptimizer, model_param_groups
+    from engine.train.optim import LadderOptimizer, model_param_groups
     from models.config import model_config
     from models.gpt import GPT
 
@@ -360,7 +361,7 @@ def train_configs(draw):
 
 def train_problems(cfg: TrainConfig, ws: int) -> list[str]:
     """An independent oracle: the words a message about each invalid value must contain."""
-    from engine.trainer import TRAIN_PRESETS
+    from engine.train.config import TRAIN_PRESETS
 
     bad = []
     if cfg.preset not in PRESETS:
@@ -415,7 +416,7 @@ def test_every_train_config_validates_or_names_the_bad_value(case):
 
 @st.composite
 def ladder_configs(draw):
-    from engine.growth import PLACEMENTS
+    from engine.inherit.growth import PLACEMENTS
 
     subspace = draw(st.sampled_from(["coords", "svd", "pca"]))
     return LadderConfig(
@@ -447,7 +448,7 @@ def ladder_configs(draw):
 
 
 def ladder_problems(lc: LadderConfig) -> list[str]:
-    from engine.growth import PLACEMENTS
+    from engine.inherit.growth import PLACEMENTS
 
     bad = []
     if not lc.depths:
@@ -656,11 +657,11 @@ def test_lagged_guard_reads_each_verdict_a_step_late(tmp_path, monkeypatch):
     """No per-step host read in lagged mode: step k's verdict is read after step k+1's forward is
     queued (so on a GPU the host never waits on the step it just launched), except on eval and
     checkpoint steps, which sync anyway."""
-    from engine import step_guard
+    from engine.train import guard
     from models.gpt import GPT
 
     forwards, reads = {"n": 0}, []
-    orig_forward, orig_read = GPT.forward, step_guard.DeviceValues.read
+    orig_forward, orig_read = GPT.forward, guard.DeviceValues.read
 
     def forward(self, *a, **k):
         forwards["n"] += self.training
@@ -671,7 +672,7 @@ def test_lagged_guard_reads_each_verdict_a_step_late(tmp_path, monkeypatch):
         return orig_read(self)
 
     monkeypatch.setattr(GPT, "forward", forward)
-    monkeypatch.setattr(step_guard.DeviceValues, "read", read)
+    monkeypatch.setattr(guard.DeviceValues, "read", read)
     train_rung(_tiny(tmp_path, host_sync="lagged", steps=12, eval_every=6, ckpt_every=0), init_distributed("cpu"))
     sync_steps = {6, 12}
     assert reads == [k if k in sync_steps else k + 1 for k in range(1, 13)]
@@ -686,9 +687,9 @@ def test_lagged_cuda_steps_make_no_host_sync(tmp_path, monkeypatch, adamw_impl, 
     previous step's verdict, is excluded."""
     import warnings
 
-    from engine import step_guard
+    from engine.train import guard
 
-    orig_read = step_guard.DeviceValues.read
+    orig_read = guard.DeviceValues.read
 
     def read(self):
         mode = torch.cuda.get_sync_debug_mode()
@@ -698,7 +699,7 @@ def test_lagged_cuda_steps_make_no_host_sync(tmp_path, monkeypatch, adamw_impl, 
         finally:
             torch.cuda.set_sync_debug_mode(mode)
 
-    monkeypatch.setattr(step_guard.DeviceValues, "read", read)
+    monkeypatch.setattr(guard.DeviceValues, "read", read)
     counts = []
     for steps in (6, 12):
         cfg = _tiny(tmp_path / str(steps), device="cuda", host_sync="lagged", steps=steps, eval_every=steps,

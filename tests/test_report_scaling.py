@@ -1,4 +1,4 @@
-"""The miniseries report's scaling-law and CORE sections (engine/report_scaling.py), on synthetic
+"""The miniseries report's scaling-law and CORE sections (engine/analysis/report_scaling.py), on synthetic
 rung results and metrics (no training), and a tiny CORE bundle."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import report_scaling as rs
-from engine.ladder import LadderConfig
-from engine.scaling import predict
+from engine.analysis import report_scaling as rs
+from engine.ladder.run import LadderConfig
+from engine.analysis.scaling import predict
 from models.config import model_config
 
 LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022
@@ -41,8 +41,8 @@ def _write_rung(run, N, tokens, n_evals, law, rng, head_start=0.0):
 
 
 def _ladder(tmp_path, depths, arms=("scratch", "inherit"), n_evals=5, ratio=20, seed=0):
-    """Synthetic results + run dirs following engine.ladder.rung_dir's layout."""
-    from engine.ladder import rung_dir
+    """Synthetic results + run dirs following engine.ladder.run.rung_dir's layout."""
+    from engine.ladder.run import rung_dir
 
     lc = LadderConfig(depths=list(depths), arms=list(arms), out=str(tmp_path))
     rng = np.random.default_rng(seed)
@@ -201,11 +201,11 @@ def test_core_section_per_arm_shared_base_once(tmp_path):
 
 
 def test_core_section_loads_real_checkpoints(tmp_path):
-    """The default loader (engine.ladder.load_run_weights) on a checkpoint written by engine.checkpoint."""
-    from engine import checkpoint as ckpt
-    from engine.distributed import DistEnv
-    from engine.ladder import rung_dir
-    from engine.optim import LadderOptimizer, model_param_groups
+    """The default loader (engine.ladder.run.load_run_weights) on a checkpoint written by engine.train.checkpoint."""
+    from engine.train import checkpoint as ckpt
+    from engine.runtime.distributed import DistEnv
+    from engine.ladder.run import rung_dir
+    from engine.train.optim import LadderOptimizer, model_param_groups
     from tests.test_core_eval import ByteTokenizer, write_bundle
 
     bundle = write_bundle(tmp_path / "bundle")
@@ -219,7 +219,7 @@ def test_core_section_loads_real_checkpoints(tmp_path):
     results = {"scratch": [{"depth": 1, "scaling_params": 1, "tokens": 1, "val_loss": 1.0}]}
     out, _ = rs.core_section(lc, results, lambda arm, d: rung_dir(tmp_path / "runs", arm, d, lc), bundle, "cpu",
                              max_per_task=2, tokenizer=ByteTokenizer())
-    from engine.core_eval import evaluate_core
+    from engine.analysis.core_eval import evaluate_core
 
     want = evaluate_core(model, ByteTokenizer(), bundle, device="cpu", max_per_task=2)["core"]
     assert out["arms"]["scratch"]["d1"]["core"] == pytest.approx(want)

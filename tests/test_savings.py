@@ -1,9 +1,9 @@
-"""The savings math (engine/savings.py) on hand-computed cases."""
+"""The savings math (engine/analysis/savings.py) on hand-computed cases."""
 import math
 
 import pytest
 
-from engine.savings import (BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, cost_to_reach, iso_loss, ladder_saving,
+from engine.analysis.savings import (BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, cost_to_reach, iso_loss, ladder_saving,
                             mean_ci, monotone_envelope, rung_saving)
 
 

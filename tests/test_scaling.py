@@ -1,4 +1,4 @@
-"""Scaling-law fits (engine/scaling.py) and the sweep/fit CLI (launch/scaling_laws.py)."""
+"""Scaling-law fits (engine/analysis/scaling.py) and the sweep/fit CLI (launch/scaling_laws.py)."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine.scaling import fit_chinchilla, isoflop_analysis, optimal_allocation, predict, ratio_at
+from engine.analysis.scaling import fit_chinchilla, isoflop_analysis, optimal_allocation, predict, ratio_at
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022's fit
 

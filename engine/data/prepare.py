@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.diskspace import is_write_error, remove_quietly, write_failure
+from engine.runtime.diskspace import is_write_error, remove_quietly, write_failure
 
 from .integrity import CacheCorruptError, check_range, checksum, verify
 from .sources import BUILTIN_MIN_VAL_BYTES, VAL_EVERY, Source, iter_sample, resolve_source

@@ -29,7 +29,7 @@ import time
 import pytest
 import torch
 
-from engine.distributed import device_name
+from engine.runtime.distributed import device_name
 
 import kernels
 

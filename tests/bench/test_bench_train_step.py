@@ -1,4 +1,4 @@
-"""Benchmark: one whole training step of cpu-tiny rungs, plain and inherited (engine/train_bench.py).
+"""Benchmark: one whole training step of cpu-tiny rungs, plain and inherited (launch/train_bench.py).
 
 Per rung d (default 2, 3, 4; LADDER_TRAIN_BENCH_DEPTHS=2,3 overrides), batch 8 x 256 tokens, fp32:
   matmul_probe    torch.mm [B*T, D] x [D, 4D] fp32 (the MLP c_fc's size on this batch)
@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import kernels
-from engine import train_bench as tb
+from launch import train_bench as tb
 
 BATCH = 8
 TARGET_S = float(os.environ.get("LADDER_TRAIN_BENCH_SECONDS", "5"))  # timed seconds per row (enabled)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import torch  # noqa: E402
 
 from engine.data import prepare_data, val_batches  # noqa: E402
-from engine.ladder import LadderConfig, load_run_weights  # noqa: E402
+from engine.ladder.run import LadderConfig, load_run_weights  # noqa: E402
 
 
 @torch.no_grad()

@@ -6,16 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
         --eval-tokens 131072 --ckpt-every 200 --no-progress)
-ladder() {  # ladder SEED [recipe flags...]: d2 -> d3, scratch and grow-only with a recipe
+DEPTHS=${DEPTHS:-2:3}
+ladder() {  # ladder SEED [recipe flags...]: d2 -> d3 (DEPTHS), scratch and grow-only with a recipe
   local seed=$1; shift
-  OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2:3 --arms scratch,grow-only "${COMMON[@]}" \
+  OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPTHS" --arms scratch,grow-only "${COMMON[@]}" \
       --seed "$seed" --out "runs/r8/seed$seed" "$@"
 }
 case "${1:-}" in
   base) ladder 0 & ladder 1 & wait ;;                       # exact growth, fresh Adam, restart, LR x1
   screen-a) LADDER_RUN_LOCK=off ladder 0 --data-order continue; LADDER_RUN_LOCK=off ladder 0 --optimizer-state carry ;;
   screen-b) LADDER_RUN_LOCK=off ladder 0 --inherit-lr-mult 2; LADDER_RUN_LOCK=off ladder 0 --grow-from stable ;;
-  confirm) ladder 1 --data-order continue ;;                  # the screen's best recipe, second seed
+  confirm) ladder 1 --data-order continue ;;
+  d4) DEPTHS=2:4; ladder 0 & ladder 1 & wait ;;              # the third rung on top of `base` (d2, d3 skipped)                  # the screen's best recipe, second seed
   nanochat)  # WSD (c = 0.2) against nanochat's schedule (65% warmdown) at full budget, scratch d2
     for seed in 0 1; do
       OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2 --arms scratch --schedule nanochat \
@@ -33,5 +35,5 @@ case "${1:-}" in
     done
     cp runs/r8/{report.md,summary.json} "$dst/"
     mkdir -p "$dst/nanochat-seed0"; cp runs/r8-nanochat/seed0/{report.md,summary.json} "$dst/nanochat-seed0/" ;;
-  *) echo "usage: $0 base|screen-a|screen-b|confirm|nanochat|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 base|screen-a|screen-b|confirm|d4|nanochat|collect" >&2; exit 2 ;;
 esac

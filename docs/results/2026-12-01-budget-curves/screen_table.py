@@ -1,5 +1,5 @@
 """The recipe screen's table: every grown arm of one seed directory against its scratch d3, with the
-savings computed by engine/savings.py from the runs' final.json files.
+savings computed by engine/analysis/savings.py from the runs' final.json files.
 
     .venv/bin/python docs/results/2026-12-01-budget-curves/screen_table.py runs/r8/seed0 [--depth 3]
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from engine.ladder import rung_cost  # noqa: E402
-from engine.savings import REACHED, Reach, rung_saving  # noqa: E402
+from engine.ladder.run import rung_cost  # noqa: E402
+from engine.analysis.savings import REACHED, Reach, rung_saving  # noqa: E402
 
 
 def curve(rung: Path) -> list[tuple[float, float, float]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 import kernels
-from engine.distributed import local, shard_like
+from engine.runtime.distributed import local, shard_like
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ParamGroup:
 @dataclass
 class InheritTerms:
     """What the penalty contributes to one step, as rank-local tensors keyed by parameter name.
-    Built by engine.penalty for the rung being trained; absent keys mean "no penalty here"."""
+    Built by engine.inherit.penalty for the rung being trained; absent keys mean "no penalty here"."""
 
     anchors: dict[str, torch.Tensor] = field(default_factory=dict)
     kappas: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -167,7 +167,7 @@ class LadderOptimizer:
 
         `found_inf` (0-dim fp32 device tensor): nonzero makes the whole step a no-op, decided on
         the device (parameters, moments, Fisher untouched). The host step count still advances:
-        the caller undoes it with `unstep()` once it has read the flag (engine/trainer.py)."""
+        the caller undoes it with `unstep()` once it has read the flag (engine/train/trainer.py)."""
         self.step_count += 1
         penalty_out = None
         if terms is not None and terms.kappas:

@@ -1,8 +1,8 @@
 """The miniseries report: summary.json, report.md and plots, from the budget runs' own final.json.
 
-Accounting (method.md section 6; the math is engine/savings.py):
+Accounting (method.md section 6; the math is engine/analysis/savings.py):
 - a run's cost is its training FLOPs plus the Fisher FLOPs its penalty used plus the penalty's own
-  work (engine.ladder.rung_cost); evaluation FLOPs are counted in neither arm;
+  work (engine.ladder.run.rung_cost); evaluation FLOPs are counted in neither arm;
 - each rung has a curve of (cost, cooled final val loss), one point per budget;
 - a grown rung's FLOPs-to-match is where its curve reaches its scratch twin's full-budget loss,
   as a fraction of that scratch run's FLOPs; marginal counts the rung's own FLOPs, standalone adds
@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from engine.checkpoint import write_json_atomic
-from engine.ladder import full_budget, rung_cost
-from engine.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
+from engine.train.checkpoint import write_json_atomic
+from engine.ladder.run import full_budget, rung_cost
+from engine.analysis.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
 
 
 def curve(rung: dict) -> list[tuple[float, float]]:
@@ -171,7 +171,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
     summary = summarize(lc, results)
     plots = _plot_curves(results, summary, out)
     summary["plots"] = plots
-    from engine.report_scaling import core_section, scaling_section
+    from engine.analysis.report_scaling import core_section, scaling_section
 
     flat = {arm: [x for r in rungs for x in r["runs"]] for arm, rungs in results.items()}
     summary["scaling"], scaling_md = scaling_section(lc, flat, lambda arm, d: None)
@@ -216,7 +216,7 @@ def _profile(out: Path, summary: dict) -> str | None:
 
 
 def _core(lc, results, bundle):
-    from engine.report_scaling import core_section
+    from engine.analysis.report_scaling import core_section
 
     finals = {arm: [full_budget(r) for r in rungs] for arm, rungs in results.items()}
     runs = {(arm, f["depth"]): Path(f["run"]) for arm, fs in finals.items() for f in fs}

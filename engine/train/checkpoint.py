@@ -38,8 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
-from engine.diskspace import StorageError, ensure_free, remove_quietly, resume_advice, with_slack, write_failure
-from engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
+from engine.runtime.diskspace import StorageError, ensure_free, remove_quietly, resume_advice, with_slack, write_failure
+from engine.runtime.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
 
 # A single process saving through DCP is intended here (world size 1 runs without a process group).
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")

@@ -138,7 +138,7 @@ def run_lock(directory, env=None):
         except RunLockedError as e:
             error = str(e)
     if env is not None:
-        from engine.distributed import broadcast_object
+        from engine.runtime.distributed import broadcast_object
 
         error = broadcast_object(error, env)
     if error is not None:

@@ -114,7 +114,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def last_intact_checkpoint(ckpt_dir: Path) -> Path | None:
-    from engine.checkpoint import list_checkpoints, verify
+    from engine.train.checkpoint import list_checkpoints, verify
 
     return next((ck for ck in list_checkpoints(Path(ckpt_dir)) if verify(ck) is None), None)
 

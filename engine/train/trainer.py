@@ -2,9 +2,9 @@
 
 One optimizer step:
     loader.next() x accum -> forward -> backward        (FSDP2 reduce-scatters inside backward)
-    [loss, non-finite gradient?] -> skip verdict         (engine/step_guard.py; read a step late on CUDA)
-    ARS factor from the step's loss                      (engine/ars.py; a device tensor on CUDA)
-    penalty terms for this step                          (engine/penalty.py; kappa, anchors, SVD term)
+    [loss, non-finite gradient?] -> skip verdict         (engine/train/guard.py; read a step late on CUDA)
+    ARS factor from the step's loss                      (engine/inherit/ars.py; a device tensor on CUDA)
+    penalty terms for this step                          (engine/inherit/penalty.py; kappa, anchors, SVD term)
     optimizer.step: one fused kernel pass per group      (Fisher accumulate, g' = d (g + kappa (p - A)), AdamW)
 
 Outputs in `cfg.out`: metrics.jsonl (one line per optimizer step; eval results on the steps that
@@ -18,174 +18,24 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from engine import checkpoint as ckpt
+from engine.train import checkpoint as ckpt
 from engine.data import prepare_data, TokenLoader
-from engine.distributed import DistEnv, all_reduce_sum, compile_blocks, device_name, full_tensor, local, resolve_compile, shard_like, shard_model
-from engine.evaluate import evaluate, val_set_tokens
-from engine.optim import InheritTerms, LadderOptimizer, model_param_groups
-from engine.step_guard import DeviceValues, NonFiniteGuard, found_inf, resolve_host_sync, step_flags
-from engine.schedule import lr_multiplier
+from engine.runtime.distributed import DistEnv, all_reduce_sum, compile_blocks, device_name, full_tensor, local, resolve_compile, shard_like, shard_model
+from engine.train.evaluate import evaluate
+from engine.train.optim import InheritTerms, LadderOptimizer, model_param_groups
+from engine.train.guard import DeviceValues, NonFiniteGuard, found_inf, resolve_host_sync, step_flags
+from engine.train.schedule import lr_multiplier
 from models.attention import select_backend
-from models.config import GPTConfig, PRESETS, model_config
+
+from engine.inherit.inheritance import Inheritance
+from engine.train.config import MUON_MATRIX_LR, TrainConfig, TrainError, check_val_split, total_steps_for, validate
 from models.gpt import GPT
-
-# Training defaults per preset. cpu-tiny: small batches so a few-minute run still takes hundreds
-# of steps; nanochat: its ~0.5M-token batch (256 x 2048) and its learning rates (anchors.md).
-TRAIN_PRESETS = {
-    "cpu-tiny": dict(global_batch=8, device_batch=8, eval_tokens=32768, matrix_lr=0.004, embedding_lr=0.05,
-                     unembedding_lr=0.004),
-    "nanochat": dict(global_batch=256, device_batch=32, eval_tokens=10 * 524288, matrix_lr=0.002, embedding_lr=0.2,
-                     unembedding_lr=0.004),
-}
-MUON_MATRIX_LR = 0.02  # nanochat's Muon lr for block matrices
-
-
-@dataclass
-class TrainConfig:
-    depth: int
-    preset: str = "cpu-tiny"
-    data: str = "builtin"
-    out: str = "runs/train"
-    seed: int = 0
-    steps: int | None = None
-    tokens: int | None = None
-    ratio: float | None = None
-    global_batch: int | None = None  # sequences per optimizer step, over all ranks
-    device_batch: int | None = None  # sequences per rank per micro-step
-    optimizer: str = "adamw"  # "adamw" | "muon" (Muon for block matrices, AdamW for the rest)
-    adamw_impl: str = "kernel"  # kernel | torch | apex: the kernel of plain AdamW steps (engine/optim.py)
-    matrix_lr: float | None = None
-    embedding_lr: float | None = None
-    unembedding_lr: float | None = None
-    weight_decay: float = 0.0
-    lr_mult: float = 1.0  # multiplies every group's peak learning rate (LR sweeps; a grown rung's re-warm peak)
-    warmup_steps: int | None = None  # default: 2% of the steps, at least 1
-    warmdown_frac: float = 0.65  # the final linear decay (engine/schedule.py: nanochat 0.65, WSD 0.2, 0 = constant)
-    final_lr_frac: float = 0.05
-    eval_every: int | None = None  # default: ~12 evaluations per run (val-loss curves for FLOPs-to-match)
-    eval_tokens: int | None = None
-    ckpt_every: int = 0  # 0: only the final checkpoint
-    keep_ckpt_steps: list = field(default_factory=list)  # also checkpoint at these steps and never prune them (WSD branch points)
-    init_from: str | None = None  # a checkpoint of another run of this model to start from (a WSD branch starts from its stable run)
-    resume: bool = False
-    compile: bool | None = None  # None: on for CUDA, off on CPU (engine/distributed.py: resolve_compile)
-    device: str = "auto"
-    host_sync: str = "auto"  # auto | step | lagged: when the host reads a step's loss (engine/step_guard.py)
-    progress: bool = True
-    profile: bool = True
-    cache_dir: str | None = None
-    vocab_size: int | None = None  # override the preset's vocab (tests)
-    seq_len: int | None = None  # override the preset's sequence length (tests)
-    # inheritance
-    ars: str = "off"  # off | seed | detrended
-    fisher_online_steps: int = 0  # accumulate the online Fisher over the last K steps (0: off)
-    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
-
-    def model_config(self) -> GPTConfig:
-        over = {k: v for k, v in (("vocab_size", self.vocab_size), ("seq_len", self.seq_len)) if v is not None}
-        return model_config(self.preset, self.depth, **over)
-
-    def resolved(self, key: str):
-        v = getattr(self, key)
-        return TRAIN_PRESETS[self.preset][key] if v is None else v
-
-
-@dataclass
-class Inheritance:
-    """What a grown rung starts from (built by engine/ladder.py from the previous rung)."""
-
-    state: dict  # full (unsharded) state dict of the grown model
-    anchor: dict  # name -> full tensor A
-    mask: dict  # name -> full tensor M (1 inherited, 0 new)
-    fisher: dict | None  # name -> carried Omega (full)
-    penalty: dict = field(default_factory=dict)  # kwargs for engine.penalty.Penalty (lam, gamma, subspace, ...)
-    info: dict = field(default_factory=dict)  # growth facts for the report (logit error, placement, ...)
-    fisher_flops: float = 0.0  # FLOPs spent computing the Fisher this rung's penalty uses
-    loader_state: dict | None = None  # where the rung's token stream starts (None: at its beginning)
-    moments: dict | None = None  # the parent's AdamW moments in the new shapes (None: a fresh optimizer)
-    optim_step: int = 0  # the parent's optimizer step count, carried with its moments (bias correction)
-
-
-class TrainError(RuntimeError):
-    pass
-
-
-def validate(cfg: TrainConfig, env: DistEnv) -> None:
-    """Every check that can fail before compute, with a message naming the value."""
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
-    if not isinstance(cfg.depth, int) or cfg.depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {cfg.depth!r}")
-    budgets = [k for k in ("steps", "tokens", "ratio") if getattr(cfg, k) is not None]
-    if len(budgets) != 1:
-        raise ValueError(f"give exactly one of --steps, --tokens, --ratio (got {budgets or 'none'})")
-    for k in ("steps", "tokens"):
-        v = getattr(cfg, k)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"--{k} must be a positive integer, got {v!r}")
-    if cfg.ratio is not None and not (0 < cfg.ratio <= 1e4):
-        raise ValueError(f"--ratio must be in (0, 10000] tokens per scaling parameter, got {cfg.ratio!r}")
-    gb, db = cfg.resolved("global_batch"), cfg.resolved("device_batch")
-    if gb < 1 or db < 1:
-        raise ValueError(f"batch sizes must be positive (global_batch={gb}, device_batch={db})")
-    if gb % env.world_size:
-        raise ValueError(f"global_batch={gb} sequences is not divisible by the world size {env.world_size}")
-    db = min(db, gb // env.world_size)
-    if gb % (db * env.world_size):
-        raise ValueError(f"global_batch={gb} is not a multiple of device_batch x world_size = {db} x {env.world_size}")
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise ValueError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
-    from engine.optim import check_adamw_impl
-
-    check_adamw_impl(cfg.adamw_impl, env.device)
-    resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl)
-    if cfg.ars not in ("off", "seed", "detrended"):
-        raise ValueError(f"--ars must be off, seed or detrended, got {cfg.ars!r}")
-    if not 0.0 <= cfg.warmdown_frac <= 1.0:
-        raise ValueError(f"warmdown_frac must be in [0, 1], got {cfg.warmdown_frac}")
-    if not 0.0 <= cfg.final_lr_frac <= 1.0:
-        raise ValueError(f"final_lr_frac must be in [0, 1], got {cfg.final_lr_frac}")
-    if cfg.ckpt_every < 0 or cfg.fisher_online_steps < 0:
-        raise ValueError(f"ckpt_every and fisher_online_steps must be >= 0, got ckpt_every={cfg.ckpt_every}, "
-                         f"fisher_online_steps={cfg.fisher_online_steps}")
-    for k in ("seq_len", "vocab_size", "eval_every", "eval_tokens", "max_nonfinite"):
-        v = getattr(cfg, k)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"{k} must be a positive integer, got {v!r}")
-    if cfg.warmup_steps is not None and (not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0):
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
-    if not (isinstance(cfg.lr_mult, (int, float)) and 0 < cfg.lr_mult < math.inf):
-        raise ValueError(f"lr_mult must be a finite number > 0, got {cfg.lr_mult!r}")
-    if any(not isinstance(k, int) or k < 1 for k in cfg.keep_ckpt_steps):
-        raise ValueError(f"keep_ckpt_steps must be positive step numbers, got {cfg.keep_ckpt_steps!r}")
-    if cfg.init_from is not None and not (Path(cfg.init_from) / ckpt.EXTRA).exists():
-        raise ValueError(f"init_from={cfg.init_from!r} is not a checkpoint directory (no {ckpt.EXTRA} in it)")
-
-
-def check_val_split(have: int, cfg: TrainConfig, seq_len: int, batch: int, world: int) -> None:
-    """Before any compute: a validation split too small for the evaluation would otherwise stop
-    the run at its first evaluation (e.g. --preset nanochat's 5.2M eval tokens on the built-in
-    corpus, whose split holds ~0.2M)."""
-    need = val_set_tokens(cfg.resolved("eval_tokens"), seq_len, batch, world) + 1
-    if have < need:
-        raise ValueError(f"--data {cfg.data}: the validation split has {have:,} tokens but the evaluation needs {need:,} "
-                         f"(eval_tokens={cfg.resolved('eval_tokens')}, seq_len={seq_len}, batch={batch}, world={world}); "
-                         f"pass --data 'parquet:DIR/*.parquet' (nanochat's FineWeb-Edu / ClimbMix shards, a `text` column; "
-                         f"the last shard is held out) or a smaller --eval-tokens")
-
-
-def total_steps_for(cfg: TrainConfig, mcfg: GPTConfig) -> int:
-    tokens_per_step = cfg.resolved("global_batch") * mcfg.seq_len
-    if cfg.steps is not None:
-        return cfg.steps
-    tokens = cfg.tokens if cfg.tokens is not None else cfg.ratio * mcfg.scaling_params
-    return max(1, math.ceil(tokens / tokens_per_step))
 
 
 def _step_of(line: str) -> int | None:
@@ -293,7 +143,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     # ---- inheritance pieces, as rank-local shards ----------------------------------------------
     penalty = None
     if inherit is not None and inherit.penalty.get("enabled", True) and (inherit.penalty.get("lam", 0) or inherit.penalty.get("gamma", 0)):
-        from engine.penalty import Penalty
+        from engine.inherit.penalty import Penalty
 
         loc = lambda d: {n: shard_like(d[n], named[n]) for n in named} if d is not None else None
         pen_kwargs = {k: v for k, v in inherit.penalty.items() if k != "enabled"}
@@ -305,9 +155,9 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
     lagged = resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl) == "lagged"
     ars = None
     if cfg.ars != "off":
-        from engine.ars import ARS, ARSDevice
+        from engine.inherit.ars import ARS, ARSDevice
 
-        # lagged mode never reads the loss on the host: ARS runs on the device (engine/ars.py)
+        # lagged mode never reads the loss on the host: ARS runs on the device (engine/inherit/ars.py)
         ars = ARSDevice(mode=cfg.ars, seed=cfg.seed, device=env.device) if lagged else ARS(mode=cfg.ars, seed=cfg.seed)
     fisher_bufs = None
     fisher_start = total_steps - cfg.fisher_online_steps
@@ -387,7 +237,7 @@ def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = Non
             }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None, keep_steps=keep_steps)
 
     def settle(entry: dict) -> bool:
-        """Read a step's verdict (engine/step_guard.py) and log it; False when it was skipped."""
+        """Read a step's verdict (engine/train/guard.py) and log it; False when it was skipped."""
         nonlocal consumed_flops
         loss_value, bad_grads, pen, *damping = entry.pop("values").read()
         damping = damping[0] if damping else entry.pop("host_damping")
@@ -557,7 +407,7 @@ def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_b
         "fsdp": env.world_size > 1, "compile": resolve_compile(cfg.compile, env.device), "torch": torch.__version__,
         "apex": _apex_available() if on_cuda else False,
         "threads": torch.get_num_threads(),
-        # when the host reads each step's loss/non-finite verdict (engine/step_guard.py)
+        # when the host reads each step's loss/non-finite verdict (engine/train/guard.py)
         "host_sync": resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl),
     }
 
@@ -569,8 +419,3 @@ def _apex_available() -> bool:
         return True
     except Exception:
         return False
-
-
-def config_from_args(ns) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in names})

@@ -5,12 +5,12 @@ What one benchmark round runs, on one model and one batch (B sequences x T token
   matmul_probe     torch.mm of [B*T, D] x [D, 4D] fp32 (the shape of the MLP's c_fc on this
                    batch: 2*B*T*D*4D FLOPs): the CPU's practical fp32 peak at this size, measured
                    in the same run, the denominator of "MFU vs the matmul probe".
-  plain_step       a scratch-arm training step as engine/trainer.py runs it: forward, backward,
+  plain_step       a scratch-arm training step as engine/train/trainer.py runs it: forward, backward,
                    float(loss) (the trainer's one host sync), LadderOptimizer.step through the
                    fused kernel (no penalty, damping 1, no Fisher), zero_grad.
   inherited_step   an inherit-arm step: the same, plus ARS('seed').update on the loss, the
-                   penalty's InheritTerms (anchors and kappa of a real engine.penalty.Penalty,
-                   coords form, built on a model grown by engine.growth.grow from a d-1 model with
+                   penalty's InheritTerms (anchors and kappa of a real engine.inherit.penalty.Penalty,
+                   coords form, built on a model grown by engine.inherit.growth.grow from a d-1 model with
                    a carried Fisher), online Fisher accumulation into a fishers dict inside the
                    fused step, and float(penalty) as the trainer logs it.
 
@@ -18,7 +18,7 @@ Both steps use the SAME grown model, optimizer and batch, so the difference is t
 work alone. Achieved FLOP/s counts model FLOPs only (GPTConfig.flops_per_token * B*T tokens, as
 profiling/cost.py defines MFU): the inherited step does the same model FLOPs in more time.
 
-    python -m engine.train_bench docs/results/train-bench-cpu-2core-2026-11-23.json \
+    python -m launch.train_bench docs/results/train-bench-cpu-2core-2026-11-23.json \
         -o docs/results/train-bench-cpu-2core-2026-11-23.md --device cpu-2core --note "..."
 """
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 IMPLS = ("matmul_probe", "plain_step", "inherited_step")
-LAM, GAMMA = 1e5, 0.1  # engine.ladder.LadderConfig defaults
+LAM, GAMMA = 1e5, 0.1  # engine.ladder.run.LadderConfig defaults
 FISHER_STEPS = 20  # LadderConfig.fisher_batches: the online Fisher's 1/K scale
 
 
-from engine.distributed import device_name  # noqa: E402  (re-exported for the benchmark)
+from engine.runtime.distributed import device_name  # noqa: E402  (re-exported for the benchmark)
 
 
 @dataclass
@@ -78,11 +78,11 @@ def build(depth: int, *, preset: str = "cpu-tiny", batch: int = 8, seq_len: int 
     """The benchmark state for rung `depth` (>= 2): a model grown from a fresh d-1 model with a
     random positive Fisher (what growth carries), its Penalty (coords), ARS('seed'), the
     optimizer, online-Fisher buffers, one fixed random batch and the matmul-probe operands."""
-    from engine.ars import ARS
-    from engine.growth import grow
-    from engine.optim import LadderOptimizer, model_param_groups
-    from engine.penalty import Penalty
-    from engine.trainer import TRAIN_PRESETS
+    from engine.inherit.ars import ARS
+    from engine.inherit.growth import grow
+    from engine.train.optim import LadderOptimizer, model_param_groups
+    from engine.inherit.penalty import Penalty
+    from engine.train.config import TRAIN_PRESETS
     from models.attention import select_backend
     from models.config import model_config
     from models.gpt import build_model
@@ -95,7 +95,7 @@ def build(depth: int, *, preset: str = "cpu-tiny", batch: int = 8, seq_len: int 
     old = build_model(old_cfg, seed=seed, device=dev)
     old.set_attention(select_backend(dev, torch.float32))
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-    # ~1e-7 on average, the size measured for the online Fisher on cpu-tiny (engine/ladder.py)
+    # ~1e-7 on average, the size measured for the online Fisher on cpu-tiny (engine/ladder/run.py)
     omega = {n: (torch.rand(p.shape, generator=gen) * 2e-7).to(dev) for n, p in old.named_parameters()}
     res = grow(old, cfg, seed=seed * 1000 + depth, fisher=omega)
     model = res.model
@@ -139,7 +139,7 @@ def plain_step(s: TrainBench, lr_mult: float = 1.0):
 
 
 def inherited_step(s: TrainBench, lr_mult: float = 1.0):
-    from engine.trainer import penalty_terms
+    from engine.train.trainer import penalty_terms
 
     t0 = time.perf_counter()
     loss = s.model(s.x, s.y)
@@ -183,7 +183,7 @@ def render(data: dict, device: str | None = None, note: str | None = None) -> st
                f"**{first.get('threads', '?')} torch thread(s)**; optimizer kernel backend: "
                f"{first.get('kernel_backend', '?')}; attention: {first.get('attention', '?')}; fp32")
     out.append(f"- batch: {first.get('batch', '?')} x {first.get('seq_len', '?')} tokens per step, one fixed "
-               "random batch; the model is the d-1 -> d grown rung (engine.growth.grow), the same model and "
+               "random batch; the model is the d-1 -> d grown rung (engine.inherit.growth.grow), the same model and "
                "optimizer for the plain and the inherited step")
     out.append("- plain step: forward + backward + float(loss) + LadderOptimizer.step (fused kernel) + zero_grad. "
                "Inherited step: the same + ARS('seed') update + InheritTerms from a real Penalty (coords; anchors, "

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 import torch
 
 from engine.data import val_batches
-from engine.distributed import DistEnv, all_reduce_sum
+from engine.runtime.distributed import DistEnv, all_reduce_sum
 
 
 def val_set_tokens(max_tokens: int, seq_len: int, batch_size: int, world_size: int) -> int:

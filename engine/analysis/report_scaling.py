@@ -1,7 +1,7 @@
-"""The miniseries report's scaling-law and CORE sections (engine/report.py calls these).
+"""The miniseries report's scaling-law and CORE sections (engine/analysis/report.py calls these).
 
 `scaling_section(lc, results, run_dir_of)`: per arm, the Chinchilla law L(N, D) = E + A/N^alpha +
-B/D^beta (engine.scaling.fit_chinchilla, approach 3), fitted side by side for the scratch arm and
+B/D^beta (engine.analysis.scaling.fit_chinchilla, approach 3), fitted side by side for the scratch arm and
 every inheriting arm, and a plain sentence on whether inheritance changes the exponents or the
 compute-optimal tokens-per-parameter ratio.
 
@@ -29,7 +29,7 @@ Comparability: every fit reports its compute-optimal ratio D_opt/N_opt at ONE co
 arms, the largest 6 N D over every arm's final points (own tokens), so the ratios in a row are
 read at the same C.
 
-`core_section(lc, results, run_dir_of, bundle_dir, device)`: CORE (engine.core_eval) of every
+`core_section(lc, results, run_dir_of, bundle_dir, device)`: CORE (engine.analysis.core_eval) of every
 rung's final weights, per arm; the shared base rung is evaluated once.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def arm_points(results: dict, run_dir_of: Callable[[str, int], Path] | None, arm
 
 
 def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
-    from engine.scaling import fit_chinchilla
+    from engine.analysis.scaling import fit_chinchilla
 
     distinct = {(n, d) for n, d, _, _ in pts}
     depths = sorted({p[3] for p in pts})
@@ -108,7 +108,7 @@ def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
 def scaling_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, int], Path], *,
                     n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> tuple[dict, list[str]]:
     """Fits per arm and variant, and markdown lines. Returns ({arm: {variant: fit or {"error": reason}}},
-    lines). Each fit is engine.scaling.fit_chinchilla's dict (E, A, B, alpha, beta, ratio_opt at
+    lines). Each fit is engine.analysis.scaling.fit_chinchilla's dict (E, A, B, alpha, beta, ratio_opt at
     ratio_opt_compute, ci, ...) plus `depths`; a failed one is {"error", n_points, n_distinct, depths}."""
     finals = [(float(r["scaling_params"]), float(r["tokens"])) for rungs in results.values() for r in rungs]
     compute = max((6.0 * n * d for n, d in finals), default=None) or None
@@ -162,7 +162,7 @@ def compare_sentence(arm: str, fit: dict, ref: dict, variant: str) -> str:
 def scaling_lines(out: dict, compute: float | None, n_bootstrap: int) -> list[str]:
     arms = list(out)
     lines = ["## Scaling-law fits", "",
-             "L(N, D) = E + A / N^alpha + B / D^beta fitted per arm (engine/scaling.py, Chinchilla approach 3; "
+             "L(N, D) = E + A / N^alpha + B / D^beta fitted per arm (engine/analysis/scaling.py, Chinchilla approach 3; "
              f"N = scaling params, D = tokens, L = val loss); intervals are bootstrap 2.5-97.5 percentiles over "
              f"{n_bootstrap} resamples of the points. ratio_opt = D_opt / N_opt at C = 6ND = "
              f"{compute:.3e} FLOPs for every arm (the largest final rung's 6ND)." if compute else "No rungs.",
@@ -212,9 +212,9 @@ CPU_MAX_PER_TASK = 100  # docs/SCALING.md: the full bundle is tens of thousands 
 
 def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, int], Path], bundle_dir, device="auto", *,
                  max_per_task: int | None | str = "auto", tokenizer=None, load_model=None) -> tuple[dict, list[str]]:
-    """CORE of every rung's final weights (engine.core_eval.evaluate_core), per arm.
+    """CORE of every rung's final weights (engine.analysis.core_eval.evaluate_core), per arm.
 
-    Weights: `load_model(run_dir, depth, lc)` (default engine.ladder._load_trained: the rung's last
+    Weights: `load_model(run_dir, depth, lc)` (default engine.ladder.run._load_trained: the rung's last
     intact checkpoint, unsharded, on CPU), moved to `device`. Tokenizer: engine.data.prepare_data on
     lc.train's data source / vocab / cache dir (the one the rungs trained with) unless given.
     device "auto": cuda when available, else cpu. max_per_task "auto": every item on CUDA,
@@ -223,14 +223,14 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     ({"bundle", "max_per_task", "arms": {arm: {"d<depth>": {"core", "tasks"} or {"error"}}}}, lines)."""
     import torch
 
-    from engine.core_eval import evaluate_core
+    from engine.analysis.core_eval import evaluate_core
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if max_per_task == "auto":
         max_per_task = None if torch.device(device).type == "cuda" else CPU_MAX_PER_TASK
     if load_model is None:
-        from engine.ladder import load_run_weights as load_model
+        from engine.ladder.run import load_run_weights as load_model
     if tokenizer is None:
         from engine.data import prepare_data
         from models.config import model_config
@@ -268,7 +268,7 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     depths = sorted({int(k[1:]) for a in arms_out.values() for k in a})
     arms = list(arms_out)
     lines = ["## CORE", "",
-             f"CORE (DCLM in-context tasks, centred accuracy averaged over tasks; engine/core_eval.py) of each rung's "
+             f"CORE (DCLM in-context tasks, centred accuracy averaged over tasks; engine/analysis/core_eval.py) of each rung's "
              f"final weights, bundle `{bundle_dir}`, "
              + (f"first {max_per_task} items per task (fixed shuffle)" if max_per_task else "all items")
              + ". GPT-2 (124M) scores 0.114; rungs this small are expected near 0, where differences between "

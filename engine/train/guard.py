@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from engine.distributed import local
+from engine.runtime.distributed import local
 
 HOST_SYNC_MODES = ("auto", "step", "lagged")
 

@@ -10,7 +10,7 @@ Two modes:
   fp32 buffers and the bookkeeping; `accumulate_` is the reference (torch) accumulation the
   kernel must match.
 
-Names are `named_parameters()` names, as growth (engine/growth.py) expects them.
+Names are `named_parameters()` names, as growth (engine/inherit/growth.py) expects them.
 """
 from __future__ import annotations
 

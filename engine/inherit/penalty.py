@@ -5,7 +5,7 @@
     grad Phi = lambda * Omega * M * (W - A) + 2 * gamma * (I - P_S)(W - A)
 
 with A the anchor, M the inherited mask and Omega the carried Fisher from growth
-(engine/growth.py), all aligned with the parameters given at construction.
+(engine/inherit/growth.py), all aligned with the parameters given at construction.
 
 P_S has two forms (`subspace`):
 - "coords": (I - P_S) dW = (1 - M) * dW. Both terms are elementwise, folded into ONE coefficient

@@ -35,10 +35,12 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint as ckpt
-from engine.schedule import SCHEDULES, branch_step
-from engine.distributed import DistEnv, barrier
-from engine.trainer import Inheritance, TrainConfig, total_steps_for, train_rung
+from engine.train import checkpoint as ckpt
+from engine.train.schedule import SCHEDULES, branch_step
+from engine.runtime.distributed import DistEnv, barrier
+from engine.inherit.inheritance import Inheritance
+from engine.train.config import TrainConfig, total_steps_for
+from engine.train.trainer import train_rung
 from models.config import model_config
 from models.gpt import GPT
 
@@ -73,7 +75,7 @@ class LadderConfig:
     # is a separate run (the old single-fraction measurement: --inherit-budgets 0.5 --schedule nanochat).
     scratch_budgets: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     inherit_budgets: list = field(default_factory=lambda: [0.1, 0.2, 0.35, 0.5, 0.7, 1.0])
-    schedule: str = "wsd"  # wsd | nanochat (engine/schedule.py)
+    schedule: str = "wsd"  # wsd | nanochat (engine/train/schedule.py)
     cooldown_frac: float = 0.2  # WSD cooldown, a fraction of each budget
     seed: int = 0
     # the penalty (method.md section 4)
@@ -134,7 +136,7 @@ class LadderConfig:
             raise ValueError(f"--grow-from must be one of {GROW_FROM}, got {self.grow_from!r}")
         if self.data_order not in DATA_ORDERS:
             raise ValueError(f"--data-order must be one of {DATA_ORDERS}, got {self.data_order!r}")
-        from engine.growth import DEPTH_INITS
+        from engine.inherit.growth import DEPTH_INITS
 
         if self.depth_init not in DEPTH_INITS:
             raise ValueError(f"--depth-init must be one of {DEPTH_INITS}, got {self.depth_init!r}")
@@ -173,7 +175,7 @@ class LadderConfig:
             raise ValueError(f"--inherit-warmup-frac must be in [0, 1), got {self.inherit_warmup_frac}")
         if self.fisher_batches < 1:
             raise ValueError(f"--fisher-batches must be >= 1, got {self.fisher_batches}")
-        from engine.growth import PLACEMENTS
+        from engine.inherit.growth import PLACEMENTS
 
         if self.placement not in PLACEMENTS:
             raise ValueError(f"--placement must be one of {PLACEMENTS}, got {self.placement!r}")
@@ -393,8 +395,8 @@ def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv)
         # accumulating g^2 inside the fused step: one multiply and one add per parameter per step
         return omega, 2.0 * cfg.num_params * lc.fisher_batches
     from engine.data import TokenLoader, prepare_data
-    from engine.fisher import posthoc_fisher
-    from engine.trainer import TRAIN_PRESETS
+    from engine.inherit.fisher import posthoc_fisher
+    from engine.train.config import TRAIN_PRESETS
 
     bundle = prepare_data(lc.train.get("data", "builtin"), cfg.vocab_size, lc.train.get("cache_dir"), progress=False)
     batch = lc.train.get("device_batch") or TRAIN_PRESETS[lc.preset]["device_batch"]
@@ -470,7 +472,7 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
 
 def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: DistEnv, use_penalty: bool) -> Inheritance:
     """Grow the weights of checkpoint `source` (rung prev_d) into rung d, with what the penalty needs."""
-    from engine.growth import grow, growth_logit_error
+    from engine.inherit.growth import grow, growth_logit_error
 
     t0 = time.time()
     prev_model = _load_trained(source, prev_d, lc)

@@ -1,0 +1,21 @@
+"""What a grown rung starts from: the grown weights, the anchor and mask of the penalty, the
+carried Fisher, and where its data stream and optimizer state start (built by engine/ladder/run.py
+from the previous rung, consumed by engine/train/trainer.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+@dataclass
+class Inheritance:
+    """What a grown rung starts from (built by engine/ladder/run.py from the previous rung)."""
+
+    state: dict  # full (unsharded) state dict of the grown model
+    anchor: dict  # name -> full tensor A
+    mask: dict  # name -> full tensor M (1 inherited, 0 new)
+    fisher: dict | None  # name -> carried Omega (full)
+    penalty: dict = field(default_factory=dict)  # kwargs for engine.inherit.penalty.Penalty (lam, gamma, subspace, ...)
+    info: dict = field(default_factory=dict)  # growth facts for the report (logit error, placement, ...)
+    fisher_flops: float = 0.0  # FLOPs spent computing the Fisher this rung's penalty uses
+    loader_state: dict | None = None  # where the rung's token stream starts (None: at its beginning)
+    moments: dict | None = None  # the parent's AdamW moments in the new shapes (None: a fresh optimizer)
+    optim_step: int = 0  # the parent's optimizer step count, carried with its moments (bias correction)
