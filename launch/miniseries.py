@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.train import _user_errors, add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
-from engine.ladder.run import DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES  # noqa: E402
+from engine.ladder.config import DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES  # noqa: E402
 from engine.train.schedule import SCHEDULES  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS  # noqa: E402
 
@@ -83,7 +83,8 @@ def main(argv=None):
     ns = p.parse_args(argv)
 
     from engine.runtime.distributed import destroy, init_distributed
-    from engine.ladder.run import LadderConfig, parse_depths, parse_per_rung, run_ladder
+    from engine.ladder.config import LadderConfig, parse_depths, parse_per_rung
+    from engine.ladder.run import run_ladder
     from engine.analysis.report import write_ladder_report, write_multiseed_summary
 
     try:

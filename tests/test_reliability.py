@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from engine.train import checkpoint as ckpt
 from engine.runtime.distributed import DistEnv, init_distributed
-from engine.ladder.run import ARMS, LadderConfig
+from engine.ladder.config import ARMS, LadderConfig
 from engine.train.config import TrainConfig, TrainError, validate
 from engine.train.trainer import train_rung
 from models.config import PRESETS

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from engine.analysis import report_scaling as rs
-from engine.ladder.run import LadderConfig
+from engine.ladder.config import LadderConfig
 from engine.analysis.scaling import predict
 from models.config import model_config
 
@@ -181,7 +182,8 @@ def test_core_section_per_arm_shared_base_once(tmp_path):
     lc, results, run_dir_of = _ladder(tmp_path / "runs", [1, 2], n_evals=1)
     calls = []
 
-    def load(run, depth, lc_):
+    def load(run):
+        depth = int(Path(run).parent.name.lstrip("d")) if Path(run).name.startswith("b") else int(Path(run).name.lstrip("d"))
         calls.append((str(run), depth))
         if depth == 2 and "inherit" in str(run):
             raise FileNotFoundError(f"rung {run} is finished but has no intact checkpoint to grow from")
@@ -201,7 +203,7 @@ def test_core_section_per_arm_shared_base_once(tmp_path):
 
 
 def test_core_section_loads_real_checkpoints(tmp_path):
-    """The default loader (engine.ladder.run.load_run_weights) on a checkpoint written by engine.train.checkpoint."""
+    """The default loader (engine.train.checkpoint.load_run_model) on a checkpoint written by engine.train.checkpoint."""
     from engine.train import checkpoint as ckpt
     from engine.runtime.distributed import DistEnv
     from engine.ladder.run import rung_dir
@@ -216,6 +218,7 @@ def test_core_section_loads_real_checkpoints(tmp_path):
                                              weight_decay=0.0, muon=False))
     run = rung_dir(tmp_path / "runs", "scratch", 1, lc)
     ckpt.save(run / "ckpt", 1, model, opt, {}, env)
+    ckpt.write_json_atomic(run / "run.json", {"model_config": model.config.to_dict()})  # as the trainer writes it
     results = {"scratch": [{"depth": 1, "scaling_params": 1, "tokens": 1, "val_loss": 1.0}]}
     out, _ = rs.core_section(lc, results, lambda arm, d: rung_dir(tmp_path / "runs", arm, d, lc), bundle, "cpu",
                              max_per_task=2, tokenizer=ByteTokenizer())

@@ -2,7 +2,7 @@
 
 Accounting (method.md section 6; the math is engine/analysis/savings.py):
 - a run's cost is its training FLOPs plus the Fisher FLOPs its penalty used plus the penalty's own
-  work (engine.ladder.run.rung_cost); evaluation FLOPs are counted in neither arm;
+  work (engine.analysis.runs.rung_cost); evaluation FLOPs are counted in neither arm;
 - each rung has a curve of (cost, cooled final val loss), one point per budget;
 - a grown rung's FLOPs-to-match is where its curve reaches its scratch twin's full-budget loss,
   as a fraction of that scratch run's FLOPs; marginal counts the rung's own FLOPs, standalone adds
@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from engine.train.checkpoint import write_json_atomic
-from engine.ladder.run import full_budget, rung_cost
+from engine.analysis.runs import full_budget, rung_cost
 from engine.analysis.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
 
 

@@ -214,7 +214,7 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
                  max_per_task: int | None | str = "auto", tokenizer=None, load_model=None) -> tuple[dict, list[str]]:
     """CORE of every rung's final weights (engine.analysis.core_eval.evaluate_core), per arm.
 
-    Weights: `load_model(run_dir, depth, lc)` (default engine.ladder.run._load_trained: the rung's last
+    Weights: `load_model(run_dir)` (default engine.train.checkpoint.load_run_model: the rung's last
     intact checkpoint, unsharded, on CPU), moved to `device`. Tokenizer: engine.data.prepare_data on
     lc.train's data source / vocab / cache dir (the one the rungs trained with) unless given.
     device "auto": cuda when available, else cpu. max_per_task "auto": every item on CUDA,
@@ -230,7 +230,7 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     if max_per_task == "auto":
         max_per_task = None if torch.device(device).type == "cuda" else CPU_MAX_PER_TASK
     if load_model is None:
-        from engine.ladder.run import load_run_weights as load_model
+        from engine.train.checkpoint import load_run_model as load_model
     if tokenizer is None:
         from engine.data import prepare_data
         from models.config import model_config
@@ -255,7 +255,7 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
             key = str(run.resolve())
             if key not in cache:
                 try:
-                    model = load_model(run, r["depth"], lc).to(device)
+                    model = load_model(run).to(device)
                     with torch.no_grad():
                         res = evaluate_core(model, tokenizer, bundle_dir, device=device, max_per_task=max_per_task)
                     cache[key] = {"core": res["core"], "tasks": res["tasks"]}

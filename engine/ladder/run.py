@@ -28,200 +28,17 @@ Rerunning the same command skips finished runs and resumes an interrupted one.
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from engine.train import checkpoint as ckpt
-from engine.train.schedule import SCHEDULES, branch_step
+from engine.analysis.runs import last_eval, rung_cost, full_budget
+from engine.ladder.config import ARMS, LadderConfig, arm_dir_name
+from engine.ladder.grow import build_inheritance
 from engine.runtime.distributed import DistEnv, barrier
-from engine.inherit.inheritance import Inheritance
+from engine.train import checkpoint as ckpt
 from engine.train.config import TrainConfig, total_steps_for
+from engine.train.schedule import branch_step
 from engine.train.trainer import train_rung
-from models.config import model_config
-from models.gpt import GPT
-
-GROW_FROM = ("cooled", "stable")
-DATA_ORDERS = ("restart", "continue")
-OPTIMIZER_STATES = ("fresh", "carry")
-# recipe knobs that name a grown arm's directory when they differ from these defaults, so recipes
-# share one OUT (and its scratch rungs) without overwriting each other
-RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05,
-                       optimizer_state="fresh", depth_init="identity")
-
-ARMS = {
-    # arm: (grows, penalty, ars)
-    "scratch": (False, False, False),
-    "inherit": (True, True, True),
-    "inherit-nopenalty": (True, False, True),
-    "inherit-noars": (True, True, False),
-    "grow-only": (True, False, False),
-}
-
-
-@dataclass
-class LadderConfig:
-    depths: list[int]
-    arms: list[str]
-    out: str
-    preset: str = "cpu-tiny"
-    ratio: float = 4.0
-    # Budget curves (method.md section 6): each rung is trained at several budgets, as fractions of
-    # its scratch budget (ratio x N tokens). With the WSD schedule one stable run per rung gives
-    # every budget (a branch cooled down at (1 - c) x B_k); with nanochat's schedule every budget
-    # is a separate run (the old single-fraction measurement: --inherit-budgets 0.5 --schedule nanochat).
-    scratch_budgets: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
-    inherit_budgets: list = field(default_factory=lambda: [0.1, 0.2, 0.35, 0.5, 0.7, 1.0])
-    schedule: str = "wsd"  # wsd | nanochat (engine/train/schedule.py)
-    cooldown_frac: float = 0.2  # WSD cooldown, a fraction of each budget
-    seed: int = 0
-    # the penalty (method.md section 4)
-    lam: float = 1e5  # Omega is ~1e-7 on average (measured on cpu-tiny d2): lambda=1 would be a no-op
-    gamma: float = 0.1  # the seeds' gamma
-    subspace: str = "coords"
-    svd_rank: int | None = None
-    svd_energy: float | None = None
-    penalty_schedule: str = "constant"
-    # per-rung overrides of lam / gamma, keyed by the depth of the rung being trained
-    lam_by_depth: dict = field(default_factory=dict)
-    gamma_by_depth: dict = field(default_factory=dict)
-    # ARS (method.md section 5)
-    ars: str = "seed"
-    # Fisher (method.md section 3)
-    fisher: str = "online"  # online | posthoc
-    fisher_batches: int = 20
-    placement: str = "end"
-    # A grown rung gets a fresh optimizer; a full-LR first Adam step moves every inherited weight by
-    # ~lr and spikes the loss (measured: 4.94 -> 5.71 at d2->d3 with 1 warmup step), so inherited
-    # rungs re-warm their learning rate over this fraction of their SCRATCH budget's steps (one
-    # warmup for all of a rung's budgets: the WSD branches share their stable run's start).
-    # 0.05 is the old default's length (10% of a half-budget rung).
-    inherit_warmup_frac: float = 0.05
-    # The recipe at growth (method.md section 2): a grown rung's peak LR is the scratch peak times
-    # inherit_lr_mult; it grows from its parent's cooled branch or the stable-phase checkpoint that
-    # branch started from; it re-reads its parent's token stream from the start, or reads on.
-    inherit_lr_mult: float = 1.0
-    grow_from: str = "cooled"  # cooled | stable
-    data_order: str = "restart"  # restart | continue
-    optimizer_state: str = "fresh"  # fresh | carry (the parent's Adam moments in the new shapes)
-    depth_init: str = "identity"  # identity (exact) | copy (a new layer copies its trained neighbour: G_stack)
-    train: dict = field(default_factory=dict)  # TrainConfig overrides shared by every rung
-
-    def validate(self):
-        if not self.depths:
-            raise ValueError("--depths is empty; expected e.g. 2:5 or 2,3,5")
-        if any(d < 1 for d in self.depths):
-            raise ValueError(f"--depths must be positive, got {self.depths}")
-        if any(b <= a for a, b in zip(self.depths, self.depths[1:])):
-            raise ValueError(f"--depths must be strictly increasing, got {self.depths}")
-        unknown = [a for a in self.arms if a not in ARMS]
-        if unknown or not self.arms:
-            raise ValueError(f"unknown arm(s) {unknown or self.arms}; expected a subset of {list(ARMS)}")
-        if len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"--arms repeats an arm: {self.arms}")
-        for name in ("scratch_budgets", "inherit_budgets"):
-            b = getattr(self, name)
-            if not b or any(not 0 < f <= 1 for f in b) or sorted(set(b)) != list(b):
-                raise ValueError(f"--{name.replace('_', '-')} must be increasing fractions in (0, 1], got {b}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 < self.cooldown_frac < 1:
-            raise ValueError(f"--cooldown-frac must be in (0, 1), got {self.cooldown_frac}")
-        if not 0 < self.inherit_lr_mult < math.inf:
-            raise ValueError(f"--inherit-lr-mult must be a finite number > 0, got {self.inherit_lr_mult}")
-        if self.grow_from not in GROW_FROM:
-            raise ValueError(f"--grow-from must be one of {GROW_FROM}, got {self.grow_from!r}")
-        if self.data_order not in DATA_ORDERS:
-            raise ValueError(f"--data-order must be one of {DATA_ORDERS}, got {self.data_order!r}")
-        from engine.inherit.growth import DEPTH_INITS
-
-        if self.depth_init not in DEPTH_INITS:
-            raise ValueError(f"--depth-init must be one of {DEPTH_INITS}, got {self.depth_init!r}")
-        if self.optimizer_state not in OPTIMIZER_STATES:
-            raise ValueError(f"--optimizer-state must be one of {OPTIMIZER_STATES}, got {self.optimizer_state!r}")
-        if self.optimizer_state == "carry" and self.train.get("optimizer", "adamw") != "adamw":
-            raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
-        if self.grow_from == "stable" and self.schedule != "wsd":
-            raise ValueError("--grow-from stable needs --schedule wsd (only WSD has a stable-phase checkpoint)")
-        if not 0 < self.ratio <= 1e4:
-            raise ValueError(f"--ratio must be in (0, 10000], got {self.ratio}")
-        if not (0 <= self.lam < math.inf and 0 <= self.gamma < math.inf):  # NaN fails too
-            raise ValueError(f"--lam and --gamma must be finite and >= 0, got {self.lam}, {self.gamma}")
-        per_rung = {**{f"lam d{d}": v for d, v in self.lam_by_depth.items()}, **{f"gamma d{d}": v for d, v in self.gamma_by_depth.items()}}
-        bad = {k: v for k, v in per_rung.items() if not 0 <= v < math.inf}
-        if bad:
-            raise ValueError(f"per-rung --lam/--gamma values must be finite and >= 0, got {bad}")
-        stray = sorted((set(self.lam_by_depth) | set(self.gamma_by_depth)) - set(self.depths[1:]))
-        if stray:
-            raise ValueError(f"per-rung --lam/--gamma given for depth(s) {stray}, which are not grown rungs of {self.depths}")
-        if self.subspace not in ("coords", "svd"):
-            raise ValueError(f"--subspace must be coords or svd, got {self.subspace!r}")
-        if self.subspace == "svd" and self.svd_rank is None and self.svd_energy is None:
-            raise ValueError("--subspace svd needs --svd-rank K or --svd-energy F")
-        if self.svd_rank is not None and self.svd_rank < 1:
-            raise ValueError(f"--svd-rank must be >= 1, got {self.svd_rank}")
-        if self.svd_energy is not None and not 0 < self.svd_energy <= 1:
-            raise ValueError(f"--svd-energy must be in (0, 1], got {self.svd_energy}")
-        if self.penalty_schedule not in ("constant", "linear"):
-            raise ValueError(f"--penalty-schedule must be constant or linear, got {self.penalty_schedule!r}")
-        if self.ars not in ("seed", "detrended", "off"):
-            raise ValueError(f"--ars must be seed, detrended or off, got {self.ars!r}")
-        if self.fisher not in ("online", "posthoc"):
-            raise ValueError(f"--fisher must be online or posthoc, got {self.fisher!r}")
-        if not 0 <= self.inherit_warmup_frac < 1:
-            raise ValueError(f"--inherit-warmup-frac must be in [0, 1), got {self.inherit_warmup_frac}")
-        if self.fisher_batches < 1:
-            raise ValueError(f"--fisher-batches must be >= 1, got {self.fisher_batches}")
-        from engine.inherit.growth import PLACEMENTS
-
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"--placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if len(self.depths) < 2 and any(ARMS[a][0] for a in self.arms):
-            raise ValueError("inheriting arms need at least two depths")
-
-
-def parse_per_rung(spec: str, name: str) -> tuple[float, dict[int, float]]:
-    """'1e5' -> (1e5, {}); '1e5,4=2e4,5=0' -> (1e5, {4: 2e4, 5: 0.0}): a default and per-depth values."""
-    default, per = None, {}
-    try:
-        for part in (p.strip() for p in spec.split(",") if p.strip()):
-            if "=" in part:
-                d, v = part.split("=", 1)
-                per[int(d.lstrip("d"))] = float(v)
-            elif default is None:
-                default = float(part)
-            else:
-                raise ValueError
-    except ValueError:
-        raise ValueError(f"--{name} {spec!r}: expected VALUE or VALUE,DEPTH=VALUE,... (e.g. 1e5,4=2e4)") from None
-    if default is None:
-        raise ValueError(f"--{name} {spec!r}: give a default value first (e.g. 1e5,4=2e4)")
-    return default, per
-
-
-def parse_depths(spec: str) -> list[int]:
-    """'2:5' -> [2, 3, 4, 5]; '2,3,5' -> [2, 3, 5]."""
-    try:
-        if ":" in spec:
-            lo, hi = (int(x) for x in spec.split(":"))
-            if hi < lo:
-                raise ValueError
-            return list(range(lo, hi + 1))
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--depths {spec!r}: expected LO:HI (inclusive, LO <= HI) or a list like 2,3,5") from None
-
-
-def arm_dir_name(arm: str, lc: LadderConfig) -> str:
-    """A grown arm's directory: its name plus the recipe knobs that differ from RECIPE_DEFAULTS."""
-    if not ARMS[arm][0]:
-        return arm
-    tag = "".join(f"+{k}={getattr(lc, k):g}" if isinstance(getattr(lc, k), float) else f"+{k}={getattr(lc, k)}"
-                  for k, v in RECIPE_DEFAULTS.items() if getattr(lc, k) != v)
-    return arm + tag
 
 
 def rung_dir(out: Path, arm: str, depth: int, lc: LadderConfig) -> Path:
@@ -330,14 +147,9 @@ def _train_rung_curve(lc: LadderConfig, plan: RungPlan, env: DistEnv, log, inher
         if frac is not None:
             final = json.loads((run / "final.json").read_text())
             if final.get("val_loss_se") is None:  # runs finished before final.json carried it
-                final["val_loss_se"] = _last_eval(run).get("val_loss_se")
+                final["val_loss_se"] = last_eval(run).get("val_loss_se")
             finals.append({**final, "budget_frac": frac, "run": str(run)})
     return finals
-
-
-def _last_eval(run: Path) -> dict:
-    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"val_loss"' in l]
-    return evals[-1] if evals else {}
 
 
 def grow_source(lc: LadderConfig, runs: list[dict], target: float | None) -> dict:
@@ -355,58 +167,6 @@ def grow_source(lc: LadderConfig, runs: list[dict], target: float | None) -> dic
             raise FileNotFoundError(f"run {run} is finished but has no intact checkpoint to grow from")
     return {"run": str(run), "budget_frac": chosen["budget_frac"], "checkpoint": str(path), "kind": lc.grow_from,
             "reached_target": bool(reached), "val_loss": chosen["val_loss"], "cost": rung_cost(chosen)}
-
-
-def full_budget(rung: dict) -> dict:
-    """The final dict of a rung's largest budget run (for a scratch rung: its full budget)."""
-    return max(rung["runs"], key=lambda r: r["budget_frac"])
-
-
-def rung_cost(final: dict) -> float:
-    """A run's FLOPs: training, plus the Fisher its penalty used, plus the penalty's own work."""
-    return final["flops"] + final.get("fisher_flops", 0.0) + final.get("penalty_flops", 0.0)
-
-
-def load_run_weights(run: Path, depth: int, lc: LadderConfig) -> GPT:
-    """The weights of a finished run (its newest intact checkpoint), unsharded on CPU."""
-    path = ckpt.latest_valid(Path(run) / "ckpt")
-    if path is None:
-        raise FileNotFoundError(f"run {run} is finished but has no intact checkpoint")
-    return _load_trained(path, depth, lc)
-
-
-def _load_trained(path: Path, depth: int, lc: LadderConfig) -> GPT:
-    """The weights of a checkpoint, unsharded on CPU (whatever world size wrote them)."""
-    over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
-    model = GPT(model_config(lc.preset, depth, **over))
-    model.init_weights(0)
-    ckpt.load_full_weights(path, model)
-    return model
-
-
-def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv) -> tuple[dict, float]:
-    """Omega of the previous rung and the FLOPs it cost (method.md section 3)."""
-    cfg = prev_model.config
-    if lc.fisher == "online":
-        path = prev_run / "fisher.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} missing: the rung was trained without online Fisher accumulation")
-        omega = torch.load(path, map_location="cpu")
-        # accumulating g^2 inside the fused step: one multiply and one add per parameter per step
-        return omega, 2.0 * cfg.num_params * lc.fisher_batches
-    from engine.data import TokenLoader, prepare_data
-    from engine.inherit.fisher import posthoc_fisher
-    from engine.train.config import TRAIN_PRESETS
-
-    bundle = prepare_data(lc.train.get("data", "builtin"), cfg.vocab_size, lc.train.get("cache_dir"), progress=False)
-    batch = lc.train.get("device_batch") or TRAIN_PRESETS[lc.preset]["device_batch"]
-    # a stream disjoint in seed from training's, so the Fisher batches are fresh samples
-    loader = TokenLoader(bundle.train, cfg.seq_len, batch, seed=lc.seed + 7919, device=env.device)
-    model = prev_model.to(env.device)
-    batches = (loader.next() for _ in range(lc.fisher_batches))
-    omega, flops = posthoc_fisher(model, batches)
-    prev_model.to("cpu")
-    return {k: v.cpu() for k, v in omega.items()}, float(flops)
 
 
 def _scratch_steps(lc: LadderConfig) -> dict[int, int]:
@@ -468,31 +228,3 @@ def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
                       "scratch_steps": scratch_steps[d]}
             results[label].append(parent)
     return results
-
-
-def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: DistEnv, use_penalty: bool) -> Inheritance:
-    """Grow the weights of checkpoint `source` (rung prev_d) into rung d, with what the penalty needs."""
-    from engine.inherit.growth import grow, growth_logit_error
-
-    t0 = time.time()
-    prev_model = _load_trained(source, prev_d, lc)
-    omega, fisher_flops = (None, 0.0)
-    if use_penalty and lc.lam_by_depth.get(d, lc.lam) > 0:
-        omega, fisher_flops = _fisher_for(source.parent.parent, prev_model, lc, env)
-    over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
-    new_cfg = model_config(lc.preset, d, **over)
-    moments, optim_step = ckpt.load_full_moments(source, prev_model) if lc.optimizer_state == "carry" else (None, 0)
-    res = grow(prev_model, new_cfg, seed=lc.seed * 1000 + d, placement=lc.placement, fisher=omega, moments=moments,
-               depth_init=lc.depth_init)
-    err = growth_logit_error(prev_model, res.model, new_cfg.vocab_size, min(64, new_cfg.seq_len), seed=lc.seed)
-    lam, gamma = lc.lam_by_depth.get(d, lc.lam), lc.gamma_by_depth.get(d, lc.gamma)
-    penalty = dict(enabled=use_penalty, lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0,
-                   subspace=lc.subspace, svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule)
-    info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "depth_init": lc.depth_init,
-            "c": res.c, "width": list(res.width),
-            "growth_max_abs_logit_diff": err, "new_layer_indices": res.new_layer_indices, "growth_s": time.time() - t0,
-            "fisher_mode": lc.fisher if omega is not None else None, "source": str(source)}
-    loader_state = ckpt.read_json(source / ckpt.EXTRA)["loader"] if lc.data_order == "continue" else None
-    return Inheritance(state=res.model.state_dict(), anchor=res.anchor, mask=res.mask, fisher=res.fisher,
-                       penalty=penalty, info=info, fisher_flops=fisher_flops, loader_state=loader_state,
-                       moments=res.moments, optim_step=optim_step)

@@ -40,6 +40,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from engine.runtime.diskspace import StorageError, ensure_free, remove_quietly, resume_advice, with_slack, write_failure
 from engine.runtime.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
+from models.config import GPTConfig
+from models.gpt import GPT
 
 # A single process saving through DCP is intended here (world size 1 runs without a process group).
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -287,6 +289,24 @@ def load_full_weights(path: Path, model) -> None:
     sd = {k: v for k, v in model.state_dict().items()}
     dcp.load({"model": sd}, checkpoint_id=str(path))
     model.load_state_dict(sd)
+
+
+def load_model(path: Path, mcfg: GPTConfig) -> GPT:
+    """A model of config `mcfg` holding the weights of checkpoint `path`, unsharded on CPU
+    (whatever world size wrote them)."""
+    model = GPT(mcfg)
+    model.init_weights(0)
+    load_full_weights(path, model)
+    return model
+
+
+def load_run_model(run: Path) -> GPT:
+    """The trained model of a finished run: its newest intact checkpoint, in the model config its
+    run.json recorded."""
+    path = latest_valid(Path(run) / "ckpt")
+    if path is None:
+        raise FileNotFoundError(f"run {run} is finished but has no intact checkpoint")
+    return load_model(path, GPTConfig.from_dict(read_json(Path(run) / "run.json")["model_config"]))
 
 
 def load_full_moments(path: Path, model) -> tuple[dict, int]:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import torch  # noqa: E402
 
 from engine.data import prepare_data, val_batches  # noqa: E402
-from engine.ladder.run import LadderConfig, load_run_weights  # noqa: E402
+from engine.train.checkpoint import load_run_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -39,8 +39,7 @@ def main():
     losses = []
     for run in (Path(a.run_a), Path(a.run_b)):
         cfg = json.loads((run / "run.json").read_text())["config"]
-        lc = LadderConfig(depths=[cfg["depth"]], arms=["scratch"], out=str(run), preset=cfg["preset"])
-        model = load_run_weights(run, cfg["depth"], lc)
+        model = load_run_model(run)
         data = prepare_data(cfg["data"], model.config.vocab_size, cfg.get("cache_dir"), progress=False)
         losses.append(window_losses(model, data.val, model.config.seq_len, a.eval_tokens))
     d = losses[0] - losses[1]

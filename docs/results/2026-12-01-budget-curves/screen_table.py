@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from engine.ladder.run import rung_cost  # noqa: E402
+from engine.analysis.runs import rung_cost  # noqa: E402
 from engine.analysis.savings import REACHED, Reach, rung_saving  # noqa: E402
 
 
