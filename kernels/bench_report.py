@@ -1,10 +1,11 @@
-"""Turn the optimizer-step benchmark JSON (pytest-benchmark --benchmark-json) into markdown.
+"""Turn the optimizer-step benchmark JSON (pytest-benchmark --benchmark-json) into markdown, and
+the command line every benchmark's markdown writer shares (`markdown_main`).
 
     python -m kernels.bench_report docs/results/kernels-bench-cpu-2core-2026-11-23.json \
         -o docs/results/kernels-bench-cpu-2core-2026-11-23.md --device cpu-2core
 
 Ratios are computed from the same run's torch.optim.AdamW(fused=True) row of the same size.
-Targets (issue 4): full inherited step <= 1.35x torch fused AdamW time, >= 85% of its GB/s,
+Targets: full inherited step <= 1.35x torch fused AdamW time, >= 85% of its GB/s,
 >= 5x faster than the unfused eager composition.
 """
 from __future__ import annotations
@@ -137,17 +138,26 @@ def render(data: dict, device: str | None = None) -> str:
     return "\n".join(out)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def markdown_main(render_fn, description: str, argv=None, *, note: bool = False) -> None:
+    """The command line of a benchmark's markdown writer: the pytest-benchmark JSON in, the
+    markdown of `render_fn(data, device[, note])` to -o or stdout."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("json_path")
     ap.add_argument("-o", "--output", help="markdown file (default: print)")
     ap.add_argument("--device", default=None, help="device label for the title")
+    if note:
+        ap.add_argument("--note", default=None, help="a note printed under the header (e.g. machine load)")
     args = ap.parse_args(argv)
-    text = render(json.loads(Path(args.json_path).read_text()), args.device)
+    extra = (args.note,) if note else ()
+    text = render_fn(json.loads(Path(args.json_path).read_text()), args.device, *extra)
     if args.output:
         Path(args.output).write_text(text)
     else:
         print(text)
+
+
+def main(argv=None):
+    markdown_main(render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -23,21 +23,26 @@ profiling/cost.py defines MFU): the inherited step does the same model FLOPs in 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from engine.inherit.ars import ARS
+from engine.inherit.growth import grow
+from engine.inherit.penalty import Penalty
+from engine.runtime.distributed import device_name  # noqa: F401  (re-exported for the benchmark)
+from engine.train.config import TRAIN_PRESETS
+from engine.train.inherited import penalty_terms
+from engine.train.optim import LadderOptimizer, model_param_groups
+from kernels.bench_report import markdown_main
+from models.attention import select_backend
+from models.config import model_config
+from models.gpt import build_model
+
 IMPLS = ("matmul_probe", "plain_step", "inherited_step")
-LAM, GAMMA = 1e5, 0.1  # engine.ladder.run.LadderConfig defaults
+LAM, GAMMA = 1e5, 0.1  # engine.ladder.config.LadderConfig defaults
 FISHER_STEPS = 20  # LadderConfig.fisher_batches: the online Fisher's 1/K scale
-
-
-from engine.runtime.distributed import device_name  # noqa: E402  (re-exported for the benchmark)
 
 
 @dataclass
@@ -78,15 +83,6 @@ def build(depth: int, *, preset: str = "cpu-tiny", batch: int = 8, seq_len: int 
     """The benchmark state for rung `depth` (>= 2): a model grown from a fresh d-1 model with a
     random positive Fisher (what growth carries), its Penalty (coords), ARS('seed'), the
     optimizer, online-Fisher buffers, one fixed random batch and the matmul-probe operands."""
-    from engine.inherit.ars import ARS
-    from engine.inherit.growth import grow
-    from engine.train.optim import LadderOptimizer, model_param_groups
-    from engine.inherit.penalty import Penalty
-    from engine.train.config import TRAIN_PRESETS
-    from models.attention import select_backend
-    from models.config import model_config
-    from models.gpt import build_model
-
     if depth < 2:
         raise ValueError(f"the inherited step needs a d-1 model to grow from; depth must be >= 2, got {depth}")
     dev = torch.device(device)
@@ -139,15 +135,13 @@ def plain_step(s: TrainBench, lr_mult: float = 1.0):
 
 
 def inherited_step(s: TrainBench, lr_mult: float = 1.0):
-    from engine.train.trainer import penalty_terms
-
     t0 = time.perf_counter()
     loss = s.model(s.x, s.y)
     loss.backward()
     s.last_loss = float(loss.detach())
     t1 = time.perf_counter()
     damping = s.ars.update(s.last_loss, s.groups[-1].lr * lr_mult)
-    terms = penalty_terms(s.penalty, s.named, s.step)
+    terms, _ = penalty_terms(s.penalty, s.named, s.step)  # coords: no svd part of Phi
     pen = s.opt.step(lr_mult, damping=damping, terms=terms, fishers=s.fishers, fisher_scale=1.0 / FISHER_STEPS)
     s.last_penalty = float(pen)  # logged every step by the trainer
     s.opt.zero_grad()
@@ -248,17 +242,7 @@ def render(data: dict, device: str | None = None, note: str | None = None) -> st
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="markdown table from the training-step benchmark JSON")
-    ap.add_argument("json_path")
-    ap.add_argument("-o", "--output", help="markdown file (default: print)")
-    ap.add_argument("--device", default=None, help="device label for the title")
-    ap.add_argument("--note", default=None, help="a note printed under the header (e.g. machine load)")
-    args = ap.parse_args(argv)
-    text = render(json.loads(Path(args.json_path).read_text()), args.device, args.note)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        print(text)
+    markdown_main(render, "markdown table from the training-step benchmark JSON", argv, note=True)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ def reference_factors(losses, sigma, *, detrended=False, window=10, seed=0, jitt
                     psi = 1.0
         mu = statistics.fmean(win)
         s = abs(L - mu) / (mu + 1e-8)
-        phi = min(max(1 - min(0.1 * s, 1.0), 0.1), 1.0)
+        gate = min(max(1 - min(0.1 * s, 1.0), 0.1), 1.0)
         chi = 1.0
         if psi < 1 and jitter:
             chi = min(max(rng.normal(1.0, sigma), 0.5), 2.0)
-        out.append(min(max(psi * phi * chi, 0.1), 2.0))
+        out.append(min(max(psi * gate * chi, 0.1), 2.0))
     return out
 
 
@@ -94,15 +94,15 @@ def test_clip_bounds():
         ars = ARS(mode, seed=1, jitter_sigma=1.0)
         d = [ars.update(L, lr=1e-3) for L in wild]  # sigma = 1: jitter hits both clips
         assert all(0.1 <= v <= 2.0 for v in d)
-        # the upper clip never binds: chi <= 2 only multiplies Psi = 0.5, and Phi <= 1
+        # the upper clip never binds: chi <= 2 only multiplies Psi = 0.5, and the surprise gate G <= 1
         assert max(d) <= 1.0
-    # the lower clip: a falling loss gives 0.5 * Phi ~ 0.49 once the guard is on
+    # the lower clip: a falling loss gives 0.5 * G ~ 0.49 once the guard is on
     ars = ARS("seed", clip=(0.6, 2.0), jitter_sigma=0.0)
     d = [ars.update(L, lr=0.0) for L in FALLING]
     assert d[2:] == [0.6] * (len(FALLING) - 2)
     ars = ARS("seed", clip=(0.1, 0.7), jitter_sigma=0.0)
     assert max(ars.update(L, lr=0.0) for L in FALLING) == 0.7
-    # Phi reaches its floor 0.1 only for a spike ~9x the window mean (s -> 9 with window 10)
+    # the surprise gate G reaches its floor 0.1 only for a spike ~9x the window mean (s -> 9 with window 10)
     ars = ARS("seed")
     for _ in range(9):
         ars.update(1e-9, 0.0)
@@ -174,7 +174,7 @@ def test_device_matches_host_without_jitter(mode):
             d = dev.update(L32, 1e-3)
             assert d.shape == () and d.dtype == torch.float32
             assert d.item() == pytest.approx(h, abs=1e-6)
-            assert (host.last["psi"] < 1) == (d.item() < 0.75 * host.last["phi"])  # same guard decision
+            assert (host.last["psi"] < 1) == (d.item() < 0.75 * host.last["surprise_gate"])  # same guard decision
 
 
 def test_device_jitter_only_when_guarded_and_roundtrip():

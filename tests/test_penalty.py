@@ -75,11 +75,12 @@ def test_linear_schedule_and_cache():
     plist = list(params.values())
     pen = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, schedule="linear", total_steps=10)
     v0 = pen.value(plist, 0)
+    base = [k.clone() for k in pen.kappa_for(0)]  # factor 1: the unscheduled kappa
     assert pen.factor(0) == 1.0 and pen.factor(5) == 0.5 and pen.factor(10) == 0.0 and pen.factor(15) == 0.0
     for step in (0, 2, 5, 9, 10, 12):
         f = max(0.0, 1 - step / 10)
         assert pen.value(plist, step) == pytest.approx(f * v0, rel=1e-12, abs=1e-15)
-        for k, kb in zip(pen.kappa_for(step), pen.base_kappa()):
+        for k, kb in zip(pen.kappa_for(step), base):
             torch.testing.assert_close(k, kb * f)
     k1 = pen.kappa_for(3)
     ptrs = [k.data_ptr() for k in k1]
@@ -87,7 +88,7 @@ def test_linear_schedule_and_cache():
     assert [k.data_ptr() for k in k2] == ptrs
     assert all(k.abs().sum() == 0 for k in pen.kappa_for(10))
     const = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5)
-    assert const.kappa_for(7) is const.base_kappa()
+    assert const.kappa_for(7) is const.kappa_for(0)  # the cached base tensors, no copy
     svd = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, subspace="svd", svd_rank=2,
                   schedule="linear", total_steps=4)
     e0, e1 = svd.extra_grads(plist, 0), svd.extra_grads(plist, 1)

@@ -240,7 +240,8 @@ def test_skipped_last_step_still_leaves_a_final_checkpoint(tmp_path, monkeypatch
 @SYNC_MODES
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch, host_sync):
     _inject(monkeypatch, {2, 3, 4, 5})
-    with pytest.raises(TrainError, match=r"3 consecutive steps with a non-finite loss or gradient at step 3 "
+    # steps 2, 3, 4 are the three in a row: the run stops at step 4 (1-based, as metrics.jsonl counts)
+    with pytest.raises(TrainError, match=r"3 consecutive steps with a non-finite loss or gradient at step 4 "
                                          r"\(max_nonfinite=3"):
         train_rung(_tiny(tmp_path, max_nonfinite=3, host_sync=host_sync), init_distributed("cpu"))
     assert not (tmp_path / "r/final.json").exists()

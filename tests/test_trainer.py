@@ -14,6 +14,7 @@ import torch
 from engine.train import checkpoint as ckpt
 from engine.runtime.distributed import init_distributed
 from engine.train.config import TrainConfig, TrainError
+from engine.train.metrics_log import MetricsLog
 from engine.train.trainer import train_rung
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,8 +174,6 @@ def test_apex_impl_is_refused_without_cuda(tmp_path):
 def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
     """A kill in the middle of a metrics write leaves a torn line; resuming drops it with the lines
     past the checkpoint instead of failing on it."""
-    from engine.train.trainer import MetricsLog
-
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     log = MetricsLog(path, resume_step=2, enabled=True)

@@ -6,11 +6,12 @@ Each step, from the task loss L_t (not loss + Phi) and a window of the last `win
 - entropy guard Psi_t: z-score the window, rho = lag-1 autocorrelation (Pearson correlation of
   z[:-1] with z[1:]); Psi_t = guard_factor (0.5) if |rho| > guard_threshold (0.5) else 1; 1 when
   the window has fewer than 2 points or rho is undefined (constant window / zero variance);
-- surprise gate Phi_t: mu = window mean (including L_t), s = |L_t - mu| / (mu + 1e-8),
-  Phi_t = clip(1 - min(surprise_damping * s, 1), 0.1, 1);
+- surprise gate G_t: mu = window mean (including L_t), s = |L_t - mu| / (mu + 1e-8),
+  G_t = clip(1 - min(surprise_damping * s, 1), 0.1, 1) (the seeds call it Phi_t; it is not the
+  penalty Phi of engine/inherit/penalty.py);
 - Chronos jitter chi_t: only when Psi_t < 1, chi_t ~ N(1, sigma^2) with sigma = 0.01, clipped to
   [0.5, 2]; else 1 (seeded generator);
-- d_t = clip(Psi_t * Phi_t * chi_t, clip[0], clip[1]).
+- d_t = clip(Psi_t * G_t * chi_t, clip[0], clip[1]).
 
 Modes: "seed" exactly as above (the seeds' reference); "detrended": rho computed on the window
 after removing its least-squares linear trend, so a steadily falling loss (raw rho ~ 1, guard
@@ -71,8 +72,8 @@ def _lag1_rho(x: np.ndarray, detrended: bool) -> float | None:
     return float((a * b).sum()) / math.sqrt(saa * sbb)
 
 
-class ARS:
-    """Host ARS (method.md section 5). `update(loss, lr) -> d_t` (a Python float)."""
+class ARSSettings:
+    """The settings the host and the device ARS share (method.md section 5), checked once."""
 
     def __init__(
         self,
@@ -99,11 +100,19 @@ class ARS:
             raise ValueError(f"ARS jitter_sigma must be a finite number >= 0, got {jitter_sigma!r}")
         self.jitter_sigma = float(jitter_sigma)
         self.seed = seed
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self.losses: list[float] = []
         self.steps = 0
+
+
+class ARS(ARSSettings):
+    """Host ARS (method.md section 5), built from ARSSettings' arguments. `update(loss, lr) -> d_t`
+    (a Python float)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.losses: list[float] = []
         # last step's components, for logging
-        self.last = {"psi": 1.0, "phi": 1.0, "chi": 1.0, "rho": None, "d": 1.0}
+        self.last = {"psi": 1.0, "surprise_gate": 1.0, "chi": 1.0, "rho": None, "d": 1.0}
 
     def update(self, loss: float, lr: float) -> float:
         self.steps += 1
@@ -118,12 +127,12 @@ class ARS:
         psi = self.guard_factor if (rho is not None and abs(rho) > self.guard_threshold) else 1.0
         mu = float(x.mean())
         s = abs(loss - mu) / (mu + 1e-8)
-        phi = min(max(1.0 - min(self.surprise_damping * s, 1.0), _SURPRISE_CLIP[0]), _SURPRISE_CLIP[1])
+        gate = min(max(1.0 - min(self.surprise_damping * s, 1.0), _SURPRISE_CLIP[0]), _SURPRISE_CLIP[1])
         chi = 1.0
         if psi < 1.0 and self.jitter:
             chi = min(max(float(self._rng.normal(1.0, self.jitter_sigma)), _JITTER_CLIP[0]), _JITTER_CLIP[1])
-        d = min(max(psi * phi * chi, self.clip[0]), self.clip[1])
-        self.last = {"psi": psi, "phi": phi, "chi": chi, "rho": rho, "d": d}
+        d = min(max(psi * gate * chi, self.clip[0]), self.clip[1])
+        self.last = {"psi": psi, "surprise_gate": gate, "chi": chi, "rho": rho, "d": d}
         return d
 
     def state_dict(self) -> dict:
@@ -142,43 +151,22 @@ class ARS:
         self._rng.bit_generator.state = state["rng"]
 
 
-class ARSDevice:
+class ARSDevice(ARSSettings):
     """Device-side ARS (method.md section 5: "computing the statistics on the device from a ring
     buffer avoids a host sync per step"). `update(loss_tensor, lr) -> 0-dim float32 tensor` on
     the buffer's device; no `.item()` anywhere. The window is kept in chronological order by a
     shift (window <= a few dozen elements, so this is one tiny kernel), and the number of valid
     entries is a host int (it only depends on how many times update was called). Statistics in
-    float64 (tiny) so decisions match the host version."""
+    float64 (tiny) so decisions match the host version. Built from ARSSettings' arguments and the
+    `device` of its buffers."""
 
-    def __init__(
-        self,
-        mode: str = "off",
-        window: int = 10,
-        guard_threshold: float = 0.5,
-        surprise_damping: float = 0.1,
-        clip: tuple[float, float] = (0.1, 2.0),
-        seed: int = 0,
-        *,
-        device: torch.device | str = "cpu",
-        guard_factor: float = 0.5,
-        jitter: bool = True,
-        jitter_sigma: float = JITTER_SIGMA,
-    ):
-        if mode not in MODES:
-            raise ValueError(f"ARS mode must be one of {MODES}, got {mode!r}")
-        self.mode, self.window = mode, int(window)
-        self.guard_threshold, self.surprise_damping = float(guard_threshold), float(surprise_damping)
-        self.clip = (float(clip[0]), float(clip[1]))
-        self.guard_factor, self.jitter = float(guard_factor), bool(jitter)
-        if not 0 <= jitter_sigma < math.inf:
-            raise ValueError(f"ARS jitter_sigma must be a finite number >= 0, got {jitter_sigma!r}")
-        self.jitter_sigma = float(jitter_sigma)
+    def __init__(self, *args, device: torch.device | str = "cpu", **kwargs):
+        super().__init__(*args, **kwargs)
         self.device = torch.device(device)
         self.buf = torch.zeros(self.window, dtype=torch.float64, device=self.device)
         self.count = 0
-        self.steps = 0
         self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(seed)
+        self.gen.manual_seed(self.seed)
         self._one = torch.ones((), dtype=torch.float32, device=self.device)
         if self.window >= 2:
             t = torch.arange(self.window, dtype=torch.float64, device=self.device)
@@ -218,8 +206,8 @@ class ARSDevice:
             fire = torch.zeros((), dtype=torch.bool, device=self.device)
             psi = torch.ones_like(mu)
         s = (L - mu).abs() / (mu + 1e-8)
-        phi = (1.0 - torch.clamp(self.surprise_damping * s, max=1.0)).clamp(*_SURPRISE_CLIP)
-        d = psi * phi
+        gate = (1.0 - torch.clamp(self.surprise_damping * s, max=1.0)).clamp(*_SURPRISE_CLIP)
+        d = psi * gate
         if self.jitter:
             # drawn every step (no data-dependent control flow), used only where the guard fired
             noise = torch.randn((), generator=self.gen, dtype=torch.float64, device=self.device)

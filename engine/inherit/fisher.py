@@ -6,9 +6,10 @@ Two modes:
 - post-hoc (`posthoc_fisher`): K extra forward/backward passes after the rung's training; their
   FLOPs are returned so the caller can add them to the rung's cost (method.md section 6).
 - online (`OnlineFisher`): the optimizer kernel accumulates `fisher += fisher_scale * g^2`
-  during the last K steps of the rung's own training, no extra passes. This class only owns the
-  fp32 buffers and the bookkeeping; `accumulate_` is the reference (torch) accumulation the
-  kernel must match.
+  during the last K steps of the rung's own training (engine/train/trainer.py), no extra passes.
+  This class owns the fp32 buffers and the count of steps that accumulated (a step skipped for a
+  non-finite loss or gradient accumulates nothing); `result()` is the mean over the steps seen.
+  `accumulate_` is the reference (torch) accumulation the kernel must match.
 
 Names are `named_parameters()` names, as growth (engine/inherit/growth.py) expects them.
 """
@@ -82,8 +83,9 @@ class OnlineFisher:
                    then calls of.step_done()   (or use of.accumulate_(grads) as the reference)
         end:       omega = of.result()
     `fisher_scale` is 1/K, so after exactly K steps the buffers already hold the mean; if fewer
-    steps were accumulated (a rung that ended early), `result()` rescales by K/steps so it is
-    still the mean over the steps actually seen."""
+    steps were accumulated (a step among the last K skipped, a rung that ended early), `result()`
+    rescales by K/steps so it is still the mean over the steps actually seen. The buffers may be
+    FSDP2 DTensors (`begin` on sharded parameters); the kernel then takes their local shards."""
 
     def __init__(self, num_steps: int):
         if num_steps < 1:
@@ -109,6 +111,10 @@ class OnlineFisher:
 
     def buffers(self) -> list[Tensor]:
         return self._buffers
+
+    def named_buffers(self) -> dict[str, Tensor]:
+        """{name: buffer}, the buffers themselves (the kernel accumulates into them in place)."""
+        return dict(zip(self.names, self._buffers))
 
     def step_done(self) -> None:
         """Call once per optimizer step after the kernel accumulated into `buffers()`."""

@@ -1,19 +1,22 @@
-"""What a grown rung starts from: the grown weights, the anchor and mask of the penalty, the
-carried Fisher, and where its data stream and optimizer state start (built by engine/ladder/run.py
-from the previous rung, consumed by engine/train/trainer.py)."""
+"""What a grown rung starts from: the grown weights, the anchor, mask and settings of the penalty,
+the carried Fisher, and where its data stream and optimizer state start (built by
+engine/ladder/grow.py from the previous rung, consumed by engine/train/trainer.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.inherit.penalty import PenaltyConfig
+
+
 @dataclass
 class Inheritance:
-    """What a grown rung starts from (built by engine/ladder/run.py from the previous rung)."""
+    """What a grown rung starts from (built by engine/ladder/grow.py from the previous rung)."""
 
     state: dict  # full (unsharded) state dict of the grown model
     anchor: dict  # name -> full tensor A
     mask: dict  # name -> full tensor M (1 inherited, 0 new)
     fisher: dict | None  # name -> carried Omega (full)
-    penalty: dict = field(default_factory=dict)  # kwargs for engine.inherit.penalty.Penalty (lam, gamma, subspace, ...)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)  # the default: no penalty
     info: dict = field(default_factory=dict)  # growth facts for the report (logit error, placement, ...)
     fisher_flops: float = 0.0  # FLOPs spent computing the Fisher this rung's penalty uses
     loader_state: dict | None = None  # where the rung's token stream starts (None: at its beginning)

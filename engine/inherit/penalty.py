@@ -19,13 +19,19 @@ P_S has two forms (`subspace`):
 
 Schedule (method.md section 4, optional): lambda and gamma both multiplied by
 f(step) = max(0, 1 - step/total_steps) ("linear", reaching 0 at step == total_steps) or 1
-("constant"). The kernel can either take `kappa_for(step)` or the base kappa plus the scalar
-`factor(step)` (no extra memory traffic); both are provided.
+("constant"), `step` counting the optimizer steps done before the one being taken. The
+optimizer kernel takes `kappa_for(step)`.
 
-No autograd graph anywhere: the gradient is added inside the optimizer step.
+No autograd graph anywhere: the gradient is added inside the optimizer step, which also returns
+the elementwise part of Phi; `subspace_terms` gives the svd part beside its gradient, so the
+logged value is the whole Phi in both forms.
+
+`PenaltyConfig` is the penalty a grown rung is given (engine/inherit/inheritance.py): the
+settings of `Penalty` that do not depend on the rung's tensors.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -33,6 +39,24 @@ from torch import Tensor
 
 SUBSPACES = ("coords", "svd")
 SCHEDULES = ("constant", "linear")
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """The penalty's settings for one grown rung (keyword arguments of `Penalty`). The default,
+    lam = gamma = 0, is no penalty (an arm without it)."""
+
+    lam: float = 0.0
+    gamma: float = 0.0
+    subspace: str = "coords"
+    svd_rank: int | None = None
+    svd_energy: float | None = None
+    schedule: str = "constant"
+
+    @property
+    def active(self) -> bool:
+        """Whether the penalty adds anything: a zero lambda and gamma need no Penalty at all."""
+        return self.lam != 0.0 or self.gamma != 0.0
 
 
 def energy_rank(s: Tensor, energy: float) -> int:
@@ -124,7 +148,7 @@ class Penalty:
 
     # --- schedule -----------------------------------------------------------------------------
     def factor(self, step: int) -> float:
-        """Multiplier of lambda and gamma at `step` (0-based)."""
+        """Multiplier of lambda and gamma for the step taken after `step` steps (0 for the first)."""
         if self.schedule == "constant":
             return 1.0
         return max(0.0, 1.0 - step / self.total_steps)
@@ -136,10 +160,6 @@ class Penalty:
     # --- hot-path accessors ---------------------------------------------------------------------
     def anchors(self) -> list[Tensor]:
         return self._anchors
-
-    def base_kappa(self) -> list[Tensor]:
-        """kappa at factor 1; a kernel that takes a scalar multiplier uses this with factor(step)."""
-        return self._kappa
 
     @torch.no_grad()
     def kappa_for(self, step: int) -> list[Tensor]:
@@ -161,16 +181,26 @@ class Penalty:
     def extra_grads(self, params: Iterable[Tensor], step: int) -> list[Tensor | None]:
         """svd form: 2*gamma*f*(dW - U_k (U_k^T dW)) per 2-D weight, dW = W - A (fp32); None for
         parameters handled entirely by kappa (all of them under "coords")."""
+        return self.subspace_terms(params, step)[0]
+
+    @torch.no_grad()
+    def subspace_terms(self, params: Iterable[Tensor], step: int) -> tuple[list[Tensor | None], Tensor | None]:
+        """(`extra_grads`, gamma*f * sum ||(I - P_S) dW||_F^2 over the svd matrices): the gradient
+        and the value of the part of Phi that kappa leaves out. The value is a 0-dim fp32 tensor on
+        the parameters' device (no host sync), None when no matrix takes the svd form."""
         f = self.factor(step)
-        out: list[Tensor | None] = []
+        grads: list[Tensor | None] = []
+        value = None
         for p, a, U in zip(params, self._anchors, self._U, strict=True):
             if U is None:
-                out.append(None)
+                grads.append(None)
                 continue
             dW = p.detach().float() - a
             r = dW - U @ (U.T @ dW) if U.shape[1] > 0 else dW
-            out.append(r.mul_(2.0 * self.gamma * f))
-        return out
+            sq = r.square().sum()
+            value = sq if value is None else value + sq
+            grads.append(r.mul_(2.0 * self.gamma * f))
+        return grads, (value * (self.gamma * f) if value is not None else None)
 
     @torch.no_grad()
     def grads(self, params: Iterable[Tensor], step: int) -> list[Tensor]:

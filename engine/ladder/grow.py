@@ -8,11 +8,15 @@ from pathlib import Path
 
 import torch
 
+from engine.data import TokenLoader, prepare_data
+from engine.inherit.fisher import posthoc_fisher
 from engine.inherit.growth import grow, growth_logit_error
 from engine.inherit.inheritance import Inheritance
+from engine.inherit.penalty import PenaltyConfig
 from engine.ladder.config import LadderConfig
 from engine.runtime.distributed import DistEnv
 from engine.train import checkpoint as ckpt
+from engine.train.config import TRAIN_PRESETS
 from models.config import model_config
 from models.gpt import GPT
 
@@ -31,8 +35,8 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
                depth_init=lc.depth_init)
     err = growth_logit_error(prev_model, res.model, new_cfg.vocab_size, min(64, new_cfg.seq_len), seed=lc.seed)
     lam, gamma = lc.lam_by_depth.get(d, lc.lam), lc.gamma_by_depth.get(d, lc.gamma)
-    penalty = dict(enabled=use_penalty, lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0,
-                   subspace=lc.subspace, svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule)
+    penalty = PenaltyConfig(lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0, subspace=lc.subspace,
+                            svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule)
     info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "depth_init": lc.depth_init,
             "c": res.c, "width": list(res.width),
             "growth_max_abs_logit_diff": err, "new_layer_indices": res.new_layer_indices, "growth_s": time.time() - t0,
@@ -52,11 +56,10 @@ def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv)
             raise FileNotFoundError(f"{path} missing: the rung was trained without online Fisher accumulation")
         omega = torch.load(path, map_location="cpu")
         # accumulating g^2 inside the fused step: one multiply and one add per parameter per step
-        return omega, 2.0 * cfg.num_params * lc.fisher_batches
-    from engine.data import TokenLoader, prepare_data
-    from engine.inherit.fisher import posthoc_fisher
-    from engine.train.config import TRAIN_PRESETS
-
+        # that accumulated (a skipped step adds nothing; a run's last K may be fewer than
+        # fisher_batches); a run from before final.json kept the count is charged fisher_batches
+        steps = ckpt.read_json(prev_run / "final.json").get("fisher_steps", lc.fisher_batches)
+        return omega, 2.0 * cfg.num_params * steps
     bundle = prepare_data(lc.train.get("data", "builtin"), cfg.vocab_size, lc.train.get("cache_dir"), progress=False)
     batch = lc.train.get("device_batch") or TRAIN_PRESETS[lc.preset]["device_batch"]
     # a stream disjoint in seed from training's, so the Fisher batches are fresh samples

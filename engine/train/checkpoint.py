@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     set_model_state_dict,
 )
@@ -157,11 +156,6 @@ def latest_valid(ckpt_dir: Path, env: DistEnv | None = None) -> Path | None:
 
 def model_state(model) -> dict:
     return get_model_state_dict(model)
-
-
-def full_model_state(model) -> dict:
-    """Unsharded fp32 state dict on CPU on every rank (for growth)."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def state_bytes(state) -> int:

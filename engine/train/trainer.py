@@ -1,20 +1,23 @@
-"""Train one rung of the ladder: the loop, its budget, its outputs.
+"""Train one rung of the ladder: `train_rung(cfg, env, inherit)` runs a `RungTrainer`, whose
+methods are the loop's parts: set up, resume, one step, settle, evaluate, checkpoint, finish.
 
-One optimizer step:
+One optimizer step (`RungTrainer.train_step`, step numbers 1-based):
     loader.next() x accum -> forward -> backward        (FSDP2 reduce-scatters inside backward)
-    [loss, non-finite gradient?] -> skip verdict         (engine/train/guard.py; read a step late on CUDA)
-    ARS factor from the step's loss                      (engine/inherit/ars.py; a device tensor on CUDA)
-    penalty terms for this step                          (engine/inherit/penalty.py; kappa, anchors, SVD term)
-    optimizer.step: one fused kernel pass per group      (Fisher accumulate, g' = d (g + kappa (p - A)), AdamW)
+    [loss, non-finite gradient?] in one device tensor    (engine/train/guard.py step_flags; one all-reduce)
+    settle the previous step when lagged                 (HostSync: its verdict read a step late on CUDA)
+    update plan: skip verdict and ARS factor             (HostSync.plan; engine/inherit/ars.py)
+    penalty terms for this step                          (engine/train/inherited.py; kappa, anchors, SVD term)
+    optimizer.step: one fused kernel call per group      (engine/train/optim.py: Fisher accumulate,
+                                                          g' = d (g + kappa (p - A)), AdamW; Muon in torch ops)
+    settle this step (now, or next step when lagged)     (guard verdict, metrics line, eval, checkpoint)
 
-Outputs in `cfg.out`: metrics.jsonl (one line per optimizer step; eval results on the steps that
-evaluated), ckpt/ (atomic DCP checkpoints), final.json (written last: its presence means the rung
-finished), fisher.pt when the online Fisher was accumulated, and the profiler's files.
+Outputs in `cfg.out`: run.json (the run's settings), metrics.jsonl (one line per optimizer step;
+eval results on the steps that evaluated), ckpt/ (atomic DCP checkpoints), fisher.pt when the
+online Fisher was accumulated (its step count in final.json's "fisher_steps"), the profiler's
+files, and final.json (written last: its presence means the rung finished).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -23,376 +26,366 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from engine.data import TokenLoader, prepare_data
+from engine.inherit.fisher import OnlineFisher
+from engine.inherit.inheritance import Inheritance
+from engine.runtime.distributed import (DistEnv, all_reduce_sum, compile_blocks, device_name, full_tensor, local,
+                                        resolve_compile, shard_model)
 from engine.train import checkpoint as ckpt
-from engine.data import prepare_data, TokenLoader
-from engine.runtime.distributed import DistEnv, all_reduce_sum, compile_blocks, device_name, full_tensor, local, resolve_compile, shard_like, shard_model
+from engine.train.config import MUON_MATRIX_LR, TrainConfig, TrainError, check_val_split, total_steps_for, validate
 from engine.train.evaluate import evaluate
-from engine.train.optim import InheritTerms, LadderOptimizer, model_param_groups
-from engine.train.guard import DeviceValues, NonFiniteGuard, found_inf, resolve_host_sync, step_flags
+from engine.train.guard import DeviceValues, HostSync, NonFiniteGuard, StepRecord, UpdatePlan, resolve_host_sync, step_flags
+from engine.train.inherited import build_penalty, penalty_terms, start_inherited
+from engine.train.metrics_log import MetricsLog
+from engine.train.optim import LadderOptimizer, model_param_groups
 from engine.train.schedule import lr_multiplier
 from models.attention import select_backend
-
-from engine.inherit.inheritance import Inheritance
-from engine.train.config import MUON_MATRIX_LR, TrainConfig, TrainError, check_val_split, total_steps_for, validate
 from models.gpt import GPT
-
-
-def _step_of(line: str) -> int | None:
-    """The step of a metrics line, or None for a blank or torn one."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-class MetricsLog:
-    """metrics.jsonl, appended one line per optimizer step. On resume, lines past the checkpoint's
-    step (written before a crash) are dropped so the file reads as one uninterrupted run; so is a
-    torn line (a kill in the middle of a write), which is necessarily after the checkpoint."""
-
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        if resume_step is None:
-            path.write_text("")
-        elif path.exists():
-            steps = [(l, _step_of(l)) for l in path.read_text().splitlines()]
-            keep = [l for l, k in steps if k is not None and k <= resume_step]
-            path.write_text("".join(l + "\n" for l in keep))
-        self.f = open(path, "a")
-
-    def write(self, rec: dict):
-        if self.enabled:
-            self.f.write(json.dumps(rec) + "\n")
-            self.f.flush()
-
-    def close(self):
-        if self.enabled:
-            self.f.close()
-
-
-def _profiler(cfg, out, env, mcfg):
-    try:
-        from profiling import Profiler
-    except ImportError:
-        Profiler = None
-    if Profiler is None or not cfg.profile or not env.is_main:
-        return _NullProfiler()
-    return Profiler(out, env.device, enabled=True, flops_per_token=mcfg.flops_per_token)
-
-
-class _NullProfiler:
-    def stage(self, name):
-        return nullcontext()
-
-    def step_end(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
+from profiling import Profiler
 
 
 def train_rung(cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None = None) -> dict:
+    """Train (or resume) one rung; returns its final.json record."""
     validate(cfg, env)
-    out = Path(cfg.out)
-    mcfg = cfg.model_config()
-    on_cuda = env.device.type == "cuda"
-    bf16 = on_cuda and mcfg.dtype == "bfloat16"
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+    return RungTrainer(cfg, env, inherit).run()
 
-    # ---- data (rank 0 builds the cache, the others wait on its file lock and load it) --------
-    bundle = prepare_data(cfg.data, mcfg.vocab_size, cfg.cache_dir, progress=cfg.progress and env.is_main)
-    if bundle.tokenizer.vocab_size != mcfg.vocab_size:
-        raise ValueError(f"tokenizer has vocab {bundle.tokenizer.vocab_size}, model expects {mcfg.vocab_size}")
-    gb = cfg.resolved("global_batch")
-    db = min(cfg.resolved("device_batch"), gb // env.world_size)
-    accum = gb // (db * env.world_size)
-    check_val_split(len(bundle.val), cfg, mcfg.seq_len, db, env.world_size)
-    total_steps = total_steps_for(cfg, mcfg)
-    loader = TokenLoader(bundle.train, mcfg.seq_len, db * env.world_size, rank=env.rank, world_size=env.world_size,
-                         seed=cfg.seed, device=env.device)
-    token_bytes = torch.as_tensor(bundle.tokenizer.token_bytes, dtype=torch.int64)
 
-    # ---- model: built on meta, materialised, initialised or inherited, then sharded -----------
-    torch.manual_seed(cfg.seed)
-    with torch.device("meta"):
-        model = GPT(mcfg)
-    model.to_empty(device=env.device)
-    model.init_weights(cfg.seed)
-    if inherit is not None:
-        model.load_state_dict({k: v.to(env.device) for k, v in inherit.state.items()}, strict=False)
-    attention = select_backend(env.device, torch.bfloat16 if bf16 else torch.float32)
-    model.set_attention(attention)
-    if resolve_compile(cfg.compile, env.device):
-        compile_blocks(model)  # per block, before FSDP2 shards it (torchtitan's order)
-    model = shard_model(model, env, bf16)
-    autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if bf16 and env.world_size == 1 else nullcontext)
+class RungTrainer:
+    """One rung's training run. Construction sets everything up and resumes; `run()` trains the
+    remaining steps and finishes."""
 
-    muon = cfg.optimizer == "muon"
-    matrix_lr = MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr")
-    groups = model_param_groups(model, matrix_lr=matrix_lr * cfg.lr_mult, embedding_lr=cfg.resolved("embedding_lr") * cfg.lr_mult,
-                                unembedding_lr=cfg.resolved("unembedding_lr") * cfg.lr_mult,
-                                weight_decay=cfg.weight_decay, muon=muon)
-    opt = LadderOptimizer(groups, adamw_impl=cfg.adamw_impl)
-    named = dict(model.named_parameters())
+    def __init__(self, cfg: TrainConfig, env: DistEnv, inherit: Inheritance | None):
+        self.cfg, self.env, self.inherit = cfg, env, inherit
+        self.out = Path(cfg.out)
+        self.mcfg = cfg.model_config()
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.t_start = time.time()
+        self._set_up_data()
+        self._set_up_model()
+        self._set_up_optimizer()
+        self._set_up_method()
+        self._resume()
+        self._set_up_outputs()
 
-    # ---- inheritance pieces, as rank-local shards ----------------------------------------------
-    penalty = None
-    if inherit is not None and inherit.penalty.get("enabled", True) and (inherit.penalty.get("lam", 0) or inherit.penalty.get("gamma", 0)):
-        from engine.inherit.penalty import Penalty
+    # ---- set up --------------------------------------------------------------------------------
+    def _set_up_data(self) -> None:
+        """Rank 0 builds the token cache, the others wait on its file lock and load it."""
+        cfg, env, mcfg = self.cfg, self.env, self.mcfg
+        self.bundle = prepare_data(cfg.data, mcfg.vocab_size, cfg.cache_dir, progress=cfg.progress and env.is_main)
+        if self.bundle.tokenizer.vocab_size != mcfg.vocab_size:
+            raise ValueError(f"tokenizer has vocab {self.bundle.tokenizer.vocab_size}, model expects {mcfg.vocab_size}")
+        global_batch = cfg.resolved("global_batch")
+        self.device_batch = min(cfg.resolved("device_batch"), global_batch // env.world_size)
+        self.accum = global_batch // (self.device_batch * env.world_size)
+        check_val_split(len(self.bundle.val), cfg, mcfg.seq_len, self.device_batch, env.world_size)
+        self.total_steps = total_steps_for(cfg, mcfg)
+        self.loader = TokenLoader(self.bundle.train, mcfg.seq_len, self.device_batch * env.world_size, rank=env.rank,
+                                  world_size=env.world_size, seed=cfg.seed, device=env.device)
+        self.token_bytes = torch.as_tensor(self.bundle.tokenizer.token_bytes, dtype=torch.int64)
+        self.tokens_per_step = global_batch * mcfg.seq_len
+        self.flops_per_step = mcfg.flops_per_token * self.tokens_per_step
 
-        loc = lambda d: {n: shard_like(d[n], named[n]) for n in named} if d is not None else None
-        pen_kwargs = {k: v for k, v in inherit.penalty.items() if k != "enabled"}
-        if pen_kwargs.get("subspace", "coords") == "svd" and env.world_size > 1:
-            raise ValueError("--subspace svd needs whole matrices; run it with world_size 1 (coords works sharded)")
-        penalty = Penalty([(n, local(p)) for n, p in named.items()], loc(inherit.anchor), loc(inherit.mask),
-                          loc(inherit.fisher) if inherit.fisher is not None else {n: torch.zeros_like(local(p)) for n, p in named.items()},
-                          total_steps=total_steps, **pen_kwargs)
-    lagged = resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl) == "lagged"
-    ars = None
-    if cfg.ars != "off":
-        from engine.inherit.ars import ARS, ARSDevice
+    def _set_up_model(self) -> None:
+        """Built on meta, materialised, initialised or inherited, compiled, then sharded."""
+        cfg, env, mcfg = self.cfg, self.env, self.mcfg
+        bf16 = env.device.type == "cuda" and mcfg.dtype == "bfloat16"
+        torch.manual_seed(cfg.seed)
+        with torch.device("meta"):
+            model = GPT(mcfg)
+        model.to_empty(device=env.device)
+        model.init_weights(cfg.seed)
+        if self.inherit is not None:
+            model.load_state_dict({k: v.to(env.device) for k, v in self.inherit.state.items()}, strict=False)
+        self.attention = select_backend(env.device, torch.bfloat16 if bf16 else torch.float32)
+        model.set_attention(self.attention)
+        if resolve_compile(cfg.compile, env.device):
+            compile_blocks(model)  # per block, before FSDP2 shards it (torchtitan's order)
+        self.model = shard_model(model, env, bf16)
+        self.named = dict(self.model.named_parameters())
+        self.autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if bf16 and env.world_size == 1
+                         else nullcontext)
 
-        # lagged mode never reads the loss on the host: ARS runs on the device (engine/inherit/ars.py)
-        ars = ARSDevice(mode=cfg.ars, seed=cfg.seed, device=env.device) if lagged else ARS(mode=cfg.ars, seed=cfg.seed)
-    fisher_bufs = None
-    fisher_start = total_steps - cfg.fisher_online_steps
-    if cfg.fisher_online_steps:
-        fisher_bufs = {n: torch.zeros_like(p) for n, p in named.items()}  # DTensors under FSDP
+    def _set_up_optimizer(self) -> None:
+        cfg = self.cfg
+        muon = cfg.optimizer == "muon"
+        matrix_lr = MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr")
+        self.groups = model_param_groups(self.model, matrix_lr=matrix_lr * cfg.lr_mult,
+                                         embedding_lr=cfg.resolved("embedding_lr") * cfg.lr_mult,
+                                         unembedding_lr=cfg.resolved("unembedding_lr") * cfg.lr_mult,
+                                         weight_decay=cfg.weight_decay, muon=muon)
+        self.opt = LadderOptimizer(self.groups, adamw_impl=cfg.adamw_impl)
 
-    # ---- resume ----------------------------------------------------------------------------
-    start_step, extra = 0, {}
-    consumed_flops, wall_before = 0.0, 0.0
-    found = ckpt.latest_valid(out / "ckpt", env) if cfg.resume else None
-    if cfg.resume and found is None and (out / "final.json").exists():
-        raise TrainError(f"{out} holds a finished run (final.json) but no usable checkpoint to resume from")
-    # a run starts from its own newest checkpoint (resume), else from init_from (a WSD branch from
-    # its stable run: another run's checkpoint, so its step budget differs), else from step 0
-    start_from = found if found is not None else (Path(cfg.init_from) if cfg.init_from else None)
-    if start_from is not None:
+    def _set_up_method(self) -> None:
+        """The inheritance method's pieces, as rank-local shards: penalty, ARS (with the host
+        sync it depends on), online Fisher over the last `fisher_online_steps` steps."""
+        cfg, env = self.cfg, self.env
+        self.penalty = build_penalty(self.inherit, self.named, self.total_steps, env.world_size)
+        self.sync = HostSync(resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl), self.opt,
+                             ars_mode=cfg.ars, seed=cfg.seed, device=env.device)
+        self.fisher = None
+        if cfg.fisher_online_steps:
+            self.fisher = OnlineFisher(cfg.fisher_online_steps).begin(self.named.items())  # DTensors under FSDP
+        self.first_fisher_step = self.total_steps - cfg.fisher_online_steps + 1
+
+    def _set_up_outputs(self) -> None:
+        """metrics.jsonl, profiler, run.json, progress bar, and the evaluation before step 1."""
+        cfg, env, mcfg = self.cfg, self.env, self.mcfg
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.start_step if self.resumed else None, env.is_main)
+        self.prof = Profiler(self.out, env.device, enabled=cfg.profile and env.is_main, flops_per_token=mcfg.flops_per_token)
+        self.eval_every = cfg.eval_every or max(1, self.total_steps // 12)
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.02 * self.total_steps))
+        self.meta = run_metadata(cfg, env, mcfg, self.attention.name, self.opt.kernel_backend, self.accum,
+                                 self.device_batch, self.total_steps)
+        if env.is_main:
+            ckpt.write_json_atomic(self.out / "run.json", self.meta)
+        if self.start_step == 0:
+            self.start_eval = self.run_eval()
+            self.metrics.write({"step": 0, "tokens": 0, "flops": self.flops, **self.start_eval})
+        self.bar = None
+        if env.is_main and cfg.progress:
+            self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"d{cfg.depth} {self.out.name}",
+                            unit="step", dynamic_ncols=True)
+        # made once: a per-step copy would sync
+        self.rank_mean = torch.tensor([env.world_size, 1.0], device=env.device)
+        self.last_eval = None
+
+    # ---- resume --------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Start from the run's own newest checkpoint (--resume), else from init_from (a WSD branch
+        from its stable run: another run's checkpoint, so its step budget differs), else from
+        step 0 (a grown rung from its Inheritance)."""
+        cfg, out = self.cfg, self.out
+        self.start_step, self.flops, self.wall_before, self.start_eval, skipped = 0, 0.0, 0.0, None, 0
+        found = ckpt.latest_valid(out / "ckpt", self.env) if cfg.resume else None
+        if cfg.resume and found is None and (out / "final.json").exists():
+            raise TrainError(f"{out} holds a finished run (final.json) but no usable checkpoint to resume from")
+        self.resumed = found is not None
+        start_from = found if found is not None else (Path(cfg.init_from) if cfg.init_from else None)
+        if start_from is not None:
+            skipped = self._load(start_from)
+        elif self.inherit is not None:
+            start_inherited(self.inherit, self.loader, self.opt, self.named)
+        if not self.resumed and self.env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
+            raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose another --out")
+        self.guard = NonFiniteGuard(cfg.max_nonfinite, skipped=skipped)
+
+    def _load(self, start_from: Path) -> int:
+        """Load checkpoint `start_from` (after checking it belongs to this run); returns the count
+        of steps skipped before it."""
         saved = ckpt.read_json(start_from / ckpt.EXTRA)  # check compatibility before touching any tensor
-        if saved.get("model_config") != mcfg.to_dict() or (found is not None and saved.get("total_steps") != total_steps):
+        if saved.get("model_config") != self.mcfg.to_dict() or (self.resumed and saved.get("total_steps") != self.total_steps):
             raise TrainError(f"checkpoint {start_from} belongs to a different run (model config or step budget differs); "
-                             f"use another --out or delete {out / 'ckpt'}")
-        if found is None and not 0 < int(saved["step"]) < total_steps:
-            raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {total_steps} steps can only "
-                             f"start from a step in 1..{total_steps - 1}")
-        own = {"fisher": fisher_bufs} if fisher_bufs and found is not None else None  # Fisher: accumulated by this run
-        extra = ckpt.load(start_from, model, opt, extra_tensors=own)
-        start_step = int(extra["step"])
-        loader.load_state_dict(extra["loader"])
-        if ars is not None and extra.get("ars") is not None:
-            saved_on_device = "buf" in extra["ars"]  # ARSDevice state (lagged mode), else host ARS state
-            if saved_on_device != lagged:
-                want = "lagged" if saved_on_device else "step"
-                raise TrainError(f"checkpoint {found} holds the ARS state of a --host-sync {want} run, and this "
-                                 f"run is --host-sync {'lagged' if lagged else 'step'}; resume with --host-sync {want}")
-            ars.load_state_dict(extra["ars"])
-        consumed_flops, wall_before = float(extra["flops"]), float(extra["wall_s"])
-    elif inherit is not None:
-        start_inherited(inherit, loader, opt, named)
-    if found is None and env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
-        raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose another --out")
+                             f"use another --out or delete {self.out / 'ckpt'}")
+        if not self.resumed and not 0 < int(saved["step"]) < self.total_steps:
+            raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {self.total_steps} steps can "
+                             f"only start from a step in 1..{self.total_steps - 1}")
+        own_fisher = self.fisher is not None and self.resumed  # the Fisher is accumulated by this run alone
+        extra = ckpt.load(start_from, self.model, self.opt,
+                          extra_tensors={"fisher": self.fisher.named_buffers()} if own_fisher else None)
+        self.start_step = int(extra["step"])
+        self.loader.load_state_dict(extra["loader"])
+        if own_fisher:
+            # checkpoints written before the count was kept: every step of the window so far
+            self.fisher.steps_accumulated = int(extra.get("fisher_steps", max(0, self.start_step - self.first_fisher_step + 1)))
+        self._load_ars(extra.get("ars"), start_from)
+        self.flops, self.wall_before = float(extra["flops"]), float(extra["wall_s"])
+        self.start_eval = extra.get("start_eval")
+        return int(extra.get("skipped_steps", 0))
 
-    metrics = MetricsLog(out / "metrics.jsonl", start_step if found is not None else None, env.is_main)
-    keep_steps = set(cfg.keep_ckpt_steps)
-    prof = _profiler(cfg, out, env, mcfg)
-    tokens_per_step = gb * mcfg.seq_len
-    flops_per_step = mcfg.flops_per_token * tokens_per_step
-    eval_every = cfg.eval_every or max(1, total_steps // 12)
-    eval_kw = dict(seq_len=mcfg.seq_len, batch_size=db, max_tokens=cfg.resolved("eval_tokens"), env=env, autocast=autocast)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.02 * total_steps))
-    meta = run_metadata(cfg, env, mcfg, attention.name, opt.kernel_backend, accum, db, total_steps)
-    if env.is_main:
-        ckpt.write_json_atomic(out / "run.json", meta)
+    def _load_ars(self, state: dict | None, where: Path) -> None:
+        ars = self.sync.ars
+        if ars is None or state is None:
+            return
+        saved_mode = "lagged" if "buf" in state else "step"  # ARSDevice state (lagged mode), else host ARS state
+        if saved_mode != self.sync.mode:
+            raise TrainError(f"checkpoint {where} holds the ARS state of a --host-sync {saved_mode} run, and this "
+                             f"run is --host-sync {self.sync.mode}; resume with --host-sync {saved_mode}")
+        ars.load_state_dict(state)
 
-    def do_eval():
-        with prof.stage("eval"):
-            return evaluate(model, bundle.val, token_bytes, **eval_kw)
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.t_loop = time.time()
+        self.model.train()
+        for step in range(self.start_step + 1, self.total_steps + 1):
+            self.train_step(step)
+        return self.finish()
 
-    start_eval = None
-    if start_step == 0:
-        start_eval = do_eval()
-        metrics.write({"step": 0, "tokens": 0, "flops": consumed_flops, **start_eval})
-    elif "start_eval" in extra:
-        start_eval = extra["start_eval"]
-
-    bar = None
-    if env.is_main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=start_step, desc=f"d{cfg.depth} {out.name}", unit="step", dynamic_ncols=True)
-    guard = NonFiniteGuard(cfg.max_nonfinite, skipped=int(extra.get("skipped_steps", 0)))
-
-    def save_ckpt():
-        with prof.stage("checkpoint"):
-            ckpt.save(out / "ckpt", step, model, opt, {
-                "loader": loader.state_dict(), "ars": ars.state_dict() if ars else None,
-                "model_config": mcfg.to_dict(), "total_steps": total_steps, "flops": consumed_flops,
-                "wall_s": wall_before + time.time() - t_loop, "start_eval": start_eval, "skipped_steps": guard.skipped,
-            }, env, extra_tensors={"fisher": fisher_bufs} if fisher_bufs else None, keep_steps=keep_steps)
-
-    def settle(entry: dict) -> bool:
-        """Read a step's verdict (engine/train/guard.py) and log it; False when it was skipped."""
-        nonlocal consumed_flops
-        loss_value, bad_grads, pen, *damping = entry.pop("values").read()
-        damping = damping[0] if damping else entry.pop("host_damping")
-        what = guard.judge(loss_value, bad_grads)
-        if what is not None:
-            if lagged:  # the device already skipped it; undo the host counts it advanced
-                opt.unstep()
-                if ars is not None:
-                    ars.rollback()
-            stop = guard.stop_message(entry["step"] - 1, loss_value, what)
-            if stop:
-                raise TrainError(stop)
-            metrics.write({"step": entry["step"], "skipped": f"non-finite {what}", "tokens": entry["tokens"],
-                           "flops": consumed_flops})
-            return False
-        consumed_flops += flops_per_step
-        entry.update(loss=loss_value, flops=consumed_flops, ars=damping)
-        if entry.pop("has_penalty"):
-            entry["penalty"] = pen
-        if bar is not None:
-            bar.update(entry["step"] - bar.n)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_step / max(entry['dt'], 1e-9):.0f}")
-        return True
-
-    rank_mean = torch.tensor([env.world_size, 1.0], device=env.device)  # made once: a per-step copy would sync
-    last_eval = None
-    pending = None  # lagged mode: the previous step, its verdict not read yet
-    t_loop = time.time()
-    step = start_step
-    model.train()
-    while step < total_steps:
+    def train_step(self, step: int) -> None:
+        """Optimizer step `step` (1-based): forward and backward, the update, its record."""
         t0 = time.time()
-        loss_sum = torch.zeros((), device=env.device)
-        for _ in range(accum):
-            with prof.stage("data"):
-                x, y = loader.next()
-            with prof.stage("forward"), autocast():
-                loss = model(x, y) / accum
-            with prof.stage("backward"):
+        flags = self._forward_backward()
+        lr_mult = lr_multiplier(step - 1, self.total_steps, self.warmup, self.cfg.warmdown_frac, self.cfg.final_lr_frac)
+        lr = self.groups[-1].lr * lr_mult
+        previous = self.sync.previous()
+        if previous is not None:
+            self._settle_and_log(previous)
+        plan = self.sync.plan(flags, lr, self.prof.stage)
+        penalty = self._update(step, lr_mult, plan) if plan.apply else None
+        self.opt.zero_grad()
+        self.prof.step_end(step, self.tokens_per_step, self.flops_per_step)
+        record = self._record(step, lr, lr_mult, time.time() - t0, flags, penalty, plan.damping)
+        eval_due = step % self.eval_every == 0 or step == self.total_steps
+        ckpt_due = (bool(self.cfg.ckpt_every and step % self.cfg.ckpt_every == 0) or step == self.total_steps
+                    or step in self.cfg.keep_ckpt_steps)
+        record = self.sync.hold(record, read_now=eval_due or ckpt_due)
+        if record is not None:
+            self._settle_and_log(record, eval_due, ckpt_due)
+
+    def _forward_backward(self) -> torch.Tensor:
+        """Gradients of one global batch; returns [mean loss, ranks with a non-finite gradient]."""
+        loss_sum = torch.zeros((), device=self.env.device)
+        for _ in range(self.accum):
+            with self.prof.stage("data"):
+                x, y = self.loader.next()
+            with self.prof.stage("forward"), self.autocast():
+                loss = self.model(x, y) / self.accum
+            with self.prof.stage("backward"):
                 loss.backward()
             loss_sum += loss.detach()
-        # [loss sum, ranks with a non-finite gradient], reduced together in one all-reduce
-        flags = step_flags(loss_sum, named.values())
-        if env.distributed:  # mean loss over ranks; the flag stays a count of ranks
-            flags = all_reduce_sum(flags, env) / rank_mean
-        lr_mult = lr_multiplier(step, total_steps, warmup, cfg.warmdown_frac, cfg.final_lr_frac)
-        lr = groups[-1].lr * lr_mult
-        step += 1
-        eval_due = step % eval_every == 0 or step == total_steps
-        ckpt_due = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps or step in keep_steps
-        entry = {"step": step, "lr": lr, "lr_mult": lr_mult, "tokens": step * tokens_per_step}
-        if lagged:
-            if pending is not None and settle(pending):  # its flags were computed before this step's forward
-                metrics.write(pending)
-            skip, good = found_inf(flags), True  # a bad step becomes a no-op on the device
-            with prof.stage("ars"):
-                damping = ars.update(flags[0], lr, ok=skip == 0) if ars is not None else 1.0
-        else:
-            loss_value, bad_grads = flags.tolist()  # one host read per step (free on CPU)
-            skip, good, damping = None, math.isfinite(loss_value) and not bad_grads, 1.0
-            if good and ars is not None:
-                with prof.stage("ars"):
-                    damping = ars.update(loss_value, lr)
-        pen = None
-        if good:
-            terms = None
-            if penalty is not None:
-                with prof.stage("penalty"):
-                    terms = penalty_terms(penalty, named, step - 1)
-            fishing = fisher_bufs is not None and step - 1 >= fisher_start
-            with prof.stage("optimizer"):
-                pen = opt.step(lr_mult, damping=damping, terms=terms,
-                               fishers={n: local(b) for n, b in fisher_bufs.items()} if fishing else None,
-                               fisher_scale=1.0 / cfg.fisher_online_steps if fishing else 1.0, found_inf=skip)
-        opt.zero_grad()
-        prof.step_end(step, tokens_per_step, flops_per_step)
-        entry["dt"] = time.time() - t0
-        entry["has_penalty"] = pen is not None
-        # what settle() reads, in one small device->host copy (a host float damping stays on the host:
-        # making it a device tensor would be a blocking copy)
-        on_device = [flags[0], flags[1], all_reduce_sum(pen, env) if pen is not None else flags[1]]
+        flags = step_flags(loss_sum, self.named.values())  # reduced together in one all-reduce
+        if self.env.distributed:  # mean loss over ranks; the flag stays a count of ranks
+            flags = all_reduce_sum(flags, self.env) / self.rank_mean
+        return flags
+
+    def _fishing(self, step: int) -> bool:
+        return self.fisher is not None and step >= self.first_fisher_step
+
+    def _update(self, step: int, lr_mult: float, plan: UpdatePlan) -> torch.Tensor | None:
+        """The optimizer step with the method's terms; returns the penalty Phi before it (a device
+        tensor, this rank's part) or None without a penalty."""
+        terms, subspace_value = None, None
+        if self.penalty is not None:
+            with self.prof.stage("penalty"):
+                terms, subspace_value = penalty_terms(self.penalty, self.named, steps_done=step - 1)
+        fishing = self._fishing(step)
+        with self.prof.stage("optimizer"):
+            penalty = self.opt.step(
+                lr_mult, damping=plan.damping, terms=terms,
+                fishers={n: local(b) for n, b in self.fisher.named_buffers().items()} if fishing else None,
+                fisher_scale=self.fisher.fisher_scale if fishing else 1.0, found_inf=plan.found_inf)
+        return penalty if subspace_value is None else penalty + subspace_value
+
+    def _record(self, step, lr, lr_mult, dt, flags, penalty, damping) -> StepRecord:
+        """What settling the step reads, in one small device->host copy (a host float damping stays
+        on the host: making it a device tensor would be a blocking copy)."""
+        on_device = [flags[0], flags[1], all_reduce_sum(penalty, self.env) if penalty is not None else flags[1]]
+        host_damping = None
         if isinstance(damping, torch.Tensor):
             on_device.append(damping)
         else:
-            entry["host_damping"] = float(damping)
-        entry["values"] = DeviceValues(torch.stack([t.reshape(()).to(torch.float64) for t in on_device]))
-        if lagged and not (eval_due or ckpt_due):
-            pending = entry  # read during the next step; eval and checkpoint steps sync anyway: read now
-            continue
-        pending = None
-        if not settle(entry):
-            if step == total_steps:
-                last_eval = None  # the final val loss is measured after the loop, on the final weights
-            if ckpt_due:
-                save_ckpt()  # the run's last step must leave a checkpoint even when it was skipped
-            continue
-        if eval_due:
-            last_eval = do_eval()
-            entry.update(last_eval)
-        metrics.write(entry)
+            host_damping = float(damping)
+        values = DeviceValues(torch.stack([t.reshape(()).to(torch.float64) for t in on_device]))
+        return StepRecord(step=step, lr=lr, lr_mult=lr_mult, tokens=step * self.tokens_per_step, dt=dt, values=values,
+                          host_damping=host_damping, has_penalty=penalty is not None, fishing=self._fishing(step))
+
+    # ---- settle: the verdict, the metrics line, evaluation and checkpoint ---------------------
+    def _settle_and_log(self, record: StepRecord, eval_due: bool = False, ckpt_due: bool = False) -> None:
+        line = self._settle(record)
+        if line is None:  # skipped
+            if record.step == self.total_steps:
+                self.last_eval = None  # the final val loss is measured after the loop, on the final weights
+        elif eval_due:
+            self.last_eval = self.run_eval()
+            line.update(self.last_eval)
+        if line is not None:
+            self.metrics.write(line)
         if ckpt_due:
-            save_ckpt()
-    if bar is not None:
-        bar.close()
-    prof.close()
-    metrics.close()
-    if last_eval is None:  # resumed exactly at the end
-        last_eval = do_eval()
-    wall_s = wall_before + time.time() - t_loop
-    if fisher_bufs is not None:
-        full = {n: full_tensor(b).cpu() for n, b in fisher_bufs.items()}
-        if env.is_main:
-            tmp = out / ".fisher.pt.tmp"
+            self.save_checkpoint(record.step)  # the run's last step leaves a checkpoint even when skipped
+
+    def _settle(self, record: StepRecord) -> dict | None:
+        """Read a step's verdict (engine/train/guard.py); its metrics line, or None when it was
+        skipped (then its skip line is written here)."""
+        loss, bad_grads, penalty, damping = record.read()
+        what = self.guard.judge(loss, bad_grads)
+        if what is not None:
+            self.sync.undo_skipped()
+            stop = self.guard.stop_message(record.step, loss, what)
+            if stop:
+                raise TrainError(stop)
+            self.metrics.write({"step": record.step, "skipped": f"non-finite {what}", "tokens": record.tokens,
+                                "flops": self.flops})
+            return None
+        self.flops += self.flops_per_step
+        if record.fishing:
+            self.fisher.step_done()
+        line = {"step": record.step, "lr": record.lr, "lr_mult": record.lr_mult, "tokens": record.tokens,
+                "dt": record.dt, "loss": loss, "flops": self.flops, "ars": damping}
+        if penalty is not None:
+            line["penalty"] = penalty
+        if self.bar is not None:
+            self.bar.update(record.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.tokens_per_step / max(record.dt, 1e-9):.0f}")
+        return line
+
+    def run_eval(self) -> dict:
+        with self.prof.stage("eval"):
+            return evaluate(self.model, self.bundle.val, self.token_bytes, seq_len=self.mcfg.seq_len,
+                            batch_size=self.device_batch, max_tokens=self.cfg.resolved("eval_tokens"), env=self.env,
+                            autocast=self.autocast)
+
+    def save_checkpoint(self, step: int) -> None:
+        ars = self.sync.ars
+        extra = {"loader": self.loader.state_dict(), "ars": ars.state_dict() if ars else None,
+                 "model_config": self.mcfg.to_dict(), "total_steps": self.total_steps, "flops": self.flops,
+                 "wall_s": self.wall_before + time.time() - self.t_loop, "start_eval": self.start_eval,
+                 "skipped_steps": self.guard.skipped}
+        if self.fisher is not None:
+            extra["fisher_steps"] = self.fisher.steps_accumulated
+        with self.prof.stage("checkpoint"):
+            ckpt.save(self.out / "ckpt", step, self.model, self.opt, extra, self.env,
+                      extra_tensors={"fisher": self.fisher.named_buffers()} if self.fisher else None,
+                      keep_steps=set(self.cfg.keep_ckpt_steps))
+
+    # ---- finish --------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Close the outputs, measure the final val loss if the loop did not, write fisher.pt and
+        final.json; returns the final record."""
+        if self.bar is not None:
+            self.bar.close()
+        self.prof.close()
+        self.metrics.close()
+        if self.last_eval is None:  # resumed exactly at the end, or the last step was skipped
+            self.last_eval = self.run_eval()
+        wall_s = self.wall_before + time.time() - self.t_loop
+        if self.fisher is not None:
+            self._save_fisher()
+        final = self._final_record(wall_s)
+        if self.env.is_main:
+            ckpt.write_json_atomic(self.out / "final.json", final)
+        return final
+
+    def _save_fisher(self) -> None:
+        """fisher.pt: the mean of g^2 over the window's steps that ran (zeros if every one was skipped)."""
+        omega = self.fisher.result() if self.fisher.steps_accumulated else self.fisher.named_buffers()
+        full = {n: full_tensor(t).cpu() for n, t in omega.items()}
+        if self.env.is_main:
+            tmp = self.out / ".fisher.pt.tmp"
             torch.save(full, tmp)
-            os.replace(tmp, out / "fisher.pt")
-    final = {
-        "depth": cfg.depth, "params": mcfg.num_params, "scaling_params": mcfg.scaling_params,
-        "tokens": total_steps * tokens_per_step, "steps": total_steps, "flops": consumed_flops,
-        "fisher_flops": inherit.fisher_flops if inherit else 0.0,
-        # the penalty's own elementwise/SVD work, summed over ranks' shards (an estimate, see Penalty)
-        "penalty_flops": float(penalty.penalty_flops_per_step * env.world_size * total_steps) if penalty else 0.0,
-        "val_loss": last_eval["val_loss"], "val_bpb": last_eval["val_bpb"], "val_loss_se": last_eval.get("val_loss_se"),
-        "start_val_loss": start_eval["val_loss"] if start_eval else None,
-        "wall_s": wall_s, "setup_s": t_loop - t_start, "skipped_steps": guard.skipped,
-        **{k: meta[k] for k in ("device", "device_name", "attention_backend", "kernel_backend", "world_size", "dtype")},
-        "growth": inherit.info if inherit else None,
-    }
-    if env.is_main:
-        ckpt.write_json_atomic(out / "final.json", final)
-    return final
+            os.replace(tmp, self.out / "fisher.pt")
 
-
-def start_inherited(inherit: Inheritance, loader, opt, named) -> None:
-    """A grown rung's first step: its token stream and optimizer state as the inheritance says."""
-    if inherit.loader_state is not None:
-        loader.load_state_dict(inherit.loader_state)  # the grown rung reads on from its parent's stream
-    if inherit.moments is not None:
-        if opt.step_count != 0 or any("exp_avg" not in opt.state[n] for n in named):
-            raise TrainError("carried optimizer moments need a fresh AdamW optimizer (--optimizer adamw)")
-        for n, p in named.items():
-            for key in ("exp_avg", "exp_avg_sq"):
-                local(opt.state[n][key]).copy_(local(shard_like(inherit.moments[n][key], p)))
-        opt.step_count = inherit.optim_step
-
-
-def penalty_terms(penalty, named, step) -> InheritTerms:
-    kappas = penalty.kappa_for(step)
-    anchors = penalty.anchors()
-    names = list(named)
-    extra = penalty.extra_grads([local(named[n]) for n in names], step) if penalty.subspace == "svd" else None
-    return InheritTerms(
-        anchors={n: a for n, a in zip(names, anchors) if a is not None},
-        kappas={n: k for n, k in zip(names, kappas) if k is not None},
-        extra_grads={n: x for n, x in zip(names, extra) if x is not None} if extra else {},
-    )
+    def _final_record(self, wall_s: float) -> dict:
+        mcfg, inherit, penalty = self.mcfg, self.inherit, self.penalty
+        final = {
+            "depth": self.cfg.depth, "params": mcfg.num_params, "scaling_params": mcfg.scaling_params,
+            "tokens": self.total_steps * self.tokens_per_step, "steps": self.total_steps, "flops": self.flops,
+            "fisher_flops": inherit.fisher_flops if inherit else 0.0,
+            # the penalty's own elementwise/SVD work, summed over ranks' shards (an estimate, see Penalty)
+            "penalty_flops": (float(penalty.penalty_flops_per_step * self.env.world_size * self.total_steps)
+                              if penalty else 0.0),
+            "val_loss": self.last_eval["val_loss"], "val_bpb": self.last_eval["val_bpb"],
+            "val_loss_se": self.last_eval.get("val_loss_se"),
+            "start_val_loss": self.start_eval["val_loss"] if self.start_eval else None,
+            "wall_s": wall_s, "setup_s": self.t_loop - self.t_start, "skipped_steps": self.guard.skipped,
+            **{k: self.meta[k] for k in ("device", "device_name", "attention_backend", "kernel_backend", "world_size",
+                                         "dtype")},
+            "growth": inherit.info if inherit else None,
+        }
+        if self.fisher is not None:  # how many steps fisher.pt averages (what the next rung is charged for)
+            final["fisher_steps"] = self.fisher.steps_accumulated
+        return final
 
 
 def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_batch, total_steps) -> dict:
@@ -414,7 +407,7 @@ def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_b
 
 def _apex_available() -> bool:
     try:
-        import apex.optimizers  # noqa: F401  (NVIDIA apex; PyPI's "apex" is unrelated and lacks this)
+        import apex.optimizers  # noqa: F401  (optional: NVIDIA apex; PyPI's "apex" is unrelated and lacks this)
 
         return True
     except Exception:

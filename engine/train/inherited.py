@@ -1,0 +1,62 @@
+"""What the inheritance method adds to one rung's loop, as this rank's pieces: the penalty built
+from a grown rung's Inheritance (anchors, mask and Fisher cut to the rank's shards), its terms
+for one step, and the grown rung's first step (its data position and carried optimizer moments).
+ARS lives with the host sync (engine/train/guard.py), the online Fisher in engine/inherit/fisher.py."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import Tensor
+
+from engine.inherit.inheritance import Inheritance
+from engine.inherit.penalty import Penalty
+from engine.runtime.distributed import local, shard_like
+from engine.train.config import TrainError
+from engine.train.optim import InheritTerms
+
+
+def build_penalty(inherit: Inheritance | None, named: dict, total_steps: int, world_size: int) -> Penalty | None:
+    """The grown rung's Penalty over this rank's shards of `named`, or None when it has none."""
+    if inherit is None or not inherit.penalty.active:
+        return None
+    if inherit.penalty.subspace == "svd" and world_size > 1:
+        raise ValueError("--subspace svd needs whole matrices; run it with world_size 1 (coords works sharded)")
+
+    def shards(full: dict) -> dict:
+        return {n: shard_like(full[n], named[n]) for n in named}
+
+    fisher = shards(inherit.fisher) if inherit.fisher is not None else {n: torch.zeros_like(local(p)) for n, p in named.items()}
+    return Penalty([(n, local(p)) for n, p in named.items()], shards(inherit.anchor), shards(inherit.mask), fisher,
+                   total_steps=total_steps, **asdict(inherit.penalty))
+
+
+def penalty_terms(penalty: Penalty, named: dict, steps_done: int) -> tuple[InheritTerms, Tensor | None]:
+    """The penalty's part of the step taken after `steps_done` steps: the optimizer's terms, and
+    the svd part of Phi's value (None under "coords"), which the optimizer's elementwise value
+    leaves out."""
+    kappas = penalty.kappa_for(steps_done)
+    anchors = penalty.anchors()
+    names = list(named)
+    extra, subspace_value = None, None
+    if penalty.subspace == "svd":
+        extra, subspace_value = penalty.subspace_terms([local(named[n]) for n in names], steps_done)
+    terms = InheritTerms(
+        anchors={n: a for n, a in zip(names, anchors) if a is not None},
+        kappas={n: k for n, k in zip(names, kappas) if k is not None},
+        extra_grads={n: x for n, x in zip(names, extra) if x is not None} if extra else {},
+    )
+    return terms, subspace_value
+
+
+def start_inherited(inherit: Inheritance, loader, opt, named: dict) -> None:
+    """A grown rung's first step: its token stream and optimizer state as the inheritance says."""
+    if inherit.loader_state is not None:
+        loader.load_state_dict(inherit.loader_state)  # the grown rung reads on from its parent's stream
+    if inherit.moments is not None:
+        if opt.step_count != 0 or any("exp_avg" not in opt.state[n] for n in named):
+            raise TrainError("carried optimizer moments need a fresh AdamW optimizer (--optimizer adamw)")
+        for n, p in named.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                local(opt.state[n][key]).copy_(local(shard_like(inherit.moments[n][key], p)))
+        opt.step_count = inherit.optim_step
