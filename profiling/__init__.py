@@ -1,4 +1,4 @@
-"""Profiling for ladder runs: per-stage time, FLOPs/MFU, energy and cost (project issue 5).
+"""Profiling for ladder runs: per-stage time, FLOPs/MFU, energy and cost.
 
 - `Profiler` (profiling/profiler.py): the facade the trainer uses; writes
   RUN_DIR/profile_windows.jsonl and RUN_DIR/profile_meta.json.
@@ -6,16 +6,9 @@
 - profiling/nvml.py: background samplers (NVML on GPUs; CPU time, RSS, RAPL otherwise).
 - profiling/cost.py: FLOPs, MFU, peak FLOP/s, GPU-hours, dollars, kWh, ladder projections.
 - profiling/report.py: `python -m profiling.report RUN_DIR` -> profile.json, profile.md, PNG;
-  `build_profile(run_dir)` and `write_report(run_dir)` (imported lazily: it needs matplotlib).
+  `build_profile(run_dir)` and `write_report(run_dir)`. It reads finished runs and sits in the
+  analysis layer, above the trainer, so this package does not import it: import profiling.report.
 """
 from profiling.profiler import META_FILE, WINDOWS_FILE, Profiler
 
-__all__ = ["Profiler", "WINDOWS_FILE", "META_FILE", "build_profile", "write_report"]
-
-
-def __getattr__(name):
-    if name in ("build_profile", "write_report"):
-        from profiling import report
-
-        return getattr(report, name)
-    raise AttributeError(name)
+__all__ = ["Profiler", "WINDOWS_FILE", "META_FILE"]

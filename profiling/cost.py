@@ -1,6 +1,7 @@
 """Cost arithmetic: FLOPs, MFU, peak FLOP/s, GPU-hours, dollars, energy, ladder projections.
 
-Pure functions (except the peak probes, which time a matmul once per process and cache it).
+Pure functions (except the peak probes, which time a matmul once per process and cache it). A
+device's name is engine.runtime.distributed.device_name, the one the run's own files record.
 Conventions:
 - FLOPs are training FLOPs (forward + backward), as `GPTConfig.flops_per_token` counts them.
 - MFU = achieved FLOP/s / (peak FLOP/s per device x devices), with the *model* FLOPs only
@@ -15,6 +16,11 @@ import math
 import time
 from functools import lru_cache
 from typing import Iterable
+
+import torch
+
+from engine.runtime.distributed import device_name
+from models.config import model_config
 
 DEFAULT_PRICE_PER_GPU_HOUR = 3.0  # $; nanochat's 8xH100 node is ~$24/hour
 NANOCHAT_NODE_GPUS = 8
@@ -86,8 +92,6 @@ def peak_from_name(name: str) -> tuple[float | None, str]:
 
 @lru_cache(maxsize=None)
 def _probe(device_str: str, n: int, reps: int, dtype_name: str) -> float:
-    import torch
-
     dev = torch.device(device_str)
     dtype = getattr(torch, dtype_name)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -111,31 +115,13 @@ def measure_matmul_peak(device="cpu", n: int = 1024, reps: int = 5, dtype: str =
     return _probe(str(device), int(n), int(reps), dtype)
 
 
-def device_name(device) -> str:
-    """Human name of a torch device ("NVIDIA H100 80GB HBM3", or the CPU model)."""
-    dev_type = getattr(device, "type", str(device))
-    if dev_type == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def peak_flops(device) -> dict:
     """{'name', 'peak_flops_per_s', 'source', 'dtype'} for a torch device.
 
     GPU: the spec table by name; unknown GPUs fall back to a bf16 4096^3 matmul probe.
     CPU: an fp32 1024^3 matmul probe ("measured by probe")."""
-    dev_type = getattr(device, "type", str(device))
+    device = torch.device(device)
+    dev_type = device.type
     name = device_name(device)
     if dev_type == "cuda":
         peak, src = peak_from_name(name)
@@ -156,8 +142,6 @@ def peak_flops(device) -> dict:
 
 def ladder_flops(preset: str = "nanochat", depths: Iterable[int] = range(10, 21), ratio: float = 8.0) -> list[dict]:
     """Per rung: scaling params N, FLOPs/token, tokens = ratio * N and FLOPs = FLOPs/token * tokens."""
-    from models.config import model_config
-
     out = []
     for d in depths:
         c = model_config(preset, int(d))

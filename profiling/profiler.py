@@ -41,6 +41,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from engine.runtime.jsonl import read_jsonl
 from profiling import cost
 from profiling.nvml import make_sampler
 from profiling.timers import CudaEventTimer, HostTimer
@@ -52,18 +55,13 @@ WINDOWS_FILE = "profile_windows.jsonl"
 META_FILE = "profile_meta.json"
 
 
-def _read_previous(path: Path) -> list[dict]:
-    out = []
+def read_windows(run_dir) -> list[dict]:
+    """The windows of RUN_DIR/profile_windows.jsonl, [] when there is none; a torn line (a run
+    killed mid-write) is dropped."""
     try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    break  # a torn last line of a crashed run
+        return read_jsonl(Path(run_dir) / WINDOWS_FILE)
     except OSError:
-        pass
-    return out
+        return []
 
 
 class _Stage:
@@ -99,8 +97,6 @@ class Profiler:
         self.enabled = bool(enabled)
         if not self.enabled:
             return
-        import torch
-
         if window_steps < 1:
             raise ValueError(f"window_steps must be >= 1, got {window_steps}")
         self.run_dir = Path(run_dir)
@@ -112,13 +108,12 @@ class Profiler:
             world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.world_size = int(world_size)
         self._cuda = self.device.type == "cuda"
-        self._torch = torch
         self._host = HostTimer()
         self._dev = CudaEventTimer(self.device) if self._cuda else None
         self._sampler = sampler if sampler is not None else make_sampler(self.device, nvml=nvml, interval_s=sample_interval_s)
         self._sampler.start()
         self._windows: list[dict] = []
-        self._previous = _read_previous(self.run_dir / WINDOWS_FILE)  # a resumed run's earlier windows
+        self._previous = read_windows(self.run_dir)  # a resumed run's earlier windows
         self._resolved_previous = False
         self._session = 1 + max((w.get("session", 0) for w in self._previous), default=0)
         self._file = None
@@ -165,7 +160,7 @@ class Profiler:
 
     def _sync(self) -> None:
         if self._cuda:
-            self._torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device)
 
     def _start_window(self) -> None:
         self._sync()
@@ -174,7 +169,7 @@ class Profiler:
             self._origin = self._t0
         self._sampler.begin()
         if self._cuda:
-            self._torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def _close_window(self) -> None:
         self._sync()  # the one synchronisation of the window
@@ -197,8 +192,8 @@ class Profiler:
         }
         if self._cuda:
             rec["host_stages"] = host
-            rec["cuda_max_memory_allocated_bytes"] = self._torch.cuda.max_memory_allocated(self.device)
-            self._torch.cuda.reset_peak_memory_stats(self.device)
+            rec["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             rec["sampler"] = self._sampler.window(t0, t1)
         except Exception as e:  # never let measurement kill training
@@ -267,8 +262,6 @@ class Profiler:
         smeta = self._sampler.meta()
         real = dict(smeta.get("real", {}))
         real["stage_timing"] = "cuda_events" if self._cuda else "perf_counter"
-        import torch
-
         return {
             "device": str(self.device), "device_type": self.device.type, "device_name": peak["name"],
             "world_size": self.world_size,

@@ -31,8 +31,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from engine.analysis.runs import rung_cost
 from profiling import cost
-from profiling.profiler import META_FILE, WINDOWS_FILE
+from profiling.profiler import META_FILE, WINDOWS_FILE, read_windows
 
 INHERITANCE_STAGES = ("fisher", "penalty", "ars")
 NON_STEP_STAGES = ("eval", "checkpoint", "growth")
@@ -56,22 +57,6 @@ def _read_json(p: Path) -> dict | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def read_windows(run_dir: Path) -> list[dict]:
-    out = []
-    try:
-        with open(Path(run_dir) / WINDOWS_FILE) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass  # a torn last line of a crashed run
-    except OSError:
-        pass
-    return out
 
 
 def is_run_dir(p: Path) -> bool:
@@ -106,11 +91,6 @@ def _started_from(run_dir: Path) -> dict:
     """The checkpoint extras a run started from (a WSD branch's stable checkpoint), else {}."""
     init = ((_read_json(run_dir / "run.json") or {}).get("config") or {}).get("init_from")
     return (_read_json(Path(init) / "extra.json") or {}) if init else {}
-
-
-def rung_cost(r: dict) -> float:
-    """A rung's FLOPs as method.md section 6 counts them: model + Fisher passes + penalty work."""
-    return (r.get("flops") or 0.0) + (r.get("fisher_flops") or 0.0) + (r.get("penalty_flops") or 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,13 +198,10 @@ def _merge_stages(rungs: list[dict]) -> tuple[dict, float, int, float]:
 # ------------------------------------------------------------------------------------------
 
 
-def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GPU_HOUR,
-                  assumed_mfu: float = 0.4) -> dict[str, Any]:
-    """The profile dict written to profile.json; see the module docstring for the definitions."""
-    root = Path(run_dir)
+def _profiled_runs(root: Path, price_per_gpu_hour: float) -> tuple[str, list[dict]]:
+    """("miniseries" | "run", summarize_run of every run dir found under `root`, labelled)."""
     rungs_found = [] if is_run_dir(root) else find_rungs(root)
     if rungs_found:
-        kind = "miniseries"
         rungs = []
         for group, arm, depth, d in rungs_found:
             r = summarize_run(d, price_per_gpu_hour)
@@ -232,35 +209,18 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
             r.update({"group": group, "arm": arm, "depth": depth if r["depth"] is None else r["depth"],
                       "label": f"{group + '/' if group else ''}{arm}/d{depth}" + (f"/{d.name}" if nested else "")})
             rungs.append(r)
-    elif is_run_dir(root):
-        kind = "run"
+        return "miniseries", rungs
+    if is_run_dir(root):
         r = summarize_run(root, price_per_gpu_hour)
         r.update({"group": "", "arm": None, "label": f"d{r['depth']}" if r["depth"] is not None else root.name})
-        rungs = [r]
-    else:
-        raise FileNotFoundError(f"{root} is neither a train run dir (final.json / {WINDOWS_FILE}) "
-                                f"nor a miniseries dir (<arm>/d<depth>/ run dirs)")
+        return "run", [r]
+    raise FileNotFoundError(f"{root} is neither a train run dir (final.json / {WINDOWS_FILE}) "
+                            f"nor a miniseries dir (<arm>/d<depth>/ run dirs)")
 
-    acc, total, steps, untracked = _merge_stages(rungs)
-    # the overhead is a property of the inheriting arms; scratch rungs enter an empty "ars" stage too
-    inh_rungs = [r for r in rungs if r["arm"] not in ("scratch", "base")] or rungs
-    step_time = sum(r["step_time_s"] for r in inh_rungs)
-    inh = sum(r["inheritance_s"] for r in inh_rungs)
-    prof: dict[str, Any] = {
-        "kind": kind, "run_dir": str(root),
-        "summary": _read_json(root / "summary.json") if kind == "miniseries" else None,
-        "total_s": total, "steps": steps,
-        "stages": _stage_table(acc, total, steps, untracked),
-        "step_time_s": step_time,
-        "inheritance_overhead_fraction": inh / step_time if step_time > 0 else 0.0,
-        "inheritance_slowdown": inh / (step_time - inh) if step_time - inh > 0 else None,
-        "inheritance_overhead_over": [r["label"] for r in inh_rungs],
-        "rungs": rungs,
-        "price_per_gpu_hour": price_per_gpu_hour,
-    }
 
-    # measured totals per arm. The lowest rung is trained once and shared (it lives under scratch/ or
-    # base/): an arm without its own copy is charged the shared one, as engine/ladder/run.py trains it.
+def _arm_totals(rungs: list[dict]) -> dict[str, dict]:
+    """Measured totals per arm. The lowest rung is trained once and shared (it lives under scratch/
+    or base/): an arm without its own copy is charged the shared one, as engine/ladder/run.py trains it."""
     lo = min((r["depth"] for r in rungs if r["depth"] is not None), default=None)
     shared: dict[str, list[dict]] = {}
     for r in rungs:
@@ -285,9 +245,11 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
             "energy_j": sum(r["energy_j"] for r in rs) if known else None,
         }
         arms[name]["energy_kwh"] = cost.kwh(arms[name]["energy_j"]) if known else None
-    prof["arms"] = arms
+    return arms
 
-    # per-step time of each inheriting arm against scratch at the same depth (measured)
+
+def _per_step_vs_scratch(rungs: list[dict]) -> list[dict]:
+    """Per-step time of each inheriting arm's run against scratch at the same depth (measured)."""
     comparisons = []
     scratch = {(r["group"], r["depth"]): r for r in rungs if r["arm"] == "scratch" and r["steps"]}
     for r in rungs:
@@ -295,19 +257,23 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
         if r["arm"] not in (None, "scratch", "base") and s is not None and r["steps"]:
             a, b = r["step_time_s"] / r["steps"], s["step_time_s"] / s["steps"]
             comparisons.append({"label": r["label"], "step_s": a, "scratch_step_s": b, "slower_per_step": a / b - 1})
-    prof["per_step_vs_scratch"] = comparisons
+    return comparisons
 
-    # MFU: measured on GPU, else assumed
+
+def _mfu_used(rungs: list[dict], assumed_mfu: float) -> tuple[float, str]:
+    """The MFU the projections use and where it comes from: measured on GPU, else assumed."""
     gpu_rungs = [r for r in rungs if r["device_type"] == "cuda" and r["mfu"]]
-    if gpu_rungs:
-        w = sum(r["profiled_wall_s"] for r in gpu_rungs)
-        mfu_used = sum(r["mfu"] * r["profiled_wall_s"] for r in gpu_rungs) / w
-        mfu_src = ("measured (wall-time-weighted mean over this run's GPU rungs; smaller models usually reach "
-                   "a lower MFU than nanochat's d10..d20, so this projection leans high)")
-    else:
-        mfu_used, mfu_src = assumed_mfu, f"assumed ({assumed_mfu:g}; no GPU measurement in this run)"
-    prof["mfu_used"], prof["mfu_source"] = mfu_used, mfu_src
+    if not gpu_rungs:
+        return assumed_mfu, f"assumed ({assumed_mfu:g}; no GPU measurement in this run)"
+    w = sum(r["profiled_wall_s"] for r in gpu_rungs)
+    return (sum(r["mfu"] * r["profiled_wall_s"] for r in gpu_rungs) / w,
+            "measured (wall-time-weighted mean over this run's GPU rungs; smaller models usually reach "
+            "a lower MFU than nanochat's d10..d20, so this projection leans high)")
 
+
+def _projection(arms: dict, summary, mfu_used: float, price_per_gpu_hour: float) -> tuple[dict, float | None]:
+    """The seeds' ladder projected for scratch, for each arm at its measured FLOPs ratio to scratch,
+    and at each ladder saving summary.json reports; and the inherit arm's FLOPs ratio (or None)."""
     proj = {"scratch": cost.project_ladder(mfu_used, price_per_gpu_hour=price_per_gpu_hour)}
     frac = None
     if "scratch" in arms and arms["scratch"]["flops"] > 0:
@@ -319,7 +285,7 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
             proj[arm_name] = cost.project_ladder(mfu_used, fraction=f, price_per_gpu_hour=price_per_gpu_hour)
             if arm_name == "inherit":
                 frac = f
-    ladder = ((prof["summary"] or {}).get("ladder") or {}) if isinstance(prof["summary"], dict) else {}
+    ladder = ((summary or {}).get("ladder") or {}) if isinstance(summary, dict) else {}
     for arm_name, entry in ladder.items():
         sv = entry.get("saving") if isinstance(entry, dict) else None
         if arm_name != "scratch" and isinstance(sv, (int, float)):
@@ -328,7 +294,35 @@ def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
             proj[f"{arm_name} (matched quality)"] = q
     for p in proj.values():
         p.pop("rungs", None)
-    prof["projection"] = proj
+    return proj, frac
+
+
+def build_profile(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GPU_HOUR,
+                  assumed_mfu: float = 0.4) -> dict[str, Any]:
+    """The profile dict written to profile.json; see the module docstring for the definitions."""
+    root = Path(run_dir)
+    kind, rungs = _profiled_runs(root, price_per_gpu_hour)
+    acc, total, steps, untracked = _merge_stages(rungs)
+    # the overhead is a property of the inheriting arms; scratch rungs enter an empty "ars" stage too
+    inh_rungs = [r for r in rungs if r["arm"] not in ("scratch", "base")] or rungs
+    step_time = sum(r["step_time_s"] for r in inh_rungs)
+    inh = sum(r["inheritance_s"] for r in inh_rungs)
+    prof: dict[str, Any] = {
+        "kind": kind, "run_dir": str(root),
+        "summary": _read_json(root / "summary.json") if kind == "miniseries" else None,
+        "total_s": total, "steps": steps,
+        "stages": _stage_table(acc, total, steps, untracked),
+        "step_time_s": step_time,
+        "inheritance_overhead_fraction": inh / step_time if step_time > 0 else 0.0,
+        "inheritance_slowdown": inh / (step_time - inh) if step_time - inh > 0 else None,
+        "inheritance_overhead_over": [r["label"] for r in inh_rungs],
+        "rungs": rungs,
+        "price_per_gpu_hour": price_per_gpu_hour,
+    }
+    prof["arms"] = _arm_totals(rungs)
+    prof["per_step_vs_scratch"] = _per_step_vs_scratch(rungs)
+    prof["mfu_used"], prof["mfu_source"] = _mfu_used(rungs, assumed_mfu)
+    prof["projection"], frac = _projection(prof["arms"], prof["summary"], prof["mfu_used"], price_per_gpu_hour)
     prof["projection_rungs"] = cost.ladder_flops()
     prof["inherit_flops_fraction"] = frac
     prof["lines"] = _claim_lines(prof)
@@ -394,7 +388,7 @@ def _claim_lines(p: dict) -> list[str]:
 
 
 def _plot(p: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # imported here: only the PNG needs it, and it is slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -25,6 +25,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 _perf = time.perf_counter
 
 
@@ -81,9 +83,6 @@ class CudaEventTimer:
     """
 
     def __init__(self, device) -> None:
-        import torch
-
-        self._torch = torch
         self._device = device
         self._free: list = []
         self._records: list[list] = []  # [name, parent_idx, ev_start, ev_end, children_inclusive]
@@ -96,7 +95,7 @@ class CudaEventTimer:
     def _event(self):
         if self._free:
             return self._free.pop()
-        return self._torch.cuda.Event(enable_timing=True)
+        return torch.cuda.Event(enable_timing=True)
 
     def push(self, name: str) -> None:
         ev = self._event()

@@ -1,4 +1,4 @@
-"""Tests of the profiling package (issue 5): timers, windows, samplers, cost arithmetic, report."""
+"""Tests of the profiling package: timers, windows, samplers, cost arithmetic, report."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from profiling import Profiler
 from profiling import cost
 from profiling.nvml import CpuSampler, NvmlSampler, RaplCounter, SamplerUnavailable, make_sampler, visible_nvml_targets
 from profiling.profiler import META_FILE, WINDOWS_FILE
+from profiling.report import build_profile, main as profile_report_main, write_report
 from profiling.timers import CudaEventTimer, HostTimer
 
 SLACK = 0.25  # upper-bound slack for sleeps on a shared 2-core machine (lower bounds are exact)
@@ -452,8 +453,6 @@ def one_thread():
 
 
 def test_report_from_tiny_real_run(tmp_path, one_thread):
-    from profiling.report import build_profile, main, write_report
-
     run = tmp_path / "run"
     _tiny_run(run, fisher=True)
     assert len(_read_windows(run)) == 2  # 4 + 2 steps (the eval lands in the last window)
@@ -482,7 +481,7 @@ def test_report_from_tiny_real_run(tmp_path, one_thread):
     (ms / "summary.json").write_text("{}")
     _tiny_run(ms / "scratch" / "d2", steps=4)
     _tiny_run(ms / "inherit" / "d2", steps=2, fisher=True)
-    assert main([str(ms), "--price-per-gpu-hour", "2.5", "--assumed-mfu", "0.5"]) == 0
+    assert profile_report_main([str(ms), "--price-per-gpu-hour", "2.5", "--assumed-mfu", "0.5"]) == 0
     j = json.loads((ms / "profile.json").read_text())
     assert j["kind"] == "miniseries" and [r["label"] for r in j["rungs"]] == ["inherit/d2", "scratch/d2"]
     assert sum(s["fraction"] for s in j["stages"].values()) == pytest.approx(1.0, abs=1e-9)
@@ -511,8 +510,6 @@ def _fake_rung(d: Path, depth: int, flops: float, wall: float, steps: int, stage
 
 
 def test_report_shared_base_rung_and_gpu_numbers(tmp_path):
-    from profiling.report import build_profile
-
     root = tmp_path / "seed0"  # the multi-seed layout: OUT/seed<k>/<arm>/d<depth>/
     kw = dict(gpu=True, energy_j=3.6e6)
     _fake_rung(root / "scratch" / "d2", 2, flops=4e17, wall=1000.0, steps=10, stages={"forward": 400.0, "ars": 0.0}, **kw)
@@ -541,8 +538,6 @@ def test_report_shared_base_rung_and_gpu_numbers(tmp_path):
 def test_budget_runs_are_charged_their_own_work(tmp_path):
     """A WSD branch (run.json's init_from) is charged its FLOPs and wall time minus those of the
     stable checkpoint it started from, so an arm costs its stable run once plus each cooldown."""
-    from profiling.report import build_profile
-
     root = tmp_path / "ms"
     _fake_rung(root / "scratch" / "d2" / "stable", 2, flops=8e17, wall=800.0, steps=8, stages={"forward": 400.0})
     ck = root / "scratch" / "d2" / "stable" / "ckpt" / "step_000000008"

@@ -14,14 +14,15 @@ The report's first lines are that answer; the per-arm tables follow.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from engine.train.checkpoint import write_json_atomic
+from engine.analysis.report_scaling import core_section, scaling_section
 from engine.analysis.runs import full_budget, rung_cost
 from engine.analysis.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
+from engine.train.checkpoint import write_json_atomic
+from profiling.report import write_report as write_profile_report
 
 
 def curve(rung: dict) -> list[tuple[float, float]]:
@@ -99,7 +100,7 @@ def answer_lines(summary: dict) -> list[str]:
 
 
 def _plot_curves(results: dict, summary: dict, out: Path) -> list[str]:
-    import matplotlib
+    import matplotlib  # imported here: only the plots need it, and it is slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -171,8 +172,6 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
     summary = summarize(lc, results)
     plots = _plot_curves(results, summary, out)
     summary["plots"] = plots
-    from engine.analysis.report_scaling import core_section, scaling_section
-
     flat = {arm: [x for r in rungs for x in r["runs"]] for arm, rungs in results.items()}
     summary["scaling"], scaling_md = scaling_section(lc, flat, lambda arm, d: None)
     core_md = []
@@ -206,9 +205,7 @@ def _profile(out: Path, summary: dict) -> str | None:
     """profiling.report over the miniseries (it reads summary.json, so it runs after it is written);
     the profile is an addition to the report, never a reason to lose it."""
     try:
-        from profiling.report import write_report
-
-        summary["profile"] = Path(write_report(out)).name
+        summary["profile"] = Path(write_profile_report(out)).name
     except Exception as e:
         summary["profile_error"] = f"{type(e).__name__}: {e}"
     write_json_atomic(out / "summary.json", summary)
@@ -216,8 +213,6 @@ def _profile(out: Path, summary: dict) -> str | None:
 
 
 def _core(lc, results, bundle):
-    from engine.analysis.report_scaling import core_section
-
     finals = {arm: [full_budget(r) for r in rungs] for arm, rungs in results.items()}
     runs = {(arm, f["depth"]): Path(f["run"]) for arm, fs in finals.items() for f in fs}
     return core_section(lc, finals, lambda arm, d: runs[(arm, d)], bundle)

@@ -40,6 +40,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+
+from engine.analysis.core_eval import evaluate_core
+from engine.analysis.scaling import fit_chinchilla
+from engine.data import prepare_data
+from engine.train.checkpoint import load_run_model
+from models.config import model_config
 
 
 N_BOOTSTRAP = 50  # small: the section must fit in seconds on a busy 2-core CPU
@@ -80,8 +87,6 @@ def arm_points(results: dict, run_dir_of: Callable[[str, int], Path] | None, arm
 
 
 def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
-    from engine.analysis.scaling import fit_chinchilla
-
     distinct = {(n, d) for n, d, _, _ in pts}
     depths = sorted({p[3] for p in pts})
     base = {"n_points": len(pts), "n_distinct": len(distinct), "depths": depths}
@@ -221,20 +226,13 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     the first CPU_MAX_PER_TASK items per task (nanochat's fixed shuffle) on CPU; the value used is
     stated in the table's text. A rung shared by several arms (the base rung) is evaluated once. Returns
     ({"bundle", "max_per_task", "arms": {arm: {"d<depth>": {"core", "tasks"} or {"error"}}}}, lines)."""
-    import torch
-
-    from engine.analysis.core_eval import evaluate_core
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if max_per_task == "auto":
         max_per_task = None if torch.device(device).type == "cuda" else CPU_MAX_PER_TASK
     if load_model is None:
-        from engine.train.checkpoint import load_run_model as load_model
+        load_model = load_run_model
     if tokenizer is None:
-        from engine.data import prepare_data
-        from models.config import model_config
-
         over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
         vocab = model_config(lc.preset, lc.depths[0], **over).vocab_size
         tokenizer = prepare_data(lc.train.get("data", "builtin"), vocab, lc.train.get("cache_dir"), progress=False).tokenizer

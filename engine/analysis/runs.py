@@ -1,11 +1,13 @@
 """The one reader of run directories for analysis: what a finished run's files say, read without
-anything else of this project. A run directory holds run.json (the configuration and machine),
-metrics.jsonl (one line per optimizer step, evaluations on the steps that evaluated) and
-final.json (written last: its presence means the run finished)."""
+anything else of this project but the JSON-lines reader (engine.runtime.jsonl, itself stdlib only).
+A run directory holds run.json (the configuration and machine), metrics.jsonl (one line per
+optimizer step, evaluations on the steps that evaluated) and final.json (written last: its
+presence means the run finished)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from engine.runtime.jsonl import read_jsonl
 
 
 def full_budget(rung: dict) -> dict:
@@ -14,10 +16,12 @@ def full_budget(rung: dict) -> dict:
 
 
 def rung_cost(final: dict) -> float:
-    """A run's FLOPs: training, plus the Fisher its penalty used, plus the penalty's own work."""
-    return final["flops"] + final.get("fisher_flops", 0.0) + final.get("penalty_flops", 0.0)
+    """A run's FLOPs as method.md section 6 counts them: training, plus the Fisher its penalty used,
+    plus the penalty's own work (the last two absent or None for a run without them)."""
+    return final["flops"] + (final.get("fisher_flops") or 0.0) + (final.get("penalty_flops") or 0.0)
 
 
 def last_eval(run: Path) -> dict:
-    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"val_loss"' in l]
+    """The last metrics.jsonl line of a run that carries an evaluation, or {} when none does."""
+    evals = [rec for rec in read_jsonl(run / "metrics.jsonl") if "val_loss" in rec]
     return evals[-1] if evals else {}

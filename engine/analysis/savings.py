@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from scipy.stats import t as student_t
+
 REACHED, BELOW_SMALLEST, NOT_REACHED = "reached", "reached at or below the smallest budget", "not reached"
 
 
@@ -115,9 +117,7 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict:
     mean = sum(vals) / n
     if n == 1:
         return {"mean": mean, "lo": None, "hi": None, "n": 1, "method": "single seed: no interval"}
-    from scipy.stats import t
-
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    half = float(student_t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "sd": sd,
             "method": f"Student-t {level:.0%} interval over {n} seeds"}

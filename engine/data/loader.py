@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
 
 # torch is imported inside the functions that need it: `from engine.data import prepare_data`
 # stays light (data-prep processes and tests don't pay torch's import time).
@@ -38,8 +39,6 @@ def _check_int(name: str, value, lo: int) -> int:
 
 def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L+1] token windows -> x, y int64 [B, L] on device (pinned, async copy on CUDA)."""
-    import torch
-
     b, l1 = windows.shape
     cuda = device.type == "cuda"
     xy = torch.empty((2, b, l1 - 1), dtype=torch.int64, pin_memory=cuda)
@@ -72,8 +71,6 @@ class TokenLoader:
             raise ValueError(f"seq_len={seq_len}, global_batch={global_batch}: {self.n_tokens} "
                              f"tokens hold only {self.n_seq} sequences of {seq_len}+1 tokens, "
                              f"fewer than one global batch")
-        import torch
-
         self.device = torch.device(device)
         self.seq_consumed = 0
         self._perms: dict[int, np.ndarray] = {}
@@ -156,8 +153,6 @@ def val_batches(tokens, seq_len: int, batch_size: int, max_tokens: int | None, r
         raise ValueError(f"val_batches: {n} tokens do not fill one batch of {batch_size} "
                          f"sequences of {seq_len}+1 tokens (max_tokens={max_tokens}, "
                          f"len(tokens)={len(tokens)})")
-    import torch
-
     dev = torch.device(device)
     slots, n_windows = (len(tokens) - 1) // seq_len, n_batches * batch_size
 

@@ -16,6 +16,7 @@ and stops with one message.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -28,12 +29,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from engine.runtime.diskspace import is_write_error, remove_quietly, write_failure
 
 from .integrity import CacheCorruptError, check_range, checksum, verify
 from .sources import BUILTIN_MIN_VAL_BYTES, VAL_EVERY, Source, iter_sample, resolve_source
-from .tokenizer import SPLIT_PATTERN, TOKENIZER_FILE, Tokenizer, _num_threads, train_tokenizer
+from .tokenizer import SPLIT_PATTERN, TOKENIZER_FILE, Tokenizer, encode_threads, train_tokenizer
 
 FORMAT_VERSION = 1
 TOKENIZER_SAMPLE_CHARS = 8_000_000   # tokenizer trains on the first ~8 MB of train text
@@ -67,15 +69,11 @@ class _FileLock:
         self.path = path
 
     def __enter__(self):
-        import fcntl
-
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        import fcntl
-
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
@@ -166,7 +164,7 @@ def _tokenize_split(src: Source, split: str, tok: Tokenizer, out: Path, progress
         nonlocal n_tokens, n_docs, pending, pending_chars
         if not pending:
             return
-        encoded = tok.enc.encode_ordinary_batch(pending, num_threads=_num_threads())
+        encoded = tok.enc.encode_ordinary_batch(pending, num_threads=encode_threads())
         total = sum(len(ids) for ids in encoded) + len(encoded)
         buf = np.empty(total, dtype=dtype)
         i = 0
@@ -181,8 +179,6 @@ def _tokenize_split(src: Source, split: str, tok: Tokenizer, out: Path, progress
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(units), desc=f"tokenizing {split}", unit="file", file=sys.stderr,
                    dynamic_ncols=True)
     tmp = out.with_suffix(".bin.tmp")

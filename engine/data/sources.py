@@ -181,7 +181,7 @@ def _text(spec: str, arg: str) -> Source:
 
 # -- parquet:GLOB ----------------------------------------------------------------------------
 def _parquet_units(path: Path, name: str, row_lo: int = 0, row_hi: int | None = None) -> list[Unit]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # parquet sources only; pyarrow is slow to import
 
     md = pq.ParquetFile(path).metadata
     units, start = [], 0
@@ -198,7 +198,7 @@ def _parquet_units(path: Path, name: str, row_lo: int = 0, row_hi: int | None = 
 
 
 def _parquet(spec: str, pattern: str) -> Source:
-    import pyarrow as pa
+    import pyarrow as pa  # parquet sources only; pyarrow is slow to import
     import pyarrow.parquet as pq
 
     if not pattern:

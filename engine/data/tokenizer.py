@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import tiktoken
 
 # GPT-4's split regex with numbers split into groups of at most two digits (as nanochat does for
 # its smaller vocabularies: fewer tokens spent on number chunks).
@@ -31,7 +32,8 @@ TOKENIZER_FILE = "tokenizer.json"
 _FORMAT = 1
 
 
-def _num_threads() -> int:
+def encode_threads() -> int:
+    """Threads for batch encoding: every core."""
     return max(1, os.cpu_count() or 1)
 
 
@@ -51,8 +53,6 @@ class Tokenizer:
     """A tiktoken Encoding plus the facts the trainer needs (vocab_size, bos_id, token_bytes)."""
 
     def __init__(self, ranked_tokens: list[bytes], pattern: str, vocab_size: int):
-        import tiktoken
-
         n_special = len(SPECIAL_TOKENS)
         if len(ranked_tokens) + n_special > vocab_size:
             raise ValueError(f"{len(ranked_tokens)} merge tokens + {n_special} special tokens do not "
@@ -89,7 +89,7 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str], prepend_bos: bool = False,
                      num_threads: int | None = None) -> list[list[int]]:
-        out = self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads or _num_threads())
+        out = self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads or encode_threads())
         if prepend_bos:
             out = [[self.bos_id] + ids for ids in out]
         return out
@@ -138,7 +138,7 @@ class Tokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN) -> Tokenizer:
     """Train a byte-level BPE with rustbpe; vocab_size counts the 256 byte tokens and the specials."""
-    import rustbpe
+    import rustbpe  # needed only to train a tokenizer; a cached one runs on tiktoken alone
 
     min_vocab = 256 + len(SPECIAL_TOKENS)
     if not isinstance(vocab_size, (int, np.integer)) or not min_vocab <= vocab_size <= 2**31 - 1:

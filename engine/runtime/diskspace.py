@@ -9,8 +9,12 @@ and what to do:
 - `ensure_free(path, need, what, advice)` is called before a large write whose size is known
   (a checkpoint: the previous checkpoint's size or the state's byte count);
 - `write_failure(path, need, what, cause, advice)` builds the message after a write failed;
-- `storage_guard(out)` wraps a whole run so that a write error anywhere (metrics, reports,
-  run.json, the Fisher file) ends in that same one message instead of a traceback.
+- `storage_guard(out, advice=...)` wraps a whole run so that a write error anywhere (metrics,
+  reports, run.json, the Fisher file) ends in that same one message instead of a traceback.
+
+What is safe after a failure depends on the run's checkpoints, which this module does not read:
+`checkpoint_advice(last_intact)` words it from the newest intact checkpoint that
+engine.train.checkpoint found, and callers pass their advice in.
 
 The callers remove their own partial temporary files; nothing here deletes anything.
 """
@@ -20,6 +24,7 @@ import errno
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 # Writes also need room for metadata (DCP's .metadata, extra.json, the manifest) and filesystems
 # round up to blocks: ask for this much more than the payload.
@@ -113,24 +118,25 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def last_intact_checkpoint(ckpt_dir: Path) -> Path | None:
-    from engine.train.checkpoint import list_checkpoints, verify
-
-    return next((ck for ck in list_checkpoints(Path(ckpt_dir)) if verify(ck) is None), None)
-
-
-def resume_advice(ckpt_dir: Path) -> str:
-    """What is still safe in a run's checkpoint directory after a failed write, and what to do."""
-    last = last_intact_checkpoint(ckpt_dir)
-    if last is None:
+def checkpoint_advice(last_intact: Path | None) -> str:
+    """What is still safe in a run's checkpoint directory after a failed write, and what to do,
+    given its newest intact checkpoint (engine.train.checkpoint finds it; None when there is none)."""
+    if last_intact is None:
         return "No checkpoint of this run exists yet; free space or choose an --out on a larger disk, then rerun."
-    return (f"The last intact checkpoint is {last}; free space (or move the run to a larger disk) and rerun "
+    return (f"The last intact checkpoint is {last_intact}; free space (or move the run to a larger disk) and rerun "
             f"the same command (launch/train.py: with --resume) to continue from it.")
 
 
+def rerun_advice(out: Path) -> str:
+    """What to do after a failed write in `out` when nothing more specific is known."""
+    return (f"Free space (or move {out} to a larger disk) and rerun the same command (a miniseries keeps its "
+            f"finished rungs and resumes an interrupted one from its newest intact checkpoint).")
+
+
 @contextmanager
-def storage_guard(out, what: str = "run output"):
-    """Turn a write error anywhere inside the block into one StorageError naming `out`'s state."""
+def storage_guard(out, what: str = "run output", advice: Callable[[], str] | None = None):
+    """Turn a write error anywhere inside the block into one StorageError naming `out`'s state;
+    `advice()` (called only then; default `rerun_advice(out)`) says what is safe and what to do."""
     try:
         yield
     except StorageError:
@@ -139,14 +145,8 @@ def storage_guard(out, what: str = "run output"):
         if not is_write_error(e):
             raise
         path = Path(getattr(e, "filename", None) or out)
-        raise write_failure(path, None, what, e, _guard_advice(Path(out))) from e
-
-
-def _guard_advice(out: Path) -> str:
-    if (out / "ckpt").is_dir():  # a single run
-        return resume_advice(out / "ckpt")
-    return (f"Free space (or move {out} to a larger disk) and rerun the same command (a miniseries keeps its "
-            f"finished rungs and resumes an interrupted one from its newest intact checkpoint).")
+        text = advice() if advice is not None else rerun_advice(Path(out))
+        raise write_failure(path, None, what, e, text) from e
 
 
 def remove_quietly(path: Path) -> None:

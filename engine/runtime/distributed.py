@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +34,10 @@ class DistEnv:
 
 
 def device_name(dev: torch.device) -> str:
-    """Human-readable device name for run metadata and benchmark tables."""
+    """Human-readable device name for run metadata, profiles and benchmark tables: the GPU's name,
+    or the CPU model and its core count."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    import platform
-
     model = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -73,7 +73,7 @@ def init_distributed(device_pref: str = "auto") -> DistEnv:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh  # multi-process runs only
 
     # Pass the device type explicitly: on a machine that also has GPUs a CPU run must get a CPU mesh.
     mesh = init_device_mesh(device.type, (world,))
@@ -85,7 +85,7 @@ def shard_model(model: torch.nn.Module, env: DistEnv, bf16: bool) -> torch.nn.Mo
     policy keeps fp32 master weights, computes in bf16 and reduces gradients in fp32."""
     if env.world_size == 1:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # multi-process runs only
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for block in model.blocks:
@@ -123,7 +123,7 @@ def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a full (unsharded) tensor, laid out exactly as `param` is."""
     if not hasattr(param, "device_mesh"):
         return full.to(param.device)
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import distribute_tensor  # only sharded (DTensor) parameters get here
 
     return distribute_tensor(full.to(local(param).device), param.device_mesh, param.placements).to_local()
 

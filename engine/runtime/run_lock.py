@@ -26,6 +26,7 @@ child forked without exec shares it until it exits.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -33,6 +34,8 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from engine.runtime.distributed import broadcast_object
 
 LOCK_FILE = ".lock"
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -72,8 +75,6 @@ def _exiting(info: dict | None) -> bool:
 
 def _try_lock(fd: int, path: Path) -> OSError | None:
     """flock without blocking; while the recorded holder is exiting, retry for up to EXIT_GRACE_S."""
-    import fcntl
-
     deadline = time.monotonic() + EXIT_GRACE_S
     while True:
         try:
@@ -114,8 +115,6 @@ def acquire(directory) -> int:
 
 
 def release(fd: int) -> None:
-    import fcntl
-
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
@@ -138,8 +137,6 @@ def run_lock(directory, env=None):
         except RunLockedError as e:
             error = str(e)
     if env is not None:
-        from engine.runtime.distributed import broadcast_object
-
         error = broadcast_object(error, env)
     if error is not None:
         raise RunLockedError(error)

@@ -37,7 +37,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
-from engine.runtime.diskspace import StorageError, ensure_free, remove_quietly, resume_advice, with_slack, write_failure
+from engine.runtime.diskspace import (StorageError, checkpoint_advice, ensure_free, remove_quietly, rerun_advice, with_slack,
+                                      write_failure)
 from engine.runtime.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
 from models.config import GPTConfig
 from models.gpt import GPT
@@ -137,6 +138,22 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     if not ckpt_dir.is_dir():
         return []
     return sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")), reverse=True)
+
+
+def last_intact_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint in `ckpt_dir` that passes `verify`, or None (silent: for messages)."""
+    return next((ck for ck in list_checkpoints(Path(ckpt_dir)) if verify(ck) is None), None)
+
+
+def resume_advice(ckpt_dir: Path) -> str:
+    """What is still safe in a run's checkpoint directory after a failed write, and what to do."""
+    return checkpoint_advice(last_intact_checkpoint(ckpt_dir))
+
+
+def storage_advice(out: Path) -> str:
+    """storage_guard's advice for a run directory `out`: its checkpoints' state once it has ckpt/."""
+    out = Path(out)
+    return resume_advice(out / "ckpt") if (out / "ckpt").is_dir() else rerun_advice(out)
 
 
 def latest_valid(ckpt_dir: Path, env: DistEnv | None = None) -> Path | None:

@@ -1,0 +1,24 @@
+"""The one reader of JSON-lines files (metrics.jsonl, profile_windows.jsonl).
+
+A run appends one JSON object per line and may be killed in the middle of a write, so the last
+line of a file can be torn. `read_jsonl` returns every complete line's object and drops a torn
+or blank line, wherever it is; it imports nothing of this project, so every layer may use it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of every complete JSON line of `path`; a missing file raises OSError as open() does."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line: a kill in the middle of a write
+    return records
