@@ -56,3 +56,18 @@ def test_mean_ci_student_t():
     assert mean_ci([0.3])["lo"] is None
     with pytest.raises(ValueError):
         mean_ci([])
+
+
+def test_cost_to_reach_on_a_noisy_curve_uses_the_pooled_envelope():
+    # 3.0 at 2e12 then 3.2 at 4e12 pool to 3.1 at both; 2.5 at 8e12. Target 2.8 lies between 3.1 (4e12)
+    # and 2.5 (8e12): t = (3.1 - 2.8) / (3.1 - 2.5) = 0.5, so the geometric mean sqrt(4e12 * 8e12).
+    r = cost_to_reach([(2e12, 3.0), (4e12, 3.2), (8e12, 2.5)], 2.8)
+    assert r.status == REACHED and math.isclose(r.cost, math.sqrt(32) * 1e12, rel_tol=1e-12)
+
+
+def test_rung_saving_not_reached_is_a_bound():
+    # the grown curve ends at 3.0 (4e12) above scratch's 2.9: FLOPs-to-match is at least 4e12 of 8e12
+    s = rung_saving([(1e12, 4.0), (4e12, 3.0)], scratch_cost=8e12, scratch_loss=2.9, parent_cost=2e12)
+    assert s["status"] == NOT_REACHED and s["flops_to_match"] == 4e12 and s["fraction"] == 0.5
+    assert s["marginal_saving"] == 0.5 and s["standalone_fraction"] == 0.75 and s["standalone_saving"] == 0.25
+    assert Reach(s["status"], s["fraction"]).describe() == "not reached at <= 0.5"
