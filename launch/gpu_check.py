@@ -35,9 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from launch.argtypes import positive_int  # noqa: E402  (imports nothing of ours: safe before the dependency check)
+
 # module -> distribution, for what the check imports beyond torch and triton
 REQUIRED = {"numpy": "numpy", "tiktoken": "tiktoken", "rustbpe": "rustbpe", "pyarrow": "pyarrow",
             "pytest": "pytest", "pynvml": "nvidia-ml-py", "tqdm": "tqdm"}
+SECTIONS = ("tests", "bandwidth", "training")  # what --skip may name (environment and energy always run)
 CUDA_TESTS = ["tests/test_kernels.py::test_triton_cuda_vs_reference",
               "tests/test_kernels.py::test_triton_cuda_multi_and_skip_vs_reference",
               "tests/test_reliability.py::test_lagged_cuda_steps_make_no_host_sync"]
@@ -326,17 +329,24 @@ def _drop_final_step(out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+def _sections(s: str) -> set[str]:
+    names = set(filter(None, (x.strip() for x in s.split(","))))
+    if names - set(SECTIONS):
+        raise argparse.ArgumentTypeError(f"unknown section(s) {sorted(names - set(SECTIONS))}; expected some of {list(SECTIONS)}")
+    return names
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out-dir", default=str(ROOT / "docs" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "gpu-check"))
-    p.add_argument("--depth", type=int, default=12)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--batch", type=int, default=16, help="sequences of 2048 tokens per step")
-    p.add_argument("--eval-tokens", dest="eval_tokens", type=int, default=65536)
+    p.add_argument("--depth", type=positive_int, default=12)
+    p.add_argument("--steps", type=positive_int, default=40)
+    p.add_argument("--batch", type=positive_int, default=16, help="sequences of 2048 tokens per step")
+    p.add_argument("--eval-tokens", dest="eval_tokens", type=positive_int, default=65536)
     p.add_argument("--data", default="builtin")
     p.add_argument("--cache-dir", dest="cache_dir")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: tests,bandwidth,training")
+    p.add_argument("--skip", type=_sections, default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
     return p.parse_args(argv)
 
 
@@ -365,7 +375,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     res = {"environment": env, "date": datetime.date.today().isoformat(), "command": "make gpu-check " + " ".join(argv or sys.argv[1:])}
     meter, sync = EnergyMeter(), torch.cuda.synchronize
-    skip = set(filter(None, args.skip.split(",")))
+    skip = args.skip
     sections = (("tests", run_cuda_tests), ("bandwidth", bench_bandwidth),
                 ("training", lambda: run_training(args, Path(args.work_dir))))
     for name, fn in sections:

@@ -12,17 +12,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.train import _user_errors, add_training_args, nonneg_int, positive_float, positive_int  # noqa: E402
-from engine.ladder.config import DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES  # noqa: E402
+from launch.argtypes import positive_float, positive_int  # noqa: E402
+from launch.train import add_field, add_training_args  # noqa: E402
+from engine.analysis.report import write_ladder_report, write_multiseed_summary  # noqa: E402
+from engine.inherit.ars import MODES as ARS_MODES  # noqa: E402
+from engine.inherit.growth import DEPTH_INITS, PLACEMENTS  # noqa: E402
+from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
+from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
+                                  LadderConfig, parse_per_rung)
+from engine.ladder.run import run_ladder  # noqa: E402
+from engine.runtime.diskspace import storage_guard  # noqa: E402
+from engine.runtime.distributed import destroy, init_distributed  # noqa: E402
+from engine.runtime.run_lock import run_lock  # noqa: E402
+from engine.train.config import USER_ERRORS  # noqa: E402
 from engine.train.schedule import SCHEDULES  # noqa: E402
-from engine.inherit.growth import DEPTH_INITS  # noqa: E402
+from models.config import parse_depths  # noqa: E402
 
 # The embedded CPU default: sized so its budget curves finish in about 15 minutes on a 2-core CPU
-# (measured; see the README and docs/results/).
+# (measured; see the README and docs/results/). Every other default is LadderConfig's or TrainConfig's.
 DEFAULTS = dict(depths="2:3", arms="scratch,grow-only", ratio=2.0, scratch_budgets="0.5,0.75,1",
                 inherit_budgets="0.2,0.35,0.5,0.7,1", out="runs/miniseries")
 
@@ -38,55 +50,57 @@ def fractions(s: str) -> list[float]:
     return vals
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The miniseries' flags: LadderConfig fields (their defaults its own, or DEFAULTS'), then the
+    training settings every rung shares (launch/train.py: add_training_args)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def flag(name, **kw):
+        add_field(p, LadderConfig, name, **kw)
+
     p.add_argument("--depths", default=DEFAULTS["depths"], help="LO:HI inclusive (2:5 = 2,3,4,5) or a list 2,3,5")
-    p.add_argument("--arms", default=DEFAULTS["arms"],
-                   help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only")
+    p.add_argument("--arms", default=DEFAULTS["arms"], help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only")
     p.add_argument("--ratio", type=positive_float, default=DEFAULTS["ratio"], help="scratch tokens = ratio x scaling params")
     p.add_argument("--scratch-budgets", dest="scratch_budgets", type=fractions, default=DEFAULTS["scratch_budgets"],
                    help="budgets of scratch rungs, fractions of ratio x N tokens (default %(default)s)")
     p.add_argument("--inherit-budgets", dest="inherit_budgets", type=fractions, default=DEFAULTS["inherit_budgets"],
                    help="budgets of grown rungs, fractions of their scratch budget (default %(default)s)")
-    p.add_argument("--schedule", default="wsd", choices=list(SCHEDULES),
-                   help="wsd: one stable run per rung, a cooled branch per budget; nanochat: one run per budget")
-    p.add_argument("--cooldown-frac", dest="cooldown_frac", type=positive_float, default=0.2,
-                   help="WSD cooldown as a fraction of each budget")
-    p.add_argument("--inherit-lr-mult", dest="inherit_lr_mult", type=positive_float, default=1.0,
-                   help="a grown rung's peak LR as a multiple of the scratch peak")
-    p.add_argument("--grow-from", dest="grow_from", default="cooled", choices=GROW_FROM,
-                   help="grow from the parent's cooled budget run or from the stable-phase checkpoint it started from")
-    p.add_argument("--data-order", dest="data_order", default="restart", choices=DATA_ORDERS,
-                   help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped")
-    p.add_argument("--depth-init", dest="depth_init", default="identity", choices=DEPTH_INITS,
-                   help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour (G_stack)")
-    p.add_argument("--optimizer-state", dest="optimizer_state", default="fresh", choices=OPTIMIZER_STATES,
-                   help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
+    flag("schedule", choices=list(SCHEDULES),
+         help="wsd: one stable run per rung, a cooled branch per budget; nanochat: one run per budget")
+    flag("cooldown_frac", type=positive_float, help="WSD cooldown as a fraction of each budget")
+    flag("inherit_lr_mult", type=positive_float, help="a grown rung's peak LR as a multiple of the scratch peak")
+    flag("grow_from", choices=GROW_FROM,
+         help="grow from the parent's cooled budget run or from the stable-phase checkpoint it started from")
+    flag("data_order", choices=DATA_ORDERS,
+         help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped")
+    flag("depth_init", choices=DEPTH_INITS,
+         help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour (G_stack)")
+    flag("optimizer_state", choices=OPTIMIZER_STATES,
+         help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--seeds", default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
-    p.add_argument("--lam", default="1e5",
+    p.add_argument("--lam", default=f"{LadderConfig.lam:g}",
                    help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite); "
                         "per rung: 1e5,4=2e4 (depth 4 gets 2e4)")
-    p.add_argument("--gamma", default="0.1", help="gamma of the subspace term (the seeds' 0.1); per rung as --lam")
-    p.add_argument("--subspace", default="coords", choices=["coords", "svd"])
-    p.add_argument("--svd-rank", dest="svd_rank", type=positive_int)
-    p.add_argument("--svd-energy", dest="svd_energy", type=positive_float)
-    p.add_argument("--penalty-schedule", dest="penalty_schedule", default="constant", choices=["constant", "linear"])
-    p.add_argument("--ars", default="seed", choices=["seed", "detrended", "off"], help="ARS mode of arms that use ARS")
-    p.add_argument("--fisher", default="online", choices=["online", "posthoc"])
-    p.add_argument("--fisher-batches", dest="fisher_batches", type=positive_int, default=20)
-    p.add_argument("--placement", default="end", choices=["end", "middle", "copy-middle"])
-    p.add_argument("--inherit-warmup-frac", dest="inherit_warmup_frac", type=float, default=0.05,
-                   help="LR re-warmup of a grown rung, as a fraction of its scratch budget's steps")
+    p.add_argument("--gamma", default=f"{LadderConfig.gamma:g}", help="gamma of the subspace term (the seeds' 0.1); per rung as --lam")
+    flag("subspace", choices=SUBSPACES)
+    flag("svd_rank", type=positive_int)
+    flag("svd_energy", type=positive_float)
+    flag("penalty_schedule", choices=PENALTY_SCHEDULES)
+    flag("ars", choices=ARS_MODES, help="ARS mode of arms that use ARS")
+    flag("fisher", choices=FISHER_MODES)
+    flag("fisher_batches", type=positive_int)
+    flag("placement", choices=PLACEMENTS)
+    flag("inherit_warmup_frac", type=float, help="LR re-warmup of a grown rung, as a fraction of its scratch budget's steps")
     p.add_argument("--core-bundle", dest="core_bundle", help="DCLM eval bundle dir: adds CORE to the report")
     add_training_args(p, rung=False)
-    ns = p.parse_args(argv)
+    return p
 
-    from engine.runtime.distributed import destroy, init_distributed
-    from engine.ladder.config import LadderConfig, parse_depths, parse_per_rung
-    from engine.ladder.run import run_ladder
-    from engine.analysis.report import write_ladder_report, write_multiseed_summary
 
+def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
+    """One validated LadderConfig per seed. The LadderConfig fields come from the flags named like
+    them; the training settings shared by every rung are every given flag named like a TRAIN_SETTINGS
+    field (so a flag added to add_training_args reaches the rungs without a list to keep)."""
     try:
         depths = parse_depths(ns.depths)
         lam, lam_by_depth = parse_per_rung(ns.lam, "lam")
@@ -94,32 +108,28 @@ def main(argv=None):
         seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [ns.seed]
     except ValueError as e:
         p.error(str(e))
-    train_keys = ("data", "device", "global_batch", "device_batch", "optimizer", "adamw_impl", "host_sync", "max_nonfinite", "matrix_lr", "embedding_lr", "lr_mult",
-                  "unembedding_lr", "weight_decay", "warmdown_frac", "eval_every", "eval_tokens", "ckpt_every",
-                  "compile", "progress", "profile", "cache_dir", "vocab_size", "seq_len")
-    train = {k: getattr(ns, k) for k in train_keys if getattr(ns, k) is not None}
+    ladder_fields = {f.name for f in fields(LadderConfig)}
+    given = {k: v for k, v in vars(ns).items() if k in ladder_fields}
+    given.update(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], lam=lam, gamma=gamma,
+                 lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth,
+                 train={k: v for k, v in vars(ns).items() if k in TRAIN_SETTINGS and v is not None})
     configs = []
     for seed in seeds:
         out = Path(ns.out) if len(seeds) == 1 else Path(ns.out) / f"seed{seed}"
-        lc = LadderConfig(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], out=str(out),
-                          preset=ns.preset, ratio=ns.ratio, seed=seed, lam=lam, scratch_budgets=ns.scratch_budgets,
-                          inherit_budgets=ns.inherit_budgets, schedule=ns.schedule, cooldown_frac=ns.cooldown_frac,
-                          inherit_lr_mult=ns.inherit_lr_mult, grow_from=ns.grow_from, data_order=ns.data_order,
-                          optimizer_state=ns.optimizer_state, depth_init=ns.depth_init,
-                          gamma=gamma, lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth, subspace=ns.subspace, svd_rank=ns.svd_rank, svd_energy=ns.svd_energy,
-                          penalty_schedule=ns.penalty_schedule, ars=ns.ars, fisher=ns.fisher,
-                          fisher_batches=ns.fisher_batches, placement=ns.placement,
-                          inherit_warmup_frac=ns.inherit_warmup_frac, train=train)
+        lc = LadderConfig(**{**given, "out": str(out), "seed": seed})
         try:
             lc.validate()
         except ValueError as e:
             p.error(str(e))
         configs.append(lc)
+    return configs
 
-    env = init_distributed(train.get("device", "auto"))
-    from engine.runtime.diskspace import storage_guard
-    from engine.runtime.run_lock import run_lock
 
+def main(argv=None):
+    p = build_parser()
+    ns = p.parse_args(argv)
+    configs = ladder_configs(p, ns)
+    env = init_distributed(ns.device)
     try:
         with run_lock(ns.out, env), storage_guard(ns.out):  # one writer; a full disk is one message
             for lc in configs:
@@ -129,7 +139,7 @@ def main(argv=None):
                     print(f"[miniseries] report: {path}")
             if env.is_main and len(configs) > 1:
                 print(f"[miniseries] seeds summary: {write_multiseed_summary(Path(ns.out), configs)}")
-    except _user_errors() as e:  # bad input or state: one clear line, not a traceback
+    except USER_ERRORS as e:  # bad input or state: one clear line, not a traceback
         sys.exit(f"error: {e}")
     finally:
         destroy(env)

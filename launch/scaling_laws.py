@@ -34,8 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from launch.argtypes import nonneg_int, positive_int  # noqa: E402
 from engine.analysis.scaling import fit_chinchilla, isoflop_analysis, optimal_allocation, predict  # noqa: E402
-from models.config import PRESETS, model_config  # noqa: E402
+from models.config import PRESETS, model_config, parse_depths  # noqa: E402
 
 TRAINER_ENV = "SCALING_LAWS_TRAINER"
 RESULT_COLUMNS = ["flops_budget", "depth", "params", "tokens", "loss", "val_bpb", "flops", "total_params", "wall_s"]
@@ -43,28 +44,6 @@ RESULT_COLUMNS = ["flops_budget", "depth", "params", "tokens", "loss", "val_bpb"
 
 # ---------------------------------------------------------------------------------------------
 # argument parsing
-
-
-def parse_depths(text: str) -> list[int]:
-    """'2:5' -> [2, 3, 4, 5]; '2,3,5' -> [2, 3, 5]; mixtures like '2:4,8' work too."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if ":" in part:
-                lo, hi = (int(x) for x in part.split(":"))
-                if hi < lo:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad depths {text!r}: use 'LO:HI' (inclusive) or 'D1,D2,...'") from None
-    if not out or any(d < 1 for d in out):
-        raise argparse.ArgumentTypeError(f"bad depths {text!r}: depths must be positive integers")
-    if len(set(out)) != len(out):
-        raise argparse.ArgumentTypeError(f"bad depths {text!r}: repeated depth")
-    return sorted(out)
 
 
 def parse_flops(text: str) -> list[float]:
@@ -94,15 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--fit", type=Path, help="CSV with params,tokens,loss[,flops_budget]: fit it and stop")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model preset of the sweep")
-    p.add_argument("--depths", type=parse_depths, help="depths of the sweep: '2:5' or '2,3,5'")
+    p.add_argument("--depths", help="depths of the sweep: '2:5', '2,3,5' or '2:4,8' (models/config.py: parse_depths)")
     p.add_argument("--flops", type=parse_flops, help="FLOP budgets of the sweep, comma separated: 1e13,3e13")
     p.add_argument("--data", default="builtin", help="training data source, passed to the trainer (default builtin)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=None,
+    p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=None,
                    help="override the preset's sequence length (passed to the trainer; also changes FLOPs per token)")
     p.add_argument("--out", type=Path, help="--fit: JSON file (default FILE.fit.json); sweep: output directory")
     p.add_argument("--metric", choices=("val_loss", "val_bpb"), default="val_loss", help="what the sweep fits (default val_loss)")
-    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap refits for the intervals (default 200)")
+    p.add_argument("--n-bootstrap", type=nonneg_int, default=200, help="bootstrap refits for the intervals (default 200)")
     p.add_argument("--compute", type=float, default=None, help="FLOPs (6ND) at which to report the optimal ratio (default: largest in the data)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--trainer-arg", action="append", default=[], help="extra argument passed to every trainer call (repeatable)")
@@ -110,10 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
-    if args.n_bootstrap < 0:
-        p.error("--n-bootstrap must be >= 0")
-    if args.seq_len is not None and args.seq_len < 1:
-        p.error("--seq-len must be a positive integer")
     if args.compute is not None and not (math.isfinite(args.compute) and args.compute > 0):
         p.error("--compute must be a positive number")
     if args.fit is not None:
@@ -125,6 +100,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     missing = [f"--{k}" for k in ("preset", "depths", "flops", "out") if getattr(args, k) is None]
     if missing:
         p.error(f"a sweep needs {', '.join(missing)} (or use --fit FILE.csv)")
+    try:
+        args.depths = parse_depths(args.depths)
+    except ValueError as e:
+        p.error(str(e))
     if not os.environ.get(TRAINER_ENV) and not (REPO / "launch" / "train.py").is_file():
         p.error(f"trainer not found: {REPO / 'launch' / 'train.py'} (or set {TRAINER_ENV})")
     # every rung must be trainable before any compute is spent

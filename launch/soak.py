@@ -26,6 +26,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.train.guard import HOST_SYNC_MODES  # noqa: E402
+from launch.argtypes import nonneg_int, positive_int  # noqa: E402
+from models.config import parse_depths  # noqa: E402
+
 # every number of a summary.json run row / ladder entry that does not measure time
 TIMELESS = ("depth", "budget_frac", "params", "scaling_params", "tokens", "flops", "fisher_flops", "penalty_flops",
             "val_loss", "val_loss_se", "val_bpb", "growth_max_abs_logit_diff", "steps")
@@ -104,16 +110,16 @@ def main(argv=None):
     p.add_argument("--depths", default="1:3")
     p.add_argument("--arms", default="scratch,inherit")
     p.add_argument("--ratio", type=float, default=0.1)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=64)
-    p.add_argument("--global-batch", dest="global_batch", type=int, default=4)
-    p.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=5)
-    p.add_argument("--nproc", type=int, default=1, help="ranks per run (torchrun, CPU gloo) when > 1")
-    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
+    p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=64)
+    p.add_argument("--global-batch", dest="global_batch", type=positive_int, default=4)
+    p.add_argument("--ckpt-every", dest="ckpt_every", type=nonneg_int, default=5)
+    p.add_argument("--nproc", type=positive_int, default=1, help="ranks per run (torchrun, CPU gloo) when > 1")
+    p.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of the runs")
     p.add_argument("--min-delay", dest="min_delay", type=float, default=0.5, help="shortest time before a kill, s")
     p.add_argument("--max-delay-frac", dest="max_delay_frac", type=float, default=0.6,
                    help="longest time before a kill, as a fraction of the reference's wall time")
-    p.add_argument("--max-starts", dest="max_starts", type=int, default=60, help="starts per round before giving up")
-    p.add_argument("--host-sync", dest="host_sync", default="auto", choices=["auto", "step", "lagged"],
+    p.add_argument("--max-starts", dest="max_starts", type=positive_int, default=60, help="starts per round before giving up")
+    p.add_argument("--host-sync", dest="host_sync", default="auto", choices=HOST_SYNC_MODES,
                    help="the runs' --host-sync (lagged: the device-side non-finite skip, read a step late)")
     p.add_argument("--out", default="runs/soak")
     p.add_argument("--results", default=str(ROOT / "docs/results"), help="where soak-<date>.{json,md} go")
@@ -121,6 +127,10 @@ def main(argv=None):
     for k in ("minutes", "ratio", "min_delay", "max_delay_frac"):
         if not getattr(a, k) > 0:
             p.error(f"--{k.replace('_', '-')} must be > 0, got {getattr(a, k)}")
+    try:
+        parse_depths(a.depths)  # refused here, not after the reference run (passed on to the miniseries as given)
+    except ValueError as e:
+        p.error(str(e))
 
     out = Path(a.out)
     if out.exists():

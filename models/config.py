@@ -5,13 +5,17 @@ Shape rules follow nanochat (see ../shared/reference/method.md section 1):
     n_head    = model_dim / head_dim   (n_kv_head = n_head)
 Per-layer settings live in an explicit tuple of `BlockConfig`, so growth can insert a layer
 anywhere without touching the others.
+
+Also here: the preset table (each preset's shape and, in its `train` entry, its training defaults,
+read by engine/train/config.py) and the one grammar of a list of depths (parse_depths).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 MLP_RATIO = 4  # ReLU^2 MLP with 4x expansion, as nanochat
+DTYPES = ("float32", "bfloat16")  # compute dtypes of the fast path: CPU, CUDA
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,8 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"GPTConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"GPTConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not self.blocks:
             object.__setattr__(self, "blocks", tuple(BlockConfig(self.n_head) for _ in range(self.depth)))
         if len(self.blocks) != self.depth:
@@ -95,10 +99,7 @@ class GPTConfig:
         (12 * n_layer * model_dim * T), the estimate nanochat and PaLM use."""
         return 6 * self.scaling_params + 12 * self.n_layer * self.model_dim * self.seq_len
 
-    # --- ladder helpers -------------------------------------------------------------------
-    def with_depth(self, depth: int) -> "GPTConfig":
-        return replace(self, depth=depth, blocks=())
-
+    # --- serialization (run.json records the model config; checkpoint.load_run_model reads it) ---
     def to_dict(self) -> dict:
         d = asdict(self)
         d["blocks"] = [asdict(b) for b in self.blocks]
@@ -111,17 +112,59 @@ class GPTConfig:
         return GPTConfig(**d)
 
 
-# Model presets. `cpu-tiny` keeps nanochat's shape rules at a size a 2-core CPU trains in minutes
-# (method.md suggests aspect 32, head_dim 32, vocab 2048, sequence 256, fp32).
+# The presets: one table, a preset's model shape and its training defaults (`train`, the fields of
+# engine/train/config.TrainConfig that default to None) defined together.
+# cpu-tiny keeps nanochat's shape rules at a size a 2-core CPU trains in minutes (method.md suggests
+# aspect 32, head_dim 32, vocab 2048, sequence 256, fp32), with small batches so a few-minute run
+# still takes hundreds of steps. nanochat: its shapes, its ~0.5M-token batch (256 x 2048) and its
+# learning rates (anchors.md).
 PRESETS: dict[str, dict] = {
-    "cpu-tiny": dict(aspect_ratio=32, head_dim=32, vocab_size=2048, seq_len=256, dtype="float32"),
-    "nanochat": dict(aspect_ratio=64, head_dim=128, vocab_size=32768, seq_len=2048, dtype="bfloat16"),
+    "cpu-tiny": dict(aspect_ratio=32, head_dim=32, vocab_size=2048, seq_len=256, dtype="float32",
+                     train=dict(global_batch=8, device_batch=8, eval_tokens=32768, matrix_lr=0.004,
+                                embedding_lr=0.05, unembedding_lr=0.004)),
+    "nanochat": dict(aspect_ratio=64, head_dim=128, vocab_size=32768, seq_len=2048, dtype="bfloat16",
+                     train=dict(global_batch=256, device_batch=32, eval_tokens=10 * 524288, matrix_lr=0.002,
+                                embedding_lr=0.2, unembedding_lr=0.004)),
 }
 
 
-def model_config(preset: str, depth: int, **overrides) -> GPTConfig:
+def check_preset(preset: str) -> None:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+
+
+def model_config(preset: str, depth: int, **overrides) -> GPTConfig:
+    check_preset(preset)
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
-    return GPTConfig(depth=depth, **{**PRESETS[preset], **overrides})
+    shape = {k: v for k, v in PRESETS[preset].items() if k != "train"}
+    return GPTConfig(depth=depth, **{**shape, **overrides})
+
+
+def check_depths(depths: list[int]) -> None:
+    """The depths of a ladder or a sweep: positive and strictly increasing (a ladder grows upward)."""
+    if not depths:
+        raise ValueError("--depths is empty; expected e.g. 2:5 or 2,3,5")
+    if any(d < 1 for d in depths):
+        raise ValueError(f"--depths must be positive, got {depths}")
+    if any(b <= a for a, b in zip(depths, depths[1:])):
+        raise ValueError(f"--depths must be strictly increasing, got {depths}")
+
+
+def parse_depths(spec: str) -> list[int]:
+    """The one grammar of --depths: a comma list of depths and inclusive ranges LO:HI, e.g.
+    '2:5' -> [2, 3, 4, 5], '2,3,5' -> [2, 3, 5], '2:4,8' -> [2, 3, 4, 8]; checked by check_depths."""
+    depths: list[int] = []
+    try:
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if ":" in part:
+                lo, hi = (int(x) for x in part.split(":"))
+                if hi < lo:
+                    raise ValueError
+                depths.extend(range(lo, hi + 1))
+            else:
+                depths.append(int(part))
+    except ValueError:
+        raise ValueError(f"--depths {spec!r}: expected LO:HI (inclusive, LO <= HI) or a list like 2,3,5") from None
+    check_depths(depths)
+    return depths

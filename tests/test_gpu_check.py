@@ -123,3 +123,13 @@ def test_drop_final_step_leaves_the_middle_checkpoint(tmp_path):
     gc._drop_final_step(tmp_path)
     assert not (tmp_path / "final.json").exists()
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step_000000010"]
+
+
+def test_bad_flags_are_refused_by_name(capsys):
+    assert gc.parse_args(["--skip", "tests,training"]).skip == {"tests", "training"}
+    assert gc.parse_args([]).skip == set()
+    for argv, message in ((["--skip", "tests,bench"], "unknown section(s) ['bench']"),
+                          (["--depth", "0"], "expected a positive integer, got '0'")):
+        with pytest.raises(SystemExit):
+            gc.parse_args(argv)
+        assert message in capsys.readouterr().err

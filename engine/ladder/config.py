@@ -1,17 +1,35 @@
 """What a miniseries is: its depths, arms and budgets, the growth recipe, the penalty, ARS and
-Fisher settings (LadderConfig), every choice among them defined once, and the name of a grown
-arm's directory (method.md sections 2-6)."""
+Fisher settings (LadderConfig) with their checks, the training settings every rung shares, and the
+name of a grown arm's directory (method.md sections 2-6).
+
+Every choice is defined once: the ladder's own recipe choices here (GROW_FROM, DATA_ORDERS,
+OPTIMIZER_STATES, FISHER_MODES, ARMS), the others by the module that owns the concept (placements
+and depth inits: engine/inherit/growth.py; subspaces and penalty schedules: engine/inherit/penalty.py;
+ARS modes: engine/inherit/ars.py; LR schedules: engine/train/schedule.py).
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from engine.inherit.ars import MODES as ARS_MODES
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
+from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
+from engine.train.config import TrainConfig, check_choice
 from engine.train.schedule import SCHEDULES
+from models.config import check_depths
 
 GROW_FROM = ("cooled", "stable")
 DATA_ORDERS = ("restart", "continue")
 OPTIMIZER_STATES = ("fresh", "carry")
+# online: accumulated over the last steps of the parent's runs; posthoc: measured on its checkpoint
+# at growth. (The Fisher's module, engine/inherit/fisher.py, defines no such constant.)
+FISHER_MODES = ("online", "posthoc")
+# TrainConfig fields the ladder sets itself for each run (from its own fields or its run plan);
+# every other field is a training setting shared by every rung (LadderConfig.train)
+RUN_FIELDS = ("depth", "preset", "out", "seed", "steps", "tokens", "ratio", "resume", "ars", "warmup_steps",
+              "init_from", "keep_ckpt_steps", "fisher_online_steps")
+TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_FIELDS)
 # recipe knobs that name a grown arm's directory when they differ from these defaults, so recipes
 # share one OUT (and its scratch rungs) without overwriting each other
 RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05,
@@ -40,25 +58,25 @@ class LadderConfig:
     # is a separate run (the old single-fraction measurement: --inherit-budgets 0.5 --schedule nanochat).
     scratch_budgets: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     inherit_budgets: list = field(default_factory=lambda: [0.1, 0.2, 0.35, 0.5, 0.7, 1.0])
-    schedule: str = "wsd"  # wsd | nanochat (engine/train/schedule.py)
+    schedule: str = "wsd"  # engine/train/schedule.SCHEDULES
     cooldown_frac: float = 0.2  # WSD cooldown, a fraction of each budget
     seed: int = 0
     # the penalty (method.md section 4)
     lam: float = 1e5  # Omega is ~1e-7 on average (measured on cpu-tiny d2): lambda=1 would be a no-op
     gamma: float = 0.1  # the seeds' gamma
-    subspace: str = "coords"
+    subspace: str = "coords"  # penalty.SUBSPACES
     svd_rank: int | None = None
     svd_energy: float | None = None
-    penalty_schedule: str = "constant"
+    penalty_schedule: str = "constant"  # penalty.SCHEDULES
     # per-rung overrides of lam / gamma, keyed by the depth of the rung being trained
     lam_by_depth: dict = field(default_factory=dict)
     gamma_by_depth: dict = field(default_factory=dict)
     # ARS (method.md section 5)
-    ars: str = "seed"
+    ars: str = "seed"  # ars.MODES
     # Fisher (method.md section 3)
-    fisher: str = "online"  # online | posthoc
+    fisher: str = "online"  # FISHER_MODES
     fisher_batches: int = 20
-    placement: str = "end"
+    placement: str = "end"  # growth.PLACEMENTS
     # A grown rung gets a fresh optimizer; a full-LR first Adam step moves every inherited weight by
     # ~lr and spikes the loss (measured: 4.94 -> 5.71 at d2->d3 with 1 warmup step), so inherited
     # rungs re-warm their learning rate over this fraction of their SCRATCH budget's steps (one
@@ -69,19 +87,15 @@ class LadderConfig:
     # inherit_lr_mult; it grows from its parent's cooled branch or the stable-phase checkpoint that
     # branch started from; it re-reads its parent's token stream from the start, or reads on.
     inherit_lr_mult: float = 1.0
-    grow_from: str = "cooled"  # cooled | stable
-    data_order: str = "restart"  # restart | continue
-    optimizer_state: str = "fresh"  # fresh | carry (the parent's Adam moments in the new shapes)
-    depth_init: str = "identity"  # identity (exact) | copy (a new layer copies its trained neighbour: G_stack)
-    train: dict = field(default_factory=dict)  # TrainConfig overrides shared by every rung
+    grow_from: str = "cooled"  # GROW_FROM
+    data_order: str = "restart"  # DATA_ORDERS
+    optimizer_state: str = "fresh"  # OPTIMIZER_STATES: fresh | carry (the parent's Adam moments in the new shapes)
+    depth_init: str = "identity"  # growth.DEPTH_INITS: identity (exact) | copy (a new layer copies its neighbour: G_stack)
+    train: dict = field(default_factory=dict)  # TRAIN_SETTINGS shared by every rung (TrainConfig fields)
 
     def validate(self):
-        if not self.depths:
-            raise ValueError("--depths is empty; expected e.g. 2:5 or 2,3,5")
-        if any(d < 1 for d in self.depths):
-            raise ValueError(f"--depths must be positive, got {self.depths}")
-        if any(b <= a for a, b in zip(self.depths, self.depths[1:])):
-            raise ValueError(f"--depths must be strictly increasing, got {self.depths}")
+        """Every check that can fail before compute, with a message naming the value."""
+        check_depths(self.depths)
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"unknown arm(s) {unknown or self.arms}; expected a subset of {list(ARMS)}")
@@ -91,57 +105,60 @@ class LadderConfig:
             b = getattr(self, name)
             if not b or any(not 0 < f <= 1 for f in b) or sorted(set(b)) != list(b):
                 raise ValueError(f"--{name.replace('_', '-')} must be increasing fractions in (0, 1], got {b}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.ratio <= 1e4:
+            raise ValueError(f"--ratio must be in (0, 10000], got {self.ratio}")
+        self._check_recipe()
+        self._check_penalty()
+        check_choice("--ars", self.ars, ARS_MODES)
+        check_choice("--fisher", self.fisher, FISHER_MODES)
+        if self.fisher_batches < 1:
+            raise ValueError(f"--fisher-batches must be >= 1, got {self.fisher_batches}")
+        stray = sorted(set(self.train) - set(TRAIN_SETTINGS))
+        if stray:
+            raise ValueError(f"unknown training setting(s) {stray} for every rung; accepted: {list(TRAIN_SETTINGS)} "
+                             f"(the ladder sets {list(RUN_FIELDS)} itself)")
+        if len(self.depths) < 2 and any(ARMS[a][0] for a in self.arms):
+            raise ValueError("inheriting arms need at least two depths")
+
+    def _check_recipe(self):
+        """The schedule and how a grown rung starts (method.md sections 2 and 6)."""
+        check_choice("--schedule", self.schedule, SCHEDULES)
         if not 0 < self.cooldown_frac < 1:
             raise ValueError(f"--cooldown-frac must be in (0, 1), got {self.cooldown_frac}")
         if not 0 < self.inherit_lr_mult < math.inf:
             raise ValueError(f"--inherit-lr-mult must be a finite number > 0, got {self.inherit_lr_mult}")
-        if self.grow_from not in GROW_FROM:
-            raise ValueError(f"--grow-from must be one of {GROW_FROM}, got {self.grow_from!r}")
-        if self.data_order not in DATA_ORDERS:
-            raise ValueError(f"--data-order must be one of {DATA_ORDERS}, got {self.data_order!r}")
-        if self.depth_init not in DEPTH_INITS:
-            raise ValueError(f"--depth-init must be one of {DEPTH_INITS}, got {self.depth_init!r}")
-        if self.optimizer_state not in OPTIMIZER_STATES:
-            raise ValueError(f"--optimizer-state must be one of {OPTIMIZER_STATES}, got {self.optimizer_state!r}")
-        if self.optimizer_state == "carry" and self.train.get("optimizer", "adamw") != "adamw":
+        if not 0 <= self.inherit_warmup_frac < 1:
+            raise ValueError(f"--inherit-warmup-frac must be in [0, 1), got {self.inherit_warmup_frac}")
+        check_choice("--grow-from", self.grow_from, GROW_FROM)
+        check_choice("--data-order", self.data_order, DATA_ORDERS)
+        check_choice("--depth-init", self.depth_init, DEPTH_INITS)
+        check_choice("--optimizer-state", self.optimizer_state, OPTIMIZER_STATES)
+        check_choice("--placement", self.placement, PLACEMENTS)
+        if self.optimizer_state == "carry" and self.train.get("optimizer", TrainConfig.optimizer) != "adamw":
             raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
         if self.grow_from == "stable" and self.schedule != "wsd":
             raise ValueError("--grow-from stable needs --schedule wsd (only WSD has a stable-phase checkpoint)")
-        if not 0 < self.ratio <= 1e4:
-            raise ValueError(f"--ratio must be in (0, 10000], got {self.ratio}")
+
+    def _check_penalty(self):
+        """lambda and gamma (per rung too), the subspace and the penalty schedule (method.md section 4)."""
         if not (0 <= self.lam < math.inf and 0 <= self.gamma < math.inf):  # NaN fails too
             raise ValueError(f"--lam and --gamma must be finite and >= 0, got {self.lam}, {self.gamma}")
-        per_rung = {**{f"lam d{d}": v for d, v in self.lam_by_depth.items()}, **{f"gamma d{d}": v for d, v in self.gamma_by_depth.items()}}
+        per_rung = {**{f"lam d{d}": v for d, v in self.lam_by_depth.items()},
+                    **{f"gamma d{d}": v for d, v in self.gamma_by_depth.items()}}
         bad = {k: v for k, v in per_rung.items() if not 0 <= v < math.inf}
         if bad:
             raise ValueError(f"per-rung --lam/--gamma values must be finite and >= 0, got {bad}")
         stray = sorted((set(self.lam_by_depth) | set(self.gamma_by_depth)) - set(self.depths[1:]))
         if stray:
             raise ValueError(f"per-rung --lam/--gamma given for depth(s) {stray}, which are not grown rungs of {self.depths}")
-        if self.subspace not in ("coords", "svd"):
-            raise ValueError(f"--subspace must be coords or svd, got {self.subspace!r}")
+        check_choice("--subspace", self.subspace, SUBSPACES)
         if self.subspace == "svd" and self.svd_rank is None and self.svd_energy is None:
             raise ValueError("--subspace svd needs --svd-rank K or --svd-energy F")
         if self.svd_rank is not None and self.svd_rank < 1:
             raise ValueError(f"--svd-rank must be >= 1, got {self.svd_rank}")
         if self.svd_energy is not None and not 0 < self.svd_energy <= 1:
             raise ValueError(f"--svd-energy must be in (0, 1], got {self.svd_energy}")
-        if self.penalty_schedule not in ("constant", "linear"):
-            raise ValueError(f"--penalty-schedule must be constant or linear, got {self.penalty_schedule!r}")
-        if self.ars not in ("seed", "detrended", "off"):
-            raise ValueError(f"--ars must be seed, detrended or off, got {self.ars!r}")
-        if self.fisher not in ("online", "posthoc"):
-            raise ValueError(f"--fisher must be online or posthoc, got {self.fisher!r}")
-        if not 0 <= self.inherit_warmup_frac < 1:
-            raise ValueError(f"--inherit-warmup-frac must be in [0, 1), got {self.inherit_warmup_frac}")
-        if self.fisher_batches < 1:
-            raise ValueError(f"--fisher-batches must be >= 1, got {self.fisher_batches}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"--placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if len(self.depths) < 2 and any(ARMS[a][0] for a in self.arms):
-            raise ValueError("inheriting arms need at least two depths")
+        check_choice("--penalty-schedule", self.penalty_schedule, PENALTY_SCHEDULES)
 
 
 def parse_per_rung(spec: str, name: str) -> tuple[float, dict[int, float]]:
@@ -161,19 +178,6 @@ def parse_per_rung(spec: str, name: str) -> tuple[float, dict[int, float]]:
     if default is None:
         raise ValueError(f"--{name} {spec!r}: give a default value first (e.g. 1e5,4=2e4)")
     return default, per
-
-
-def parse_depths(spec: str) -> list[int]:
-    """'2:5' -> [2, 3, 4, 5]; '2,3,5' -> [2, 3, 5]."""
-    try:
-        if ":" in spec:
-            lo, hi = (int(x) for x in spec.split(":"))
-            if hi < lo:
-                raise ValueError
-            return list(range(lo, hi + 1))
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--depths {spec!r}: expected LO:HI (inclusive, LO <= HI) or a list like 2,3,5") from None
 
 
 def arm_dir_name(arm: str, lc: LadderConfig) -> str:

@@ -1,9 +1,12 @@
-"""The miniseries: every arm over the same ladder, same data order and seeds (method.md section 6).
+"""The miniseries' run order: every arm over the same ladder, same data order and seeds (method.md
+section 6). The arms, recipe choices and checks are in engine/ladder/config.py; how one rung is grown
+into an Inheritance is engine/ladder/grow.py.
 
 Arms
     scratch            every rung from random init, at budgets around ratio x N tokens
-    inherit            rung d -> grown into d+1 (exact growth), trained with the penalty Phi and
-                       ARS damping at budgets from small fractions up to the scratch budget
+    inherit            each rung grown into the next depth of the ladder (exact growth unless
+                       --depth-init copy), trained with the penalty Phi and ARS damping at budgets
+                       from small fractions up to the scratch budget
     inherit-nopenalty  as inherit, without Phi
     inherit-noars      as inherit, without ARS
     grow-only          growth alone (no Phi, no ARS)
@@ -11,19 +14,24 @@ Arms
 Budget curves: every rung is trained at several budgets (fractions of its scratch budget). With
 the WSD schedule (the default) a rung is one stable run at constant LR plus one cooled branch per
 budget, started from the stable run's checkpoint at (1 - c) x B_k; each branch is a finished run at
-its own budget. A grown rung grows from its parent's budget run that first reached the parent's
-scratch twin (the largest budget if none did): the chain a user who stops each rung at scratch
-quality would train.
+its own budget. With the nanochat schedule every budget is a separate run. A grown rung grows from
+the smallest of its parent's budget runs whose val loss reached the parent's scratch twin at full
+budget (the largest budget if none did): the chain a user who stops each rung at scratch quality
+would train (grow_source). The budget runs of a rung some arm grows from accumulate the online
+Fisher over their last --fisher-batches steps (with --fisher online).
 
-The lowest rung is trained once, from scratch, and shared by every arm: the arms differ only from
-the first growth on, so a difference between them is the method's and not the base rung's.
+Order (run_ladder): first the lowest rung, trained once from scratch and shared by every arm (the
+arms differ only from the first growth on, so a difference between them is the method's and not the
+base rung's), and the rest of the scratch arm (_train_scratch_rungs); then each growing arm, rung by
+rung (_train_grown_arm). Each rung's runs are trained, or skipped when finished, by _train_rung_curve.
 
 Layout of OUT (one seed):   OUT/<arm>/d<depth>/stable/      the WSD stable run
                             OUT/<arm>/d<depth>/b<frac>/     one budget run each (a train run dir)
                             OUT/base/d<lo>/                 the shared lowest rung when `scratch` is not an arm
 A grown arm's directory carries the recipe knobs that differ from RECIPE_DEFAULTS
 (e.g. grow-only+data_order=continue), so recipes share one OUT and its scratch rungs.
-Rerunning the same command skips finished runs and resumes an interrupted one.
+Rerunning the same command skips finished runs (after checking they were made by the same
+configuration) and resumes an interrupted one.
 """
 from __future__ import annotations
 
@@ -71,7 +79,7 @@ class RungPlan:
 
 def _train_config(lc: LadderConfig, plan: RungPlan, run: Path, steps: int, **kw) -> TrainConfig:
     base = dict(lc.train)
-    base["lr_mult"] = base.get("lr_mult", 1.0) * plan.lr_mult
+    base["lr_mult"] = base.get("lr_mult", TrainConfig.lr_mult) * plan.lr_mult
     base.update(kw)
     return TrainConfig(depth=plan.depth, preset=lc.preset, out=str(run), seed=lc.seed, steps=steps, resume=True,
                        ars=plan.ars, warmup_steps=plan.warmup, **base)
@@ -170,61 +178,70 @@ def grow_source(lc: LadderConfig, runs: list[dict], target: float | None) -> dic
 
 
 def _scratch_steps(lc: LadderConfig) -> dict[int, int]:
-    """Scratch budget (optimizer steps) of every depth."""
+    """Scratch budget (optimizer steps) of every depth: ratio x N tokens over the tokens per step."""
     steps = {}
     for d in lc.depths:
-        probe = TrainConfig(depth=d, preset=lc.preset, ratio=lc.ratio,
-                            **{k: v for k, v in lc.train.items() if k in ("global_batch", "vocab_size", "seq_len")})
+        probe = TrainConfig(depth=d, preset=lc.preset, ratio=lc.ratio, **lc.train)
         steps[d] = total_steps_for(probe, probe.model_config())
     return steps
 
 
-def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
-    """Train every run of every rung of every arm that is not finished yet. Returns
-    {arm label: [rung]} with rung = {"depth", "runs": [final dicts, one per budget], "grown_from"};
-    a grown arm's label carries its recipe (arm_dir_name), so reports of two recipes never mix."""
-    lc.validate()
-    out = Path(lc.out)
+def _fisher_steps(lc: LadderConfig, depth: int) -> int:
+    """Online-Fisher steps at the end of each run of a rung some arm grows from (0: none)."""
+    grows = any(ARMS[a][0] for a in lc.arms)
+    return lc.fisher_batches if (lc.fisher == "online" and grows and depth != lc.depths[-1]) else 0
+
+
+def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: DistEnv, log) -> dict[str, list[dict]]:
+    """The shared lowest rung and the rest of the scratch arm: {arm label: [rung]}, every grown arm
+    starting with the lowest rung."""
     growers = [a for a in lc.arms if ARMS[a][0]]
     lo = lc.depths[0]
-    scratch_steps = _scratch_steps(lc)
-
-    def fisher_k(depth: int) -> int:  # online-Fisher steps for rungs some arm grows from
-        return lc.fisher_batches if (lc.fisher == "online" and growers and depth != lc.depths[-1]) else 0
-
-    def scratch_plan(d: int, root: Path) -> RungPlan:
-        return RungPlan(d, root, scratch_steps[d], list(lc.scratch_budgets), max(1, round(0.02 * scratch_steps[d])),
-                        1.0, fisher_k(d) if d == lo else 0, "off")
-
-    # 1. the shared lowest rung and the rest of the scratch arm
     results: dict[str, list[dict]] = {}
     for d in lc.depths if "scratch" in lc.arms else [lo]:
-        root = rung_dir(out, "scratch" if "scratch" in lc.arms else growers[0], d, lc)
-        rung = {"depth": d, "runs": _train_rung_curve(lc, scratch_plan(d, root), env, log), "grown_from": None,
+        root = rung_dir(Path(lc.out), "scratch" if "scratch" in lc.arms else growers[0], d, lc)
+        plan = RungPlan(d, root, scratch_steps[d], list(lc.scratch_budgets), max(1, round(0.02 * scratch_steps[d])),
+                        1.0, _fisher_steps(lc, d) if d == lo else 0, "off")
+        rung = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log), "grown_from": None,
                 "scratch_steps": scratch_steps[d]}
         for arm in (["scratch"] if "scratch" in lc.arms else []) + (growers if d == lo else []):
             results.setdefault(arm_dir_name(arm, lc), []).append(rung)
+    return results
+
+
+def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[int, dict],
+                     scratch_steps: dict[int, int], env: DistEnv, log) -> None:
+    """Grow `arm` rung by rung from its lowest rung (rungs[0]), each rung from its parent's chosen
+    budget run; append each grown rung to `rungs`. `twin`: the scratch arm's rungs by depth."""
+    _, use_penalty, use_ars = ARMS[arm]
+    parent = rungs[0]
+    for prev_d, d in zip(lc.depths, lc.depths[1:]):
+        reference = twin.get(prev_d) or (parent if prev_d == lc.depths[0] else None)  # the base rung is its own twin
+        source = grow_source(lc, parent["runs"], full_budget(reference)["val_loss"] if reference else None)
+        plan = RungPlan(d, rung_dir(Path(lc.out), arm, d, lc), scratch_steps[d], list(lc.inherit_budgets),
+                        max(1, round(lc.inherit_warmup_frac * scratch_steps[d])), lc.inherit_lr_mult,
+                        _fisher_steps(lc, d), lc.ars if use_ars else "off")
+
+        def make(source=source, prev_d=prev_d, d=d):
+            inherit = build_inheritance(Path(source["checkpoint"]), prev_d, d, lc, env, use_penalty)
+            log(f"[miniseries] {arm} d{prev_d}->d{d}: grown from {source['run']} ({source['kind']}); "
+                f"growth logit error {inherit.info['growth_max_abs_logit_diff']:.2e}")
+            return inherit
+
+        parent = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, make), "grown_from": source,
+                  "scratch_steps": scratch_steps[d]}
+        rungs.append(parent)
+
+
+def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
+    """Train every run of every rung of every arm that is not finished yet. Returns
+    {arm label: [rung]} with rung = {"depth", "runs": [final dicts, one per budget], "grown_from",
+    "scratch_steps"}; a grown arm's label carries its recipe (arm_dir_name), so reports of two
+    recipes never mix."""
+    lc.validate()
+    scratch_steps = _scratch_steps(lc)
+    results = _train_scratch_rungs(lc, scratch_steps, env, log)  # 1. the shared lowest rung, the scratch arm
     twin = {r["depth"]: r for r in results.get("scratch", [])}
-
-    # 2. the growing arms, rung by rung, each grown from its parent's chosen budget run
-    for arm in growers:
-        _, use_penalty, use_ars = ARMS[arm]
-        label = arm_dir_name(arm, lc)  # the arm and its recipe, as its directory is named
-        parent = results[label][0]
-        for prev_d, d in zip(lc.depths, lc.depths[1:]):
-            reference = twin.get(prev_d) or (parent if prev_d == lo else None)  # the base rung is its own twin
-            source = grow_source(lc, parent["runs"], full_budget(reference)["val_loss"] if reference else None)
-            plan = RungPlan(d, rung_dir(out, arm, d, lc), scratch_steps[d], list(lc.inherit_budgets),
-                            max(1, round(lc.inherit_warmup_frac * scratch_steps[d])), lc.inherit_lr_mult,
-                            fisher_k(d), lc.ars if use_ars else "off")
-
-            def make(source=source, prev_d=prev_d, d=d, use_penalty=use_penalty):
-                inherit = build_inheritance(Path(source["checkpoint"]), prev_d, d, lc, env, use_penalty)
-                log(f"[miniseries] {arm} d{prev_d}->d{d}: grown from {source['run']} ({source['kind']}); "
-                    f"growth logit error {inherit.info['growth_max_abs_logit_diff']:.2e}")
-                return inherit
-
-            parent = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, make), "grown_from": source,
-                      "scratch_steps": scratch_steps[d]}
-            results[label].append(parent)
+    for arm in (a for a in lc.arms if ARMS[a][0]):  # 2. the growing arms, rung by rung
+        _train_grown_arm(lc, arm, results[arm_dir_name(arm, lc)], twin, scratch_steps, env, log)
     return results

@@ -78,6 +78,7 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.T if transposed else x
 
 
+OPTIMIZERS = ("adamw", "muon")  # of block matrices (TrainConfig.optimizer); every other group is AdamW
 ADAMW_IMPLS = ("kernel", "torch", "apex")
 
 
