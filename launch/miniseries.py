@@ -50,6 +50,17 @@ def fractions(s: str) -> list[float]:
     return vals
 
 
+def seed_list(s: str) -> list[int]:
+    """argparse type: comma list of integer seeds."""
+    try:
+        seeds = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integer seeds like 0,1, got {s!r}")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The miniseries' flags: LadderConfig fields (their defaults its own, or DEFAULTS'), then the
     training settings every rung shares (launch/train.py: add_training_args)."""
@@ -78,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("optimizer_state", choices=OPTIMIZER_STATES,
          help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
     p.add_argument("--out", default=DEFAULTS["out"])
-    p.add_argument("--seeds", default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
+    p.add_argument("--seeds", type=seed_list, default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
     p.add_argument("--lam", default=f"{LadderConfig.lam:g}",
                    help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite); "
                         "per rung: 1e5,4=2e4 (depth 4 gets 2e4)")
@@ -105,9 +116,9 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
         depths = parse_depths(ns.depths)
         lam, lam_by_depth = parse_per_rung(ns.lam, "lam")
         gamma, gamma_by_depth = parse_per_rung(ns.gamma, "gamma")
-        seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [ns.seed]
     except ValueError as e:
         p.error(str(e))
+    seeds = ns.seeds or [ns.seed]
     ladder_fields = {f.name for f in fields(LadderConfig)}
     given = {k: v for k, v in vars(ns).items() if k in ladder_fields}
     given.update(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], lam=lam, gamma=gamma,

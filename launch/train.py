@@ -6,8 +6,8 @@
 Writes OUT/metrics.jsonl, OUT/final.json, OUT/ckpt/ (see engine/train/trainer.py). `--resume` continues
 from the newest intact checkpoint with exactly the tokens and losses an uninterrupted run has.
 
-Also the flags the miniseries shares (add_training_args, add_field): each flag of a config field
-takes its default from the dataclass and its choices from the module that owns them.
+The training flags are shared with launch/miniseries.py (add_training_args); each takes its default
+from TrainConfig and its choices from the module that owns them.
 """
 from __future__ import annotations
 

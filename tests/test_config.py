@@ -127,3 +127,15 @@ def test_bad_choice_names_the_value_and_the_choices():
         check_choice("--ars", "wild", ARS_MODES)
     with pytest.raises(ValueError, match="--schedule must be nanochat or wsd, got 'cosine'"):
         check_choice("--schedule", "cosine", SCHEDULES)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "a,1"], "--seeds: expected a comma list of integer seeds like 0,1, got 'a,1'"),
+    (["--depths", "2:4,1"], "--depths must be strictly increasing, got [2, 3, 4, 1]"),
+    (["--fisher", "exact"], "invalid choice: 'exact'"),
+])
+def test_bad_miniseries_flags_are_refused_by_name(argv, message, capsys):
+    p = miniseries.build_parser()
+    with pytest.raises(SystemExit):
+        miniseries.ladder_configs(p, p.parse_args(argv))
+    assert message in capsys.readouterr().err
