@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.inherit.penalty import Penalty, energy_rank
+from engine.inherit.penalty import Penalty, PenaltyConfig, energy_rank
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,3 +118,28 @@ def test_svd_energy_picks_k():
     coords = Penalty([("w", W)], one, {"w": torch.ones_like(A)}, None, lam=1.0, gamma=1.0)
     assert coords.penalty_flops_per_step == 4 * A.numel()
     assert Penalty([("w", W)], one, {"w": torch.ones_like(A)}, None, lam=0.0, gamma=0.0).penalty_flops_per_step == 0
+
+
+@pytest.mark.parametrize("schedule,step", [("constant", 0), ("linear", 3)])
+def test_svd_terms_carry_the_whole_phi(schedule, step):
+    """The logged Phi in svd mode: the optimizer's elementwise 1/2 sum kappa (W - A)^2 plus the
+    subspace value beside the extra gradients is Phi itself, gamma term included."""
+    params, anchor, mask, fisher = make(2)
+    plist = list(params.values())
+    pen = Penalty(params.items(), anchor, mask, fisher, lam=3.0, gamma=0.7, subspace="svd", svd_rank=3,
+                  schedule=schedule, total_steps=8)
+    extra, subspace_value = pen.subspace_terms(plist, step)
+    for a, b in zip(extra, pen.extra_grads(plist, step), strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    elementwise = sum(0.5 * (k.double() * (p.double() - anchor[n].double()) ** 2).sum().item()
+                      for (n, p), k in zip(params.items(), pen.kappa_for(step)))
+    assert subspace_value.dim() == 0 and subspace_value.item() > 0
+    assert elementwise + subspace_value.item() == pytest.approx(pen.value(plist, step), rel=1e-5)
+    coords = Penalty(params.items(), anchor, mask, fisher, lam=3.0, gamma=0.7)
+    assert coords.subspace_terms(plist, step)[1] is None  # coords: kappa holds all of Phi
+
+
+def test_penalty_config_is_active_only_with_a_weight():
+    assert not PenaltyConfig().active  # the default: an arm without the penalty
+    assert PenaltyConfig(lam=1.0).active and PenaltyConfig(gamma=0.1).active
+    assert not PenaltyConfig(lam=0.0, gamma=0.0, subspace="svd", svd_rank=2).active

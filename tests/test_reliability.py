@@ -254,6 +254,59 @@ def test_nonconsecutive_nonfinite_steps_do_not_stop_the_run(tmp_path, monkeypatc
     assert final["skipped_steps"] == 4
 
 
+@SYNC_MODES
+def test_step_skipped_in_the_fisher_window_is_left_out_of_omega_and_its_cost(tmp_path, monkeypatch, host_sync):
+    """A step skipped among the last K accumulates nothing: fisher.pt is the mean of g^2 over the
+    K-1 steps that ran (not that mean scaled by (K-1)/K), final.json counts them, and the rung
+    grown from it is charged the Fisher FLOPs of those steps only."""
+    from engine.ladder.grow import build_inheritance
+    from engine.runtime.distributed import local
+    from engine.train.optim import LadderOptimizer
+    from models.config import model_config
+
+    grads = []  # raw gradients of the Fisher window's steps the optimizer did not skip
+    orig_step = LadderOptimizer.step
+
+    def step(self, lr_mult, **kw):
+        if kw.get("fishers") is not None and (kw.get("found_inf") is None or kw["found_inf"].item() == 0):
+            grads.append({n: local(p.grad).detach().clone() for g in self.groups for n, p in zip(g.names, g.params)})
+        return orig_step(self, lr_mult, **kw)
+
+    monkeypatch.setattr(LadderOptimizer, "step", step)
+    _inject(monkeypatch, {10}, "inf-grad")  # window: steps 9-12
+    final = train_rung(_tiny(tmp_path, host_sync=host_sync, steps=12, fisher_online_steps=4), init_distributed("cpu"))
+    monkeypatch.undo()
+    assert final["skipped_steps"] == 1 and final["fisher_steps"] == 3 and len(grads) == 3
+    omega = torch.load(tmp_path / "r/fisher.pt")
+    for n in omega:
+        expect = sum(g[n].double() ** 2 for g in grads) / 3
+        torch.testing.assert_close(omega[n].double(), expect, rtol=1e-5, atol=1e-14, msg=n)
+    lc = LadderConfig(depths=[1, 2], arms=["inherit"], out=str(tmp_path), fisher_batches=4,
+                      train=dict(seq_len=64, global_batch=4, eval_tokens=1024))
+    inherit = build_inheritance(tmp_path / "r/ckpt/step_000000012", 1, 2, lc, init_distributed("cpu"), use_penalty=True)
+    assert inherit.fisher_flops == 2.0 * model_config("cpu-tiny", 1, seq_len=64).num_params * 3
+
+
+def test_fisher_step_count_survives_a_resume(tmp_path, monkeypatch):
+    """The count of Fisher steps that ran is checkpointed with the buffers: a run resumed inside the
+    window, after a skipped window step, writes the same fisher.pt and count as an uninterrupted one."""
+    runs = {}
+    for name in ("once", "resumed"):
+        _inject(monkeypatch, {7}, "nan-loss")  # window: steps 7-12; the step-8 checkpoint is inside it
+        cfg = _tiny(tmp_path / name, steps=12, ckpt_every=4, fisher_online_steps=6)
+        runs[name] = train_rung(cfg, init_distributed("cpu"))
+        monkeypatch.undo()
+    run_dir = tmp_path / "resumed/r"
+    for c in ckpt.list_checkpoints(run_dir / "ckpt"):
+        if int(c.name.split("_")[-1]) > 8:
+            shutil.rmtree(c)
+    (run_dir / "final.json").unlink()
+    runs["resumed"] = train_rung(TrainConfig(**{**cfg.__dict__, "out": str(run_dir), "resume": True}), init_distributed("cpu"))
+    assert runs["once"]["fisher_steps"] == runs["resumed"]["fisher_steps"] == 5
+    fa, fb = (torch.load(tmp_path / n / "r/fisher.pt") for n in ("once", "resumed"))
+    assert all(torch.equal(fa[n], fb[n]) for n in fa)
+
+
 def _timeless_metrics(run):
     return [{k: v for k, v in json.loads(l).items() if k != "dt"} for l in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -180,3 +180,29 @@ def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
     log.write({"step": 3})
     log.close()
     assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("subspace", ["coords", "svd"])
+def test_logged_penalty_is_the_whole_phi(tmp_path, subspace):
+    """The metrics' "penalty" of a grown rung's step is Phi (method.md section 4) of the weights
+    the step started from, in both forms (svd: its gamma term included)."""
+    from dataclasses import asdict
+
+    from engine.inherit.inheritance import Inheritance
+    from engine.inherit.penalty import Penalty, PenaltyConfig
+    from models.gpt import build_model
+
+    cfg = TrainConfig(depth=1, out=str(tmp_path / "r"), steps=2, seq_len=64, global_batch=4, eval_tokens=1024,
+                      progress=False, profile=False)
+    model = build_model(cfg.model_config(), seed=3)
+    state = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    anchor = {n: w + 0.05 * torch.randn(w.shape, generator=g) for n, w in state.items()}
+    mask = {n: (torch.rand(w.shape, generator=g) < 0.7).float() for n, w in state.items()}
+    fisher = {n: torch.rand(w.shape, generator=g) * m for (n, w), m in zip(state.items(), mask.values())}
+    penalty = PenaltyConfig(lam=2.0, gamma=0.5, subspace=subspace, svd_rank=2 if subspace == "svd" else None)
+    inherit = Inheritance(state=state, anchor=anchor, mask=mask, fisher=fisher, penalty=penalty)
+    train_rung(cfg, init_distributed("cpu"), inherit)
+    first = next(json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines() if '"step": 1,' in l)
+    phi = Penalty(list(state.items()), anchor, mask, fisher, total_steps=cfg.steps, **asdict(penalty))
+    assert first["penalty"] == pytest.approx(phi.value(list(state.values()), 0), rel=1e-5)

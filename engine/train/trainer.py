@@ -219,7 +219,7 @@ class RungTrainer:
         flags = self._forward_backward()
         lr_mult = lr_multiplier(step - 1, self.total_steps, self.warmup, self.cfg.warmdown_frac, self.cfg.final_lr_frac)
         lr = self.groups[-1].lr * lr_mult
-        previous = self.sync.previous()
+        previous = self.sync.previous()  # lagged: the step before, read now that this one's work is queued
         if previous is not None:
             self._settle_and_log(previous)
         plan = self.sync.plan(flags, lr, self.prof.stage)
@@ -284,14 +284,13 @@ class RungTrainer:
     # ---- settle: the verdict, the metrics line, evaluation and checkpoint ---------------------
     def _settle_and_log(self, record: StepRecord, eval_due: bool = False, ckpt_due: bool = False) -> None:
         line = self._settle(record)
-        if line is None:  # skipped
-            if record.step == self.total_steps:
-                self.last_eval = None  # the final val loss is measured after the loop, on the final weights
-        elif eval_due:
-            self.last_eval = self.run_eval()
-            line.update(self.last_eval)
         if line is not None:
+            if eval_due:
+                self.last_eval = self.run_eval()
+                line.update(self.last_eval)
             self.metrics.write(line)
+        elif record.step == self.total_steps:  # skipped: the final val loss is measured after the loop
+            self.last_eval = None
         if ckpt_due:
             self.save_checkpoint(record.step)  # the run's last step leaves a checkpoint even when skipped
 
