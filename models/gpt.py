@@ -175,14 +175,6 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by group, matching GPTConfig.param_counts()."""
-        groups = {"wte": [self.wte.weight], "attn": [], "mlp": [], "lm_head": [self.lm_head.weight]}
-        for b in self.blocks:
-            groups["attn"] += [b.attn.c_q.weight, b.attn.c_k.weight, b.attn.c_v.weight, b.attn.c_proj.weight]
-            groups["mlp"] += [b.mlp.c_fc.weight, b.mlp.c_proj.weight]
-        return groups
-
 
 def build_model(config: GPTConfig, seed: int = 0, device: torch.device | str = "cpu") -> GPT:
     """Construct on the meta device, materialise on `device`, init deterministically from `seed`."""
