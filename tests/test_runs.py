@@ -6,7 +6,6 @@ import pytest
 
 from engine.analysis.runs import full_budget, last_eval, rung_cost
 from engine.runtime.jsonl import read_jsonl
-from profiling.profiler import WINDOWS_FILE, read_windows
 
 
 def test_read_jsonl_drops_torn_and_blank_lines(tmp_path):
@@ -24,12 +23,6 @@ def test_last_eval_skips_a_torn_evaluation_line(tmp_path):
     assert last_eval(tmp_path) == lines[1]
     (tmp_path / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n")
     assert last_eval(tmp_path) == {}
-
-
-def test_profile_windows_reader_is_the_same_reader(tmp_path):
-    (tmp_path / WINDOWS_FILE).write_text('{"window": 0}\n{"window": 1}\n{"win')
-    assert read_windows(tmp_path) == [{"window": 0}, {"window": 1}]
-    assert read_windows(tmp_path / "none") == []
 
 
 def test_rung_cost_adds_fisher_and_penalty_work():
