@@ -3,7 +3,7 @@
     runs          launch/train.py and launch/miniseries.py as subprocesses (the flags, env, readers)
     train         in-process training pieces: a tiny model and optimizer, a tiny TrainConfig,
                   non-finite losses and gradients injected into chosen steps
-    growth        small trained models to grow, cached per process
+    growth        random token batches; small trained models to grow, cached per process
     text          a synthetic multilingual corpus
     core          a CORE bundle on disk and a byte-level tokenizer for it
     kernel_steps  optimizer-step inputs, backends run side by side, tolerances

@@ -1,6 +1,6 @@
 """Growth operator (method.md section 2): exact function preservation, symmetry breaking, anchor /
-mask / Fisher carry-over. Old models are first trained a few AdamW steps so that c_proj and lm_head
-are non-trivial (with zero c_proj the logit check would be vacuous)."""
+mask / Fisher / moment carry-over. Old models are first trained a few AdamW steps
+(tests/helpers/growth.py) so that c_proj and lm_head are non-trivial."""
 import math
 
 import pytest
@@ -8,63 +8,19 @@ import torch
 
 from engine.inherit.fisher import posthoc_fisher
 from engine.inherit.growth import grow, growth_logit_error
-from models.config import model_config
 from models.gpt import LM_HEAD_STD
+from tests.helpers.growth import T, V, batches, cfg, train_, trained
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-V, T = 256, 32
+
 TOL = 1e-5 * 15.0  # 1e-5 * softcap
-
-PRESETS = {
-    "cpu-tiny": dict(preset="cpu-tiny"),
-    "nanochat": dict(preset="nanochat", dtype="float32"),  # aspect 64, head_dim 128
-    "tiny-hd64": dict(preset="cpu-tiny", head_dim=64),  # aspect 32 / hd 64: odd depths round up
-}
-
-
-def cfg(kind, depth):
-    kw = dict(PRESETS[kind])
-    return model_config(kw.pop("preset"), depth, vocab_size=V, seq_len=T, **kw)
-
-
-def batches(k, seed, B=2):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(k):
-        t = torch.randint(0, V, (B, T + 1), generator=g)
-        out.append((t[:, :-1], t[:, 1:]))
-    return out
-
-
-_CACHE = {}
-
-
-def train_(m, steps=2, seed=0, lr=1e-2):
-    opt = torch.optim.AdamW(m.parameters(), lr=lr)
-    for x, y in batches(steps, seed=seed, B=1):
-        m(x, y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return m
-
-
-def trained(kind, depth):
-    """Old model after 2 AdamW steps, lm_head scaled up (cached across tests)."""
-    key = (kind, depth)
-    if key not in _CACHE:
-        from models.gpt import build_model
-
-        m = train_(build_model(cfg(kind, depth), seed=depth), seed=100 + depth)
-        with torch.no_grad():  # logits O(1), so the 1/c on lm_head and the softcap are exercised
-            m.lm_head.weight *= 30.0
-        assert all(b.attn.c_proj.weight.abs().sum() > 0 and b.mlp.c_proj.weight.abs().sum() > 0 for b in m.blocks)
-        _CACHE[key] = m
-    return _CACHE[key]
 
 
 ERRORS: dict = {}
+
+
 PLACEMENT_CYCLE = ("end", "middle", "copy-middle")
 
 
@@ -303,30 +259,6 @@ def test_moments_carried_padded_and_rescaled():
             assert torch.equal(mv["exp_avg_sq"][region], moments[n]["exp_avg_sq"] * (res.c * res.c if rescaled else 1.0)), n
     with pytest.raises(KeyError, match="moments lacks entries"):
         grow(old, cfg("cpu-tiny", 3), seed=1, moments={})
-
-
-def test_start_inherited_loads_moments_into_a_fresh_optimizer():
-    from engine.runtime.distributed import DistEnv
-    from engine.train.optim import LadderOptimizer, model_param_groups
-    from engine.inherit.inheritance import Inheritance
-    from engine.train.config import TrainError
-    from engine.train.trainer import start_inherited
-    from models.gpt import build_model
-
-    res = grow(trained("cpu-tiny", 1), cfg("cpu-tiny", 2), seed=1,
-               moments={n: {"exp_avg": torch.full_like(p, 0.5), "exp_avg_sq": torch.full_like(p, 0.25)}
-                        for n, p in trained("cpu-tiny", 1).named_parameters()})
-    model = build_model(cfg("cpu-tiny", 2), seed=0)
-    groups = model_param_groups(model, matrix_lr=1e-3, embedding_lr=1e-3, unembedding_lr=1e-3, weight_decay=0.0, muon=False)
-    opt, named = LadderOptimizer(groups), dict(model.named_parameters())
-    inh = Inheritance(state={}, anchor={}, mask={}, fisher=None, moments=res.moments, optim_step=37)
-    start_inherited(inh, loader=None, opt=opt, named=named)
-    assert opt.step_count == 37
-    for n in named:
-        assert torch.equal(opt.state[n]["exp_avg"], res.moments[n]["exp_avg"]), n
-        assert torch.equal(opt.state[n]["exp_avg_sq"], res.moments[n]["exp_avg_sq"]), n
-    with pytest.raises(TrainError, match="fresh AdamW"):
-        start_inherited(inh, loader=None, opt=opt, named=named)  # not fresh any more
 
 
 @pytest.mark.parametrize("placement", ["end", "middle", "copy-middle"])

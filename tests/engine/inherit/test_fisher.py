@@ -5,6 +5,7 @@ import torch
 from engine.inherit.fisher import OnlineFisher, posthoc_fisher
 from models.config import model_config
 from models.gpt import build_model
+from tests.helpers.growth import random_batches
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,12 +17,7 @@ def tiny(depth=2):
 
 
 def batches(k, seed=0, B=2, T=16, V=64):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(k):
-        t = torch.randint(0, V, (B, T + 1), generator=g)
-        out.append((t[:, :-1], t[:, 1:]))
-    return out
+    return random_batches(k, seed, B, T, V)
 
 
 def nontrivial(model):
