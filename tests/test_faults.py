@@ -1,9 +1,6 @@
 """Faults real clusters have, each caught and named with nothing lost: a full disk while writing a
-checkpoint, metrics or the data cache (on a real small tmpfs where the platform allows mounting
-one, and by injected write errors everywhere); a corrupted, truncated or out-of-range data cache
-shard and a damaged tokenizer file; two runs on one directory; a SIGKILLed run whose lock must not
-block --resume."""
-import errno
+checkpoint (on a real small tmpfs where the platform allows mounting one, and by injected write
+errors everywhere); two runs on one directory; a SIGKILLed run whose lock must not block --resume."""
 import json
 import os
 import shutil
@@ -14,47 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from engine.train import checkpoint as ckpt
 from engine.runtime import diskspace
-from engine.data import prepare as prepare_mod
-from engine.data import prepare_data
-from engine.data.integrity import CacheCorruptError, checksum, verify
-from engine.runtime.diskspace import StorageError, storage_guard
+from engine.runtime.diskspace import StorageError
 from engine.runtime.distributed import init_distributed
-from engine.runtime.run_lock import LOCK_FILE, RunLockedError, run_lock
-from tests.test_data import make_text
+from engine.runtime.run_lock import LOCK_FILE, run_lock
+from tests.helpers.faults import enospc
 from tests.test_trainer import ENV, FAST, ROOT, run_train
-
-
-def _enospc(path="somewhere") -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-
-# ---- a real small filesystem -------------------------------------------------------------------
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """Mount a tmpfs of the given size (MB) under tmp_path; skipped where mounting is not allowed."""
-    mounts = []
-
-    def mount(mb: int) -> Path:
-        d = tmp_path / f"fs{len(mounts)}"
-        d.mkdir()
-        if os.geteuid() != 0 or not shutil.which("mount"):
-            pytest.skip("mounting a small tmpfs needs root and mount(8); the injected-error tests cover the same paths")
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(d)], capture_output=True, text=True)
-        if p.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()}); the injected-error tests cover the same paths")
-        mounts.append(d)
-        return d
-
-    yield mount
-    for d in mounts:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def _tiny_model_and_opt():
@@ -119,18 +85,6 @@ def test_real_enospc_inside_dcp_removes_the_partial_checkpoint(small_fs, monkeyp
     _assert_loadable(d / "ckpt/step_000000001", model)
 
 
-def test_json_write_on_a_full_disk_leaves_no_partial_file(small_fs):
-    d = small_fs(1)
-    (d / "filler").write_bytes(b"\0" * (diskspace.free_bytes(d) - 4096))
-    with pytest.raises(StorageError, match=rf"^the disk is full: writing run output to {d}/run.json failed \(OSError: "
-                                           rf".*No space left on device.*\); .* free\. Free space .* and rerun the same command"):
-        with storage_guard(d):
-            ckpt.write_json_atomic(d / "run.json", {"x": "y" * 100_000})
-    assert sorted(p.name for p in d.iterdir()) == ["filler"]
-
-
-# ---- injected write errors (any platform) ------------------------------------------------------
-
 def test_injected_write_error_during_checkpoint_keeps_earlier_ones(tmp_path, monkeypatch):
     model, opt = _tiny_model_and_opt()
     env = init_distributed("cpu")
@@ -159,7 +113,7 @@ def test_injected_enospc_in_the_manifest_write_is_named_as_a_full_disk(tmp_path,
 
     def full(path, obj):
         if Path(path).name == ckpt.MANIFEST:
-            raise _enospc(path)
+            raise enospc(path)
         return real(path, obj)
 
     monkeypatch.setattr(ckpt, "write_json_atomic", full)
@@ -181,140 +135,6 @@ def test_space_shortage_is_caught_before_writing(tmp_path, monkeypatch):
                                            rf"only {diskspace.fmt_bytes(size // 2)} free, so it was not written"):
         ckpt.save(tmp_path / "ckpt", 2, model, opt, {}, env)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000001"]
-
-
-def test_storage_guard_names_write_errors_and_passes_others(tmp_path):
-    (tmp_path / "ckpt").mkdir()
-    with pytest.raises(StorageError, match=rf"the disk is full: writing run output to {tmp_path}/metrics.jsonl failed "
-                                           rf"\(OSError: .*No space left"):
-        with storage_guard(tmp_path):
-            raise _enospc(tmp_path / "metrics.jsonl")
-    with pytest.raises(StorageError, match=r"unexpected pos 704 vs 598"):
-        with storage_guard(tmp_path):
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
-    with pytest.raises(RuntimeError, match="^a bug$"):  # not a write error: left alone
-        with storage_guard(tmp_path):
-            raise RuntimeError("a bug")
-
-
-# ---- the data cache ----------------------------------------------------------------------------
-
-@pytest.fixture
-def corpus(tmp_path):
-    d = tmp_path / "corpus"
-    d.mkdir()
-    for i in range(8):
-        (d / f"doc{i}.txt").write_text(make_text(300, i))
-    return f"text:{d}"
-
-
-def _flip(path: Path, at: int, values, dtype=np.uint16):
-    a = np.memmap(path, dtype=dtype, mode="r+")
-    a[at: at + len(values)] = values
-    a.flush()
-    del a
-
-
-@pytest.mark.parametrize("values,what", [([60000, 61000], "out of the vocabulary"), ([7, 8, 9], "within the vocabulary")])
-def test_corrupted_shard_is_named_and_rebuilt(corpus, tmp_path, capfd, values, what):
-    b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    want = np.array(b.train)
-    _flip(b.directory / "train.bin", 100, values)
-    b2 = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    err = capfd.readouterr().err
-    assert f"warning: data cache file {b.directory / 'train.bin'} fails its crc32 check in bytes 0.." in err, err
-    assert f"rebuilding the cache {b.directory} from {corpus!r}" in err
-    assert np.array_equal(b2.train, want)
-    assert prepare_data(corpus, 512, tmp_path / "cache", progress=False).manifest["build_id"] == b2.manifest["build_id"]
-
-
-def test_truncated_shard_and_damaged_tokenizer_are_named_and_rebuilt(corpus, tmp_path, capfd):
-    b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    want = np.array(b.val)
-    with open(b.directory / "val.bin", "r+b") as f:
-        f.truncate(100)
-    assert np.array_equal(prepare_data(corpus, 512, tmp_path / "cache", progress=False).val, want)
-    assert f"{b.directory / 'val.bin'} has 100 bytes, the manifest says {2 * len(want)}" in capfd.readouterr().err
-    text = (b.directory / "tokenizer.json").read_text()
-    (b.directory / "tokenizer.json").write_text(text.replace("A", "B", 1))
-    prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    assert f"{b.directory / 'tokenizer.json'} fails its crc32 check" in capfd.readouterr().err
-
-
-def test_token_ids_are_range_checked_where_checksums_match(corpus, tmp_path):
-    b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    path = b.directory / "train.bin"
-    _flip(path, 37, [600])
-    with pytest.raises(CacheCorruptError, match=rf"{path} holds token id 600 at position 37, outside the vocabulary \[0, 512\)"):
-        verify(path, checksum(path), np.uint16, 512)
-
-
-def test_cache_from_before_checksums_gets_them_without_a_rebuild(corpus, tmp_path, monkeypatch, capfd):
-    b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    m = json.loads((b.directory / "manifest.json").read_text())
-    del m["checksums"]
-    (b.directory / "manifest.json").write_text(json.dumps(m))
-    with monkeypatch.context() as mp:
-        mp.setattr(prepare_mod, "train_tokenizer", lambda *a: pytest.fail("rebuilt a sound cache"))
-        b2 = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    assert b2.manifest["build_id"] == b.manifest["build_id"] and "checksums" in b2.manifest
-    # ... but one whose ids are out of range is named and rebuilt
-    (b.directory / "manifest.json").write_text(json.dumps(m))
-    _flip(b.directory / "train.bin", 5, [700])
-    b3 = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    assert "holds token id 700 at position 5, outside the vocabulary [0, 512)" in capfd.readouterr().err
-    assert b3.manifest["build_id"] != b.manifest["build_id"] and int(b3.train.max()) < 512
-
-
-def test_full_disk_while_building_the_cache_removes_partial_files(corpus, tmp_path, monkeypatch):
-    real = prepare_mod._tokenize_split
-
-    def fills_up(src, split, tok, out, progress):
-        if split == "val":
-            out.with_suffix(".bin.tmp").write_bytes(b"\0" * 10)
-            raise _enospc(out.with_suffix(".bin.tmp"))
-        return real(src, split, tok, out, progress)
-
-    monkeypatch.setattr(prepare_mod, "_tokenize_split", fills_up)
-    with pytest.raises(StorageError, match=r"^the disk is full: writing the data cache to .* failed \(OSError: .*No space "
-                                           r"left on device.*The partial cache files were removed; free space or point "
-                                           r"--cache-dir"):
-        prepare_data(corpus, 512, tmp_path / "cache", progress=False)
-    (d,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    assert not list(d.glob("*.tmp*")) and not (d / "manifest.json").exists()
-    monkeypatch.undo()
-    assert len(prepare_data(corpus, 512, tmp_path / "cache", progress=False).train) > 0
-
-
-# ---- one writer per run directory --------------------------------------------------------------
-
-def test_a_second_lock_on_a_directory_names_the_holder(tmp_path):
-    with run_lock(tmp_path / "run"):
-        with pytest.raises(RunLockedError, match=rf"{tmp_path / 'run'} is in use by PID {os.getpid()} on host "
-                                                 rf"{socket.gethostname()} \(started .*\); wait for that run"):
-            with run_lock(tmp_path / "run"):
-                pass
-    with run_lock(tmp_path / "run"):  # released at exit
-        pass
-
-
-def test_lock_on_a_filesystem_without_locks(tmp_path, monkeypatch):
-    import fcntl
-
-    def no_locks(fd, op):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    with pytest.raises(RunLockedError, match=r"does not support file locks .*LADDER_RUN_LOCK=off"):
-        with run_lock(tmp_path):
-            pass
-    monkeypatch.setenv("LADDER_RUN_LOCK", "off")
-    with run_lock(tmp_path):
-        pass
-    monkeypatch.setenv("LADDER_RUN_LOCK", "maybe")
-    with pytest.raises(ValueError, match=r"LADDER_RUN_LOCK='maybe': expected 'on' \(the default\) or 'off'"):
-        with run_lock(tmp_path):
-            pass
 
 
 def _start_train(out: Path, *args) -> subprocess.Popen:

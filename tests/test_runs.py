@@ -1,19 +1,8 @@
-"""The run-directory reader (engine/analysis/runs.py) and the JSON-lines reader under it
-(engine/runtime/jsonl.py)."""
+"""The run-directory reader (engine/analysis/runs.py); the JSON-lines reader under it:
+tests/engine/runtime/test_jsonl.py."""
 import json
 
-import pytest
-
 from engine.analysis.runs import full_budget, last_eval, rung_cost
-from engine.runtime.jsonl import read_jsonl
-
-
-def test_read_jsonl_drops_torn_and_blank_lines(tmp_path):
-    path = tmp_path / "m.jsonl"
-    path.write_text('{"step": 1}\n\n{"step": 2}\n{"step": 3, "val_lo')  # killed mid-write
-    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
-    with pytest.raises(OSError):
-        read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_last_eval_skips_a_torn_evaluation_line(tmp_path):
