@@ -14,8 +14,8 @@ from engine.analysis import report_scaling as rs
 from engine.ladder.config import LadderConfig
 from engine.analysis.scaling import predict
 from models.config import model_config
-
-LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022
+from tests.helpers.core import ByteTokenizer, write_bundle
+from tests.helpers.scaling import TRUE as LAW  # Hoffmann et al. 2022
 
 
 @pytest.fixture(autouse=True)
@@ -176,8 +176,6 @@ def _tiny_model(depth):
 
 
 def test_core_section_per_arm_shared_base_once(tmp_path):
-    from tests.test_core_eval import ByteTokenizer, write_bundle
-
     bundle = write_bundle(tmp_path / "bundle")
     lc, results, run_dir_of = _ladder(tmp_path / "runs", [1, 2], n_evals=1)
     calls = []
@@ -208,7 +206,6 @@ def test_core_section_loads_real_checkpoints(tmp_path):
     from engine.runtime.distributed import DistEnv
     from engine.ladder.run import rung_dir
     from engine.train.optim import LadderOptimizer, model_param_groups
-    from tests.test_core_eval import ByteTokenizer, write_bundle
 
     bundle = write_bundle(tmp_path / "bundle")
     lc = LadderConfig(depths=[1], arms=["scratch"], out=str(tmp_path / "runs"), train={"vocab_size": 257, "seq_len": 64})
