@@ -5,35 +5,22 @@ summary of 1 rank."""
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# d1 -> d2 at ratio 0.05 (16 and 45 scratch steps), two budgets per rung, WSD branches
-MINI = ["--depths", "1:2", "--arms", "scratch,inherit", "--ratio", "0.05", "--preset", "cpu-tiny", "--seq-len", "64",
-        "--global-batch", "4", "--eval-tokens", "1024", "--fisher-batches", "2", "--no-progress", "--no-profile",
-        "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+from engine.runtime.distributed import init_distributed
+from engine.train.config import TrainConfig
+from engine.train.trainer import train_rung
+from tests.helpers.runs import run_miniseries
+
 
 RUN_KEYS = {"depth", "budget_frac", "params", "scaling_params", "tokens", "flops", "fisher_flops", "val_loss",
             "val_loss_se", "val_bpb", "wall_s", "cost"}
+
+
 ANSWER_KEYS = {"status", "flops_to_match", "fraction", "marginal_saving", "standalone_saving", "iso_loss", "grown_from"}
-
-
-def run_miniseries(out, extra=(), nproc=1, check=True, timeout=300):
-    script = str(ROOT / "launch/miniseries.py")
-    cmd = [sys.executable, script] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
-    p = subprocess.run(cmd + MINI + list(extra) + ["--out", str(out)], env=ENV, cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"miniseries failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 def rung_files(out: Path) -> dict[str, str]:
@@ -81,10 +68,6 @@ def test_branches_are_finished_wsd_runs(ladder, tmp_path):
     branch = out / "scratch/d2/b0.5"
     cfg = json.loads((branch / "run.json").read_text())["config"]
     stand = dict(cfg, out=str(tmp_path / "standalone"), init_from=None, keep_ckpt_steps=[], resume=False)
-    from engine.runtime.distributed import init_distributed
-    from engine.train.config import TrainConfig
-    from engine.train.trainer import train_rung
-
     got = train_rung(TrainConfig(**stand), init_distributed("cpu"))
     want = json.loads((branch / "final.json").read_text())
     for k in ("val_loss", "val_bpb", "flops", "tokens", "steps"):
@@ -124,7 +107,6 @@ def test_rerun_skips_finished_rungs(ladder):
     assert rung_files(out) == before  # every run file untouched, checkpoints included
     again = json.loads((out / "summary.json").read_text())
     assert again["arms"] == summary["arms"] and again["ladder"] == summary["ladder"]
-    # (no wall-clock bound: timings belong in benchmarks; the file checks above are the real test)
 
 
 def test_rerun_with_another_configuration_is_refused(ladder, tmp_path):

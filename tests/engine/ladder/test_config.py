@@ -1,0 +1,111 @@
+"""Ladder configuration (engine/ladder/config.py): every configuration validates or names the bad
+value (hypothesis, against an independent oracle)."""
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.inherit.growth import PLACEMENTS
+from engine.ladder.config import ARMS, LadderConfig
+from tests.helpers.strategies import budget_lists, edge_floats
+
+
+@st.composite
+def ladder_configs(draw):
+    subspace = draw(st.sampled_from(["coords", "svd", "pca"]))
+    return LadderConfig(
+        depths=draw(st.lists(st.integers(-1, 8), max_size=5)),
+        arms=draw(st.lists(st.sampled_from(list(ARMS) + ["bogus"]), max_size=4)),
+        out="unused",
+        ratio=draw(st.one_of(st.floats(-1, 2e4), st.sampled_from([0.0, float("nan"), float("inf")]))),
+        scratch_budgets=draw(budget_lists),
+        inherit_budgets=draw(budget_lists),
+        schedule=draw(st.sampled_from(["wsd", "nanochat", "cosine"])),
+        cooldown_frac=draw(edge_floats),
+        inherit_lr_mult=draw(edge_floats),
+        grow_from=draw(st.sampled_from(["cooled", "stable", "annealed"])),
+        data_order=draw(st.sampled_from(["restart", "continue", "shuffle"])),
+        optimizer_state=draw(st.sampled_from(["fresh", "carry", "reset"])),
+        depth_init=draw(st.sampled_from(["identity", "copy", "zero"])),
+        lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf")]))),
+        gamma=draw(edge_floats),
+        subspace=subspace,
+        svd_rank=draw(st.one_of(st.none(), st.integers(-1, 8))),
+        svd_energy=draw(st.one_of(st.none(), edge_floats)),
+        penalty_schedule=draw(st.sampled_from(["constant", "linear", "cosine"])),
+        ars=draw(st.sampled_from(["seed", "detrended", "off", "on"])),
+        fisher=draw(st.sampled_from(["online", "posthoc", "exact"])),
+        fisher_batches=draw(st.integers(-1, 4)),
+        placement=draw(st.sampled_from(list(PLACEMENTS) + ["top"])),
+        inherit_warmup_frac=draw(edge_floats),
+    )
+
+
+def ladder_problems(lc: LadderConfig) -> list[str]:
+    bad = []
+    if not lc.depths:
+        bad.append("--depths")
+    elif any(d < 1 for d in lc.depths) or any(b <= a for a, b in zip(lc.depths, lc.depths[1:])):
+        bad.append(str(lc.depths))
+    unknown = [a for a in lc.arms if a not in ARMS]
+    if unknown or not lc.arms or len(set(lc.arms)) != len(lc.arms):
+        bad.append(str(unknown or lc.arms))
+    for name, b in (("--scratch-budgets", lc.scratch_budgets), ("--inherit-budgets", lc.inherit_budgets)):
+        if not b or any(not 0 < f <= 1 for f in b) or sorted(set(b)) != list(b):
+            bad.append(name)
+    if lc.schedule not in ("wsd", "nanochat"):
+        bad.append(repr(lc.schedule))
+    if not 0 < lc.cooldown_frac < 1:
+        bad.append("--cooldown-frac")
+    if not 0 < lc.inherit_lr_mult < math.inf:
+        bad.append("--inherit-lr-mult")
+    if lc.grow_from not in ("cooled", "stable"):
+        bad.append(repr(lc.grow_from))
+    if lc.data_order not in ("restart", "continue"):
+        bad.append(repr(lc.data_order))
+    if lc.depth_init not in ("identity", "copy"):
+        bad.append(repr(lc.depth_init))
+    if lc.optimizer_state not in ("fresh", "carry"):
+        bad.append(repr(lc.optimizer_state))
+    if lc.grow_from == "stable" and lc.schedule == "nanochat":
+        bad.append("--grow-from stable")
+    if not 0 < lc.ratio <= 1e4:
+        bad.append("--ratio")
+    if not (0 <= lc.lam < math.inf and 0 <= lc.gamma < math.inf):
+        bad.append("--lam")
+    if lc.subspace not in ("coords", "svd"):
+        bad.append(repr(lc.subspace))
+    if lc.subspace == "svd" and lc.svd_rank is None and lc.svd_energy is None:
+        bad.append("--svd-rank")
+    if lc.svd_rank is not None and lc.svd_rank < 1:
+        bad.append("--svd-rank")
+    if lc.svd_energy is not None and not 0 < lc.svd_energy <= 1:
+        bad.append("--svd-energy")
+    if lc.penalty_schedule not in ("constant", "linear"):
+        bad.append(repr(lc.penalty_schedule))
+    if lc.ars not in ("seed", "detrended", "off"):
+        bad.append(repr(lc.ars))
+    if lc.fisher not in ("online", "posthoc"):
+        bad.append(repr(lc.fisher))
+    if not 0 <= lc.inherit_warmup_frac < 1:
+        bad.append("--inherit-warmup-frac")
+    if lc.fisher_batches < 1:
+        bad.append("--fisher-batches")
+    if lc.placement not in PLACEMENTS:
+        bad.append(repr(lc.placement))
+    if lc.depths and len(lc.depths) < 2 and any(ARMS.get(a, (False,))[0] for a in lc.arms):
+        bad.append("at least two depths")
+    return bad
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ladder_configs())
+def test_every_ladder_config_validates_or_names_the_bad_value(lc):
+    bad = ladder_problems(lc)
+    try:
+        lc.validate()
+    except ValueError as e:
+        assert bad, f"valid config refused: {e}"
+        assert any(word in str(e) for word in bad), (str(e), bad)
+    else:
+        assert not bad, f"invalid config accepted: {bad}"
