@@ -148,7 +148,7 @@ def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
     its own directory. --grow-from stable grows from the stable checkpoint the chosen budget cooled
     from; --data-order continue starts the grown rung's stream where that checkpoint's stopped, so it
     reads new tokens; --inherit-lr-mult scales the peak LR; --optimizer-state carry starts from the
-    parent's moments and step count (their padding and rescaling: tests/test_growth.py)."""
+    parent's moments and step count (their padding and rescaling: tests/engine/inherit/test_growth.py)."""
     out, _, _ = ladder
     scratch_before = {k: v for k, v in rung_files(out).items() if k.startswith("scratch/")}
     p = run_miniseries(out, ["--arms", "scratch,grow-only", "--grow-from", "stable", "--data-order", "continue",

@@ -78,7 +78,7 @@ def test_two_nodes_on_loopback_match_one_rank(tmp_path):
 
 @pytest.mark.distributed
 def test_one_rank_checkpoint_resumes_on_two_ranks(tmp_path):
-    """The reverse of tests/test_trainer.py's 2 -> 1: a checkpoint written by 1 rank loads on 2."""
+    """The reverse of test_two_fsdp_ranks_match_one_rank's 2 -> 1: a checkpoint written by 1 rank loads on 2."""
     args = ["--depth", "2", "--steps", "8", "--ckpt-every", "4"]
     run_train(args, tmp_path / "one")
     out = tmp_path / "run"
