@@ -23,7 +23,8 @@ from engine.analysis.report import write_ladder_report, write_multiseed_summary 
 from engine.inherit.ars import MODES as ARS_MODES  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
-from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
+from engine.inherit.fisher import FISHER_MODES  # noqa: E402
+from engine.ladder.config import (DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
                                   LadderConfig, parse_per_rung)
 from engine.ladder.run import run_ladder  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402

@@ -23,7 +23,9 @@ from engine.inherit.ars import MODES as ARS_MODES  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402
 from engine.runtime.distributed import destroy, init_distributed  # noqa: E402
 from engine.runtime.run_lock import run_lock  # noqa: E402
-from engine.train.config import DEVICES, USER_ERRORS, TrainConfig, config_from_args  # noqa: E402
+from engine.runtime.distributed import DEVICES  # noqa: E402
+from engine.train.checkpoint import storage_advice  # noqa: E402
+from engine.train.config import USER_ERRORS, TrainConfig, config_from_args  # noqa: E402
 from engine.train.guard import HOST_SYNC_MODES  # noqa: E402
 from engine.train.optim import ADAMW_IMPLS, OPTIMIZERS  # noqa: E402
 from engine.train.trainer import train_rung  # noqa: E402
@@ -90,7 +92,7 @@ def main(argv=None):
     cfg = config_from_args(p.parse_args(argv))
     env = init_distributed(cfg.device)
     try:
-        with run_lock(cfg.out, env), storage_guard(cfg.out):  # one writer; a full disk is one message
+        with run_lock(cfg.out, env), storage_guard(cfg.out, advice=lambda: storage_advice(cfg.out)):  # one writer; a full disk names the last intact checkpoint
             final = train_rung(cfg, env)
     except USER_ERRORS as e:  # bad input or state: one clear line, not a traceback
         sys.exit(f"error: {e}")

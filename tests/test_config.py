@@ -12,7 +12,8 @@ from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, RUN_FIELDS, TRAIN_SETTINGS,
                                   LadderConfig)
-from engine.train.config import DEVICES, TRAIN_PRESETS, TrainConfig, check_choice
+from engine.runtime.distributed import DEVICES
+from engine.train.config import TRAIN_PRESETS, TrainConfig, check_choice
 from engine.train.guard import HOST_SYNC_MODES
 from engine.train.optim import ADAMW_IMPLS, OPTIMIZERS
 from engine.train.schedule import SCHEDULES

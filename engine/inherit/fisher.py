@@ -21,6 +21,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+FISHER_MODES = ("online", "posthoc")  # accumulated inside the parent's last steps, or computed after it on fresh batches
+
 
 def posthoc_fisher(
     model: nn.Module,

@@ -3,7 +3,8 @@ Fisher settings (LadderConfig) with their checks, the training settings every ru
 name of a grown arm's directory (method.md sections 2-6).
 
 Every choice is defined once: the ladder's own recipe choices here (GROW_FROM, DATA_ORDERS,
-OPTIMIZER_STATES, FISHER_MODES, ARMS), the others by the module that owns the concept (placements
+OPTIMIZER_STATES, ARMS), the others by the module that owns the concept (Fisher modes:
+engine/inherit/fisher.py; placements
 and depth inits: engine/inherit/growth.py; subspaces and penalty schedules: engine/inherit/penalty.py;
 ARS modes: engine/inherit/ars.py; LR schedules: engine/train/schedule.py).
 """
@@ -13,6 +14,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from engine.inherit.ars import MODES as ARS_MODES
+from engine.inherit.fisher import FISHER_MODES
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.train.config import TrainConfig, check_choice
@@ -22,9 +24,6 @@ from models.config import check_depths
 GROW_FROM = ("cooled", "stable")
 DATA_ORDERS = ("restart", "continue")
 OPTIMIZER_STATES = ("fresh", "carry")
-# online: accumulated over the last steps of the parent's runs; posthoc: measured on its checkpoint
-# at growth. (The Fisher's module, engine/inherit/fisher.py, defines no such constant.)
-FISHER_MODES = ("online", "posthoc")
 # TrainConfig fields the ladder sets itself for each run (from its own fields or its run plan);
 # every other field is a training setting shared by every rung (LadderConfig.train)
 RUN_FIELDS = ("depth", "preset", "out", "seed", "steps", "tokens", "ratio", "resume", "ars", "warmup_steps",
@@ -138,6 +137,10 @@ class LadderConfig:
             raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
         if self.grow_from == "stable" and self.schedule != "wsd":
             raise ValueError("--grow-from stable needs --schedule wsd (only WSD has a stable-phase checkpoint)")
+        uses_penalty = any(ARMS[a][1] for a in self.arms) and (self.lam > 0 or any(v > 0 for v in self.lam_by_depth.values()))
+        if self.grow_from == "stable" and self.fisher == "online" and uses_penalty:
+            raise ValueError("--grow-from stable with --fisher online: a stable run accumulates no online Fisher for the "
+                             "penalty to carry; use --fisher posthoc (or --grow-from cooled)")
 
     def _check_penalty(self):
         """lambda and gamma (per rung too), the subspace and the penalty schedule (method.md section 4)."""

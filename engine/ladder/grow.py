@@ -16,7 +16,7 @@ from engine.inherit.penalty import PenaltyConfig
 from engine.ladder.config import LadderConfig
 from engine.runtime.distributed import DistEnv
 from engine.train import checkpoint as ckpt
-from engine.train.config import TRAIN_PRESETS
+from engine.train.config import TRAIN_PRESETS, TrainConfig
 from models.config import model_config
 from models.gpt import GPT
 
@@ -60,7 +60,7 @@ def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv)
         # fisher_batches); a run from before final.json kept the count is charged fisher_batches
         steps = ckpt.read_json(prev_run / "final.json").get("fisher_steps", lc.fisher_batches)
         return omega, 2.0 * cfg.num_params * steps
-    bundle = prepare_data(lc.train.get("data", "builtin"), cfg.vocab_size, lc.train.get("cache_dir"), progress=False)
+    bundle = prepare_data(lc.train.get("data", TrainConfig.data), cfg.vocab_size, lc.train.get("cache_dir"), progress=False)
     batch = lc.train.get("device_batch") or TRAIN_PRESETS[lc.preset]["device_batch"]
     # a stream disjoint in seed from training's, so the Fisher batches are fresh samples
     loader = TokenLoader(bundle.train, cfg.seq_len, batch, seed=lc.seed + 7919, device=env.device)

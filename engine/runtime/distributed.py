@@ -49,10 +49,13 @@ def device_name(dev: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+DEVICES = ("auto", "cpu", "cuda")  # --device
+
+
 def resolve_device(pref: str) -> torch.device:
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if pref not in ("cpu", "cuda"):
+    if pref not in DEVICES:
         raise ValueError(f"--device must be auto, cpu or cuda; got {pref!r}")
     if pref == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but torch.cuda.is_available() is False")

@@ -3,11 +3,11 @@ loaded and loadable at another world size.
 
 Layout of a run's checkpoint directory:
 
-    ckpt/step_000120/            one complete checkpoint
+    ckpt/step_000000120/         one complete checkpoint
         *.distcp, .metadata      DCP's files (model + optimizer tensors, sharded as they were)
         extra.json               everything else: step, loader position, ARS state, RNG, config
         manifest.json            written LAST: size and sha256 of every other file
-    ckpt/.tmp_step_000130/       a write in progress (never read; removed on the next save)
+    ckpt/.tmp_step_000000130/    a write in progress (never read; removed on the next save)
 
 A checkpoint becomes visible only by the atomic rename of its temporary directory after its
 manifest is on disk. Loading walks checkpoints newest first and verifies the manifest; a truncated

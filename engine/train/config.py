@@ -5,7 +5,7 @@ from the one preset table, models/config.PRESETS), every check that can fail bef
 Each choice a setting can take is defined once, by the module that owns the concept, and imported
 here, by the command lines (argparse `choices=`) and by the ladder: optimizers and AdamW kernels
 (engine/train/optim.py), host-sync modes (engine/train/guard.py), ARS modes (engine/inherit/ars.py),
-presets (models/config.py), devices (DEVICES, below).
+presets (models/config.py), devices (engine/runtime/distributed.DEVICES).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from models.config import GPTConfig, PRESETS, check_preset, model_config
 # the TrainConfig fields left None (TrainConfig.resolved).
 TRAIN_PRESETS = {name: preset["train"] for name, preset in PRESETS.items()}
 MUON_MATRIX_LR = 0.02  # nanochat's Muon lr for block matrices
-DEVICES = ("auto", "cpu", "cuda")  # --device; engine/runtime/distributed.resolve_device accepts these
 
 
 @dataclass

@@ -5,13 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def _step_of(line: str) -> int | None:
-    """The step of a metrics line, or None for a blank or torn one."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
+from engine.runtime.jsonl import read_jsonl
 
 
 class MetricsLog:
@@ -26,9 +20,9 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            steps = [(l, _step_of(l)) for l in path.read_text().splitlines()]
-            keep = [l for l, k in steps if k is not None and k <= resume_step]
-            path.write_text("".join(l + "\n" for l in keep))
+            # json.dumps(json.loads(line)) gives back the bytes json.dumps wrote (shortest float repr)
+            keep = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         self.f = open(path, "a")
 
     def write(self, rec: dict):
