@@ -15,6 +15,7 @@
 
 Fixtures live in conftest.py files: tests/conftest.py (one thread, a small tmpfs), and the folder's
 own for fixtures used in one folder only (tests/engine/data/, tests/models/).
+
 ROOT is the repository root.
 """
 from pathlib import Path

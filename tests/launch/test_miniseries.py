@@ -1,12 +1,29 @@
-"""The miniseries command line (launch/miniseries.py): bad input refused with a clear message before
-anything trains; its output directory locked. The whole miniseries: tests/system/test_miniseries.py."""
+"""The command lines (launch/miniseries.py and the training flags it shares with launch/train.py)
+take every setting from one source: each choice is the owning module's constant, each flag's
+default is its dataclass field's, every shared training flag reaches the rungs; bad input is
+refused with a clear message before anything trains; the output directory is locked. The whole
+miniseries: tests/system/test_miniseries.py."""
+import argparse
 import os
 import subprocess
 import sys
+from dataclasses import MISSING, fields
 
 import pytest
 
+from engine.inherit.ars import MODES as ARS_MODES
+from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
+from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
+from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, RUN_FIELDS, TRAIN_SETTINGS,
+                                  LadderConfig)
+from engine.runtime.distributed import DEVICES
 from engine.runtime.run_lock import LOCK_FILE, run_lock
+from engine.train.config import TrainConfig
+from engine.train.guard import HOST_SYNC_MODES
+from engine.train.optim import ADAMW_IMPLS, OPTIMIZERS
+from engine.train.schedule import SCHEDULES
+from launch import miniseries, train
+from models.config import PRESETS
 from tests.helpers import ROOT
 from tests.helpers.runs import ENV, run_miniseries
 
@@ -42,3 +59,82 @@ def test_miniseries_locks_its_output_directory(tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1].startswith(f"error: {out} is in use by PID {os.getpid()} on host ")
     assert sorted(x.name for x in out.iterdir()) == [LOCK_FILE]  # nothing written
+
+
+def _train_parser(rung=True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    train.add_training_args(p, rung=rung)
+    return p
+
+
+def _actions(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in p._actions if a.dest != "help"}
+
+
+def _default(config, name):
+    f = {f.name: f for f in fields(config)}[name]
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def test_every_choice_is_the_owners_constant():
+    want = {"preset": sorted(PRESETS), "device": DEVICES, "optimizer": OPTIMIZERS, "adamw_impl": ADAMW_IMPLS,
+            "host_sync": HOST_SYNC_MODES, "ars": ARS_MODES}
+    got = {k: a.choices for k, a in _actions(_train_parser()).items() if a.choices is not None}
+    assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in want.items()}
+    want_ladder = {"schedule": SCHEDULES, "grow_from": GROW_FROM, "data_order": DATA_ORDERS, "depth_init": DEPTH_INITS,
+                   "optimizer_state": OPTIMIZER_STATES, "subspace": SUBSPACES, "penalty_schedule": PENALTY_SCHEDULES,
+                   "ars": ARS_MODES, "fisher": FISHER_MODES, "placement": PLACEMENTS}
+    got = {k: a.choices for k, a in _actions(miniseries.build_parser()).items() if a.choices is not None}
+    assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in {**want, **want_ladder}.items()}
+
+
+def test_flag_defaults_are_the_dataclass_defaults():
+    for dest, a in _actions(_train_parser()).items():
+        if dest in {f.name for f in fields(TrainConfig)} and not a.required and dest not in ("steps", "tokens", "ratio"):
+            assert a.default == _default(TrainConfig, dest), dest
+    ns = miniseries.build_parser().parse_args([])
+    embedded = set(miniseries.DEFAULTS)
+    for f in fields(LadderConfig):
+        if f.name in vars(ns) and f.name not in embedded | {"lam", "gamma", "seed", "preset"}:
+            assert getattr(ns, f.name) == _default(LadderConfig, f.name), f.name
+    assert ns.seed == _default(LadderConfig, "seed") == _default(TrainConfig, "seed")
+    assert ns.preset == _default(LadderConfig, "preset") == _default(TrainConfig, "preset")
+
+
+def test_default_miniseries_config_is_pinned():
+    """The embedded default (`make miniseries`): what every one of its rungs is given."""
+    p = miniseries.build_parser()
+    (lc,) = miniseries.ladder_configs(p, p.parse_args([]))
+    assert (lc.depths, lc.arms, lc.ratio, lc.scratch_budgets, lc.inherit_budgets, lc.out) == (
+        [2, 3], ["scratch", "grow-only"], 2.0, [0.5, 0.75, 1.0], [0.2, 0.35, 0.5, 0.7, 1.0], "runs/miniseries")
+    assert (lc.lam, lc.gamma, lc.lam_by_depth, lc.gamma_by_depth) == (1e5, 0.1, {}, {})
+    assert lc.train == dict(data="builtin", device="auto", optimizer="adamw", adamw_impl="kernel", host_sync="auto",
+                            max_nonfinite=5, lr_mult=1.0, weight_decay=0.0, warmdown_frac=0.65, ckpt_every=0,
+                            progress=True, profile=True)
+    assert list(lc.train) == ["data", "device", "optimizer", "adamw_impl", "host_sync", "max_nonfinite", "lr_mult",
+                              "weight_decay", "warmdown_frac", "ckpt_every", "progress", "profile"]
+
+
+def test_every_shared_training_flag_reaches_the_rungs():
+    """No flag of add_training_args(rung=False) is dropped: each is a LadderConfig field or a
+    training setting the miniseries passes to every rung."""
+    ladder_fields = {f.name for f in fields(LadderConfig)}
+    for dest in _actions(_train_parser(rung=False)):
+        assert dest in TRAIN_SETTINGS or dest in ladder_fields, dest
+    assert set(TRAIN_SETTINGS) | set(RUN_FIELDS) == {f.name for f in fields(TrainConfig)}
+    assert not set(TRAIN_SETTINGS) & set(RUN_FIELDS)
+    p = miniseries.build_parser()
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--seq-len", "64", "--weight-decay", "0.1", "--no-progress"]))
+    assert (lc.train["seq_len"], lc.train["weight_decay"], lc.train["progress"]) == (64, 0.1, False)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "a,1"], "--seeds: expected a comma list of integer seeds like 0,1, got 'a,1'"),
+    (["--depths", "2:4,1"], "--depths must be strictly increasing, got [2, 3, 4, 1]"),
+    (["--fisher", "exact"], "invalid choice: 'exact'"),
+])
+def test_bad_miniseries_flags_are_refused_by_name(argv, message, capsys):
+    p = miniseries.build_parser()
+    with pytest.raises(SystemExit):
+        miniseries.ladder_configs(p, p.parse_args(argv))
+    assert message in capsys.readouterr().err

@@ -1,8 +1,12 @@
 """Model configuration (models/config.py): exact counts against hand arithmetic, the nanochat
-anchors, bad values and presets refused by name."""
+anchors, bad values and presets refused by name, the one preset table (its train part read by
+engine.train.config), the one --depths grammar."""
+from dataclasses import fields
+
 import pytest
 
-from models.config import GPTConfig, model_config
+from engine.train.config import TRAIN_PRESETS, TrainConfig
+from models.config import PRESETS, GPTConfig, model_config, parse_depths
 
 
 def test_cpu_tiny_d2_counts_by_hand():
@@ -37,3 +41,28 @@ def test_bad_model_config(kw, match):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'gpt5'"):
         model_config("gpt5", 2)
+
+
+def test_one_preset_table():
+    for name, preset in PRESETS.items():
+        assert TRAIN_PRESETS[name] is preset["train"]
+        assert set(preset["train"]) <= {f.name for f in fields(TrainConfig) if f.default is None}
+        c = model_config(name, 2)
+        assert {k: getattr(c, k) for k in preset if k != "train"} == {k: v for k, v in preset.items() if k != "train"}
+
+
+@pytest.mark.parametrize("spec,depths", [("2:5", [2, 3, 4, 5]), ("2,3,5", [2, 3, 5]), ("2:4,8", [2, 3, 4, 8]),
+                                         (" 3 ", [3]), ("1:1", [1])])
+def test_parse_depths(spec, depths):
+    assert parse_depths(spec) == depths
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("3:1", "--depths '3:1': expected LO:HI"), ("a,b", "--depths 'a,b': expected LO:HI"),
+    ("1:2:3", "--depths '1:2:3': expected"), ("", "--depths is empty"), ("0:2", "must be positive, got [0, 1, 2]"),
+    ("1,1", "strictly increasing, got [1, 1]"), ("5,3", "strictly increasing, got [5, 3]"),
+])
+def test_parse_depths_refuses_bad_input_by_name(spec, message):
+    with pytest.raises(ValueError) as e:
+        parse_depths(spec)
+    assert message in str(e.value)

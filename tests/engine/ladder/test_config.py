@@ -1,7 +1,8 @@
 """Ladder configuration (engine/ladder/config.py): every configuration validates or names the bad
-value (hypothesis, against an independent oracle)."""
+value (hypothesis, against an independent oracle); an unknown training setting is refused by name."""
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,3 +110,12 @@ def test_every_ladder_config_validates_or_names_the_bad_value(lc):
         assert any(word in str(e) for word in bad), (str(e), bad)
     else:
         assert not bad, f"invalid config accepted: {bad}"
+
+
+def test_unknown_training_setting_is_refused_by_name():
+    lc = LadderConfig(depths=[1, 2], arms=["scratch"], out="x", train={"seq_len": 64, "warmup": 3})
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['warmup'\].*accepted: \[.*'seq_len'"):
+        lc.validate()
+    lc.train = {"steps": 3}  # the ladder sets the budget of each run itself
+    with pytest.raises(ValueError, match=r"\['steps'\].*the ladder sets .*'steps'"):
+        lc.validate()

@@ -1,13 +1,15 @@
 """Training configuration (engine/train/config.py): every configuration validates or names the bad
 value (hypothesis, against an independent oracle); the validation split is checked against the
-evaluation before any training."""
+evaluation before any training; a bad choice names the value and the choices."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.inherit.ars import MODES as ARS_MODES
 from engine.runtime.distributed import DistEnv
-from engine.train.config import TRAIN_PRESETS, TrainConfig, TrainError, check_val_split, validate
+from engine.train.config import TRAIN_PRESETS, TrainConfig, TrainError, check_choice, check_val_split, validate
+from engine.train.schedule import SCHEDULES
 from models.config import PRESETS
 from tests.helpers.strategies import edge_floats
 
@@ -101,3 +103,11 @@ def test_every_train_config_validates_or_names_the_bad_value(case):
         assert any(word in str(e) or word.replace("_", "-") in str(e) for word in bad), (str(e), bad)
     else:
         assert not bad, f"invalid config accepted: {bad}"
+
+
+def test_bad_choice_names_the_value_and_the_choices():
+    check_choice("--ars", "seed", ARS_MODES)
+    with pytest.raises(ValueError, match="--ars must be off, seed or detrended, got 'wild'"):
+        check_choice("--ars", "wild", ARS_MODES)
+    with pytest.raises(ValueError, match="--schedule must be nanochat or wsd, got 'cosine'"):
+        check_choice("--schedule", "cosine", SCHEDULES)
