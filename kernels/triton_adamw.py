@@ -143,7 +143,7 @@ def _kernel():
     def _table_ptr_fn(table_ptr, j, n_tensors, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
         # A pointer loaded from the int64 address table carries no alignment facts, so without
         # the hint every access is a 4-byte ld/st.global.b32 (PTX checked on CPU, see
-        # tests/test_triton_ptx.py). ALIGNED is set by the host only when every address in the
+        # tests/kernels/test_triton_ptx.py). ALIGNED is set by the host only when every address in the
         # table is a multiple of 16 bytes, so the hint is a checked fact, not a hope.
         ptr = tl.load(table_ptr + j * n_tensors + t).to(tl.pointer_type(DTYPE), bitcast=True)
         if ALIGNED:

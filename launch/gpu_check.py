@@ -41,9 +41,9 @@ from launch.argtypes import positive_int  # noqa: E402  (imports nothing of ours
 REQUIRED = {"numpy": "numpy", "tiktoken": "tiktoken", "rustbpe": "rustbpe", "pyarrow": "pyarrow",
             "pytest": "pytest", "pynvml": "nvidia-ml-py", "tqdm": "tqdm"}
 SECTIONS = ("tests", "bandwidth", "training")  # what --skip may name (environment and energy always run)
-CUDA_TESTS = ["tests/test_kernels.py::test_triton_cuda_vs_reference",
-              "tests/test_kernels.py::test_triton_cuda_multi_and_skip_vs_reference",
-              "tests/test_reliability.py::test_lagged_cuda_steps_make_no_host_sync"]
+CUDA_TESTS = ["tests/kernels/test_triton_adamw.py::test_triton_cuda_vs_reference",
+              "tests/kernels/test_triton_adamw.py::test_triton_cuda_multi_and_skip_vs_reference",
+              "tests/engine/train/test_guard.py::test_lagged_cuda_steps_make_no_host_sync"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ non-zero gradient; the random "readers" of new stream coordinates / new heads / 
 (c_q/k/v/c_fc new entries, lm_head new columns, new layers' read-ins) see inputs or output
 gradients that are exactly zero at that moment, so their gradient is zero at step 1 and non-zero
 from step 2 on (with AdamW weight decay they already move at step 1). Nothing stays stuck,
-which is the point of making one side random. tests/test_growth.py checks both facts.
+which is the point of making one side random. tests/engine/inherit/test_growth.py checks both facts.
 
 The operator works on plain (unsharded) modules; under FSDP the caller gathers a full state
 dict, builds a plain GPT, grows it, and re-shards the result.

@@ -16,7 +16,7 @@ Two ways to read each step's verdict (`host_sync`); `HostSync` is the one place 
   final steps are read at once (they sync anyway), so a checkpoint always holds settled state.
   ARS runs on the device (engine/inherit/ars.ARSDevice).
 
-Both modes give the same run bitwise on CPU (tests/test_reliability.py), ARS aside: the device
+Both modes give the same run bitwise on CPU (tests/engine/train/test_guard.py), ARS aside: the device
 ARS's jitter stream differs from the host one.
 """
 from __future__ import annotations

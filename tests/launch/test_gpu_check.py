@@ -1,6 +1,7 @@
 """launch/gpu_check.py's logic that needs no GPU: environment probing, the CPU-only exit, energy
 windows, the report."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -133,3 +134,11 @@ def test_bad_flags_are_refused_by_name(capsys):
         with pytest.raises(SystemExit):
             gc.parse_args(argv)
         assert message in capsys.readouterr().err
+
+
+def test_cuda_tests_name_existing_test_functions():
+    """make gpu-check runs these by path: each must be a test function defined in that file."""
+    root = Path(__file__).resolve().parents[2]
+    for spec in gc.CUDA_TESTS:
+        path, name = spec.split("::")
+        assert f"def {name}(" in (root / path).read_text(), spec
