@@ -19,8 +19,10 @@ P_S has two forms (`subspace`):
 
 Schedule (method.md section 4, optional): lambda and gamma both multiplied by
 f(step) = max(0, 1 - step/total_steps) ("linear", reaching 0 at step == total_steps) or 1
-("constant"), `step` counting the optimizer steps done before the one being taken. The
-optimizer kernel takes `kappa_for(step)`.
+("constant"), `step` counting the optimizer steps done before the one being taken. A decay over
+the first part of the rung (`decay_frac` F > 0) multiplies f by max(0, 1 - step/(F*total_steps)),
+so the penalty is gone after the first F of the rung (F = 0: no such decay). The optimizer kernel
+takes `kappa_for(step)`.
 
 No autograd graph anywhere: the gradient is added inside the optimizer step, which also returns
 the elementwise part of Phi; `subspace_terms` gives the svd part beside its gradient, so the
@@ -52,6 +54,7 @@ class PenaltyConfig:
     svd_rank: int | None = None
     svd_energy: float | None = None
     schedule: str = "constant"
+    decay_frac: float = 0.0  # > 0: lambda and gamma decay linearly to 0 over this fraction of the rung
 
     @property
     def active(self) -> bool:
@@ -78,7 +81,8 @@ class Penalty:
     Args: named_params: iterable of (name, param), fixes the order of every returned list;
     anchor, mask, fisher: dicts by name (fisher None -> Omega = 0); lam, gamma: the weights;
     subspace: "coords" | "svd"; svd_rank or svd_energy (exactly one, for "svd"); schedule:
-    "constant" | "linear" (then total_steps is required)."""
+    "constant" | "linear" (then total_steps is required); decay_frac: F in [0, 1], > 0 decays
+    lambda and gamma to 0 over the first F*total_steps steps (then total_steps is required)."""
 
     def __init__(
         self,
@@ -93,6 +97,7 @@ class Penalty:
         svd_rank: int | None = None,
         svd_energy: float | None = None,
         schedule: str = "constant",
+        decay_frac: float = 0.0,
         total_steps: int | None = None,
     ):
         if subspace not in SUBSPACES:
@@ -101,10 +106,15 @@ class Penalty:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if schedule == "linear" and (total_steps is None or total_steps < 1):
             raise ValueError("schedule='linear' needs total_steps >= 1")
+        if not 0.0 <= decay_frac <= 1.0:
+            raise ValueError(f"decay_frac must be in [0, 1], got {decay_frac!r}")
+        if decay_frac > 0 and (total_steps is None or total_steps < 1):
+            raise ValueError("decay_frac > 0 needs total_steps >= 1")
         if subspace == "svd" and (svd_rank is None) == (svd_energy is None):
             raise ValueError("subspace='svd' needs exactly one of svd_rank, svd_energy")
         self.lam, self.gamma = float(lam), float(gamma)
         self.subspace, self.schedule, self.total_steps = subspace, schedule, total_steps
+        self.decay_frac = float(decay_frac)
         self.names: list[str] = []
         self._anchors: list[Tensor] = []
         self._kappa: list[Tensor] = []  # base (unscheduled) elementwise coefficients, fp32
@@ -148,10 +158,12 @@ class Penalty:
 
     # --- schedule -----------------------------------------------------------------------------
     def factor(self, step: int) -> float:
-        """Multiplier of lambda and gamma for the step taken after `step` steps (0 for the first)."""
-        if self.schedule == "constant":
-            return 1.0
-        return max(0.0, 1.0 - step / self.total_steps)
+        """Multiplier of lambda and gamma for the step taken after `step` steps (0 for the first):
+        the schedule's factor times the early decay's (each 1 when off)."""
+        f = 1.0 if self.schedule == "constant" else max(0.0, 1.0 - step / self.total_steps)
+        if self.decay_frac > 0:
+            f *= max(0.0, 1.0 - step / (self.decay_frac * self.total_steps))
+        return f
 
     @property
     def enabled(self) -> bool:

@@ -67,6 +67,8 @@ class LadderConfig:
     svd_rank: int | None = None
     svd_energy: float | None = None
     penalty_schedule: str = "constant"  # penalty.SCHEDULES
+    # > 0: lambda and gamma decay linearly to 0 over this fraction of each grown rung (0: no early decay)
+    penalty_decay_frac: float = 0.0
     # per-rung overrides of lam / gamma, keyed by the depth of the rung being trained
     lam_by_depth: dict = field(default_factory=dict)
     gamma_by_depth: dict = field(default_factory=dict)
@@ -162,6 +164,8 @@ class LadderConfig:
         if self.svd_energy is not None and not 0 < self.svd_energy <= 1:
             raise ValueError(f"--svd-energy must be in (0, 1], got {self.svd_energy}")
         check_choice("--penalty-schedule", self.penalty_schedule, PENALTY_SCHEDULES)
+        if not 0 <= self.penalty_decay_frac <= 1:  # NaN fails too
+            raise ValueError(f"--penalty-decay-frac must be in [0, 1], got {self.penalty_decay_frac}")
 
 
 def parse_per_rung(spec: str, name: str) -> tuple[float, dict[int, float]]:

@@ -96,6 +96,28 @@ def test_linear_schedule_and_cache():
     assert svd.extra_grads(plist, 4)[0].abs().max() == 0
 
 
+def test_early_decay_reaches_zero_after_its_fraction_of_the_rung():
+    """decay_frac F: lambda and gamma times max(0, 1 - step/(F*total)), on top of the schedule's factor;
+    F = 0 leaves the constant penalty's cached tensors untouched."""
+    params, anchor, mask, fisher = make(2)
+    plist = list(params.values())
+    pen = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, decay_frac=0.25, total_steps=40)
+    v0 = pen.value(plist, 0)
+    assert [pen.factor(s) for s in (0, 5, 10, 11, 39)] == [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert pen.value(plist, 5) == pytest.approx(0.5 * v0, rel=1e-12)
+    assert all(k.abs().sum() == 0 for k in pen.kappa_for(10))
+    both = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, schedule="linear", decay_frac=0.5,
+                   total_steps=40)
+    assert both.factor(10) == pytest.approx((1 - 10 / 40) * (1 - 10 / 20))
+    off = Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, decay_frac=0.0)
+    assert off.kappa_for(7) is off.kappa_for(0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=f"decay_frac must be in \\[0, 1\\], got {bad}"):
+            Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, decay_frac=bad, total_steps=4)
+    with pytest.raises(ValueError, match="decay_frac > 0 needs total_steps"):
+        Penalty(params.items(), anchor, mask, fisher, lam=2.0, gamma=0.5, decay_frac=0.5)
+
+
 def test_svd_energy_picks_k():
     g = torch.Generator().manual_seed(0)
     s = torch.tensor([4.0, 3.0, 2.0, 1.0])  # s^2 = 16, 9, 4, 1 of 30

@@ -34,6 +34,7 @@ def ladder_configs(draw):
         svd_rank=draw(st.one_of(st.none(), st.integers(-1, 8))),
         svd_energy=draw(st.one_of(st.none(), edge_floats)),
         penalty_schedule=draw(st.sampled_from(["constant", "linear", "cosine"])),
+        penalty_decay_frac=draw(edge_floats),
         ars=draw(st.sampled_from(["seed", "detrended", "off", "on"])),
         fisher=draw(st.sampled_from(["online", "posthoc", "exact"])),
         fisher_batches=draw(st.integers(-1, 4)),
@@ -70,6 +71,8 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append(repr(lc.optimizer_state))
     if lc.grow_from == "stable" and lc.schedule == "nanochat":
         bad.append("--grow-from stable")
+    if lc.grow_from == "stable" and lc.fisher == "online" and lc.lam > 0 and any(ARMS.get(a, (0, 0))[1] for a in lc.arms):
+        bad.append("--grow-from stable")  # a stable run accumulates no online Fisher for the penalty
     if not 0 < lc.ratio <= 1e4:
         bad.append("--ratio")
     if not (0 <= lc.lam < math.inf and 0 <= lc.gamma < math.inf):
@@ -84,6 +87,8 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append("--svd-energy")
     if lc.penalty_schedule not in ("constant", "linear"):
         bad.append(repr(lc.penalty_schedule))
+    if not 0 <= lc.penalty_decay_frac <= 1:
+        bad.append("--penalty-decay-frac")
     if lc.ars not in ("seed", "detrended", "off"):
         bad.append(repr(lc.ars))
     if lc.fisher not in ("online", "posthoc"):
@@ -119,3 +124,13 @@ def test_unknown_training_setting_is_refused_by_name():
     lc.train = {"steps": 3}  # the ladder sets the budget of each run itself
     with pytest.raises(ValueError, match=r"\['steps'\].*the ladder sets .*'steps'"):
         lc.validate()
+
+
+def test_stable_parent_with_an_online_fisher_penalty_is_refused():
+    """A stable-phase checkpoint has no online Fisher beside it: a penalty arm growing from it would
+    fail at growth; it is refused before compute, and the same recipe without a penalty is accepted."""
+    lc = LadderConfig(depths=[1, 2], arms=["scratch", "inherit"], out="x", grow_from="stable", fisher="online")
+    with pytest.raises(ValueError, match=r"--grow-from stable with --fisher online.*--fisher posthoc"):
+        lc.validate()
+    LadderConfig(depths=[1, 2], arms=["scratch", "inherit"], out="x", grow_from="stable", fisher="posthoc").validate()
+    LadderConfig(depths=[1, 2], arms=["scratch", "grow-only"], out="x", grow_from="stable", fisher="online").validate()
