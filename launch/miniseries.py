@@ -21,6 +21,7 @@ from launch.argtypes import positive_float, positive_int  # noqa: E402
 from launch.train import add_field, add_training_args  # noqa: E402
 from engine.analysis.report import write_ladder_report, write_multiseed_summary  # noqa: E402
 from engine.inherit.ars import MODES as ARS_MODES  # noqa: E402
+from engine.inherit.ewc import EWC  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=seed_list, default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
     p.add_argument("--lam", default=f"{LadderConfig.lam:g}",
                    help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite); "
-                        "per rung: 1e5,4=2e4 (depth 4 gets 2e4)")
+                        "per rung: 1e5,4=2e4 (depth 4 gets 2e4); ewc: derived at growth, (D_parent/D_child) x the "
+                        "measured per-token/batch Fisher ratio (method.md section 4), e.g. ewc or 1e5,3=ewc")
     p.add_argument("--gamma", default=f"{LadderConfig.gamma:g}", help="gamma of the subspace term (the seeds' 0.1); per rung as --lam")
     flag("subspace", choices=SUBSPACES)
     flag("svd_rank", type=positive_int)
@@ -117,7 +119,7 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
     field (so a flag added to add_training_args reaches the rungs without a list to keep)."""
     try:
         depths = parse_depths(ns.depths)
-        lam, lam_by_depth = parse_per_rung(ns.lam, "lam")
+        lam, lam_by_depth = parse_per_rung(ns.lam, "lam", words=(EWC,))
         gamma, gamma_by_depth = parse_per_rung(ns.gamma, "gamma")
     except ValueError as e:
         p.error(str(e))

@@ -167,6 +167,23 @@ def _iso_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _penalty_setup(lc, results: dict[str, list[dict]]) -> str:
+    """The setup line's penalty: lambda (a number, or "ewc" with the lambda derived for each grown
+    rung, its measured r and token counts), gamma, subspace; the form and early decay when not the defaults."""
+    lam = f"{lc.lam:g}" if isinstance(lc.lam, (int, float)) else str(lc.lam)
+    derived = sorted({(g["to_depth"], g["ewc"]["lambda"], g["ewc"]["r"], g["ewc"]["parent_tokens"], g["ewc"]["child_tokens"])
+                      for rungs in results.values() for rung in rungs for run in rung["runs"]
+                      if isinstance(g := run.get("growth"), dict) and "ewc" in g})
+    if derived:
+        lam += " (" + "; ".join(f"d{d}: {v:.3g} = {p:.3g}/{c:.3g} tokens x r={r:.3g}" for d, v, r, p, c in derived) + ")"
+    text = f"lambda={lam}, gamma={lc.gamma:g}, subspace={lc.subspace}"
+    if getattr(lc, "penalty_form", "coupled") != "coupled":
+        text += f", {lc.penalty_form} form"
+    if getattr(lc, "penalty_decay_frac", 0.0) > 0:
+        text += f", decaying to 0 over the first {lc.penalty_decay_frac:g} of each grown rung"
+    return text
+
+
 def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | None = None) -> Path:
     out = Path(lc.out)
     summary = summarize(lc, results)
@@ -189,7 +206,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
                                   f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
               f". Growth: {lc.placement} placement, grown-rung peak LR x{lc.inherit_lr_mult:g}, re-warmup "
               f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
-              f"order {lc.data_order}, optimizer state {lc.optimizer_state}. Penalty lambda={lc.lam:g}, gamma={lc.gamma:g}, subspace={lc.subspace}; "
+              f"order {lc.data_order}, optimizer state {lc.optimizer_state}. Penalty {_penalty_setup(lc, results)}; "
               f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}.", "",
               f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from engine.inherit.ars import MODES as ARS_MODES
+from engine.inherit.ewc import EWC, lam_is_on
 from engine.inherit.fisher import FISHER_MODES
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
@@ -61,7 +62,9 @@ class LadderConfig:
     cooldown_frac: float = 0.2  # WSD cooldown, a fraction of each budget
     seed: int = 0
     # the penalty (method.md section 4)
-    lam: float = 1e5  # Omega is ~1e-7 on average (measured on cpu-tiny d2): lambda=1 would be a no-op
+    # Omega is ~1e-7 on average (measured on cpu-tiny d2): lambda=1 would be a no-op. "ewc": lambda
+    # derived at growth from the data, (D_parent / D_child) * r (engine/inherit/ewc.py)
+    lam: float | str = 1e5
     gamma: float = 0.1  # the seeds' gamma
     subspace: str = "coords"  # penalty.SUBSPACES
     svd_rank: int | None = None
@@ -69,7 +72,7 @@ class LadderConfig:
     penalty_schedule: str = "constant"  # penalty.SCHEDULES
     # > 0: lambda and gamma decay linearly to 0 over this fraction of each grown rung (0: no early decay)
     penalty_decay_frac: float = 0.0
-    # per-rung overrides of lam / gamma, keyed by the depth of the rung being trained
+    # per-rung overrides of lam (a number or "ewc") / gamma, keyed by the depth of the rung being trained
     lam_by_depth: dict = field(default_factory=dict)
     gamma_by_depth: dict = field(default_factory=dict)
     # ARS (method.md section 5)
@@ -139,20 +142,23 @@ class LadderConfig:
             raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
         if self.grow_from == "stable" and self.schedule != "wsd":
             raise ValueError("--grow-from stable needs --schedule wsd (only WSD has a stable-phase checkpoint)")
-        uses_penalty = any(ARMS[a][1] for a in self.arms) and (self.lam > 0 or any(v > 0 for v in self.lam_by_depth.values()))
+        uses_penalty = any(ARMS[a][1] for a in self.arms) and (
+            lam_is_on(self.lam) or any(lam_is_on(v) for v in self.lam_by_depth.values()))
         if self.grow_from == "stable" and self.fisher == "online" and uses_penalty:
             raise ValueError("--grow-from stable with --fisher online: a stable run accumulates no online Fisher for the "
                              "penalty to carry; use --fisher posthoc (or --grow-from cooled)")
 
     def _check_penalty(self):
         """lambda and gamma (per rung too), the subspace and the penalty schedule (method.md section 4)."""
-        if not (0 <= self.lam < math.inf and 0 <= self.gamma < math.inf):  # NaN fails too
+        if isinstance(self.lam, str) and self.lam != EWC:
+            raise ValueError(f"--lam must be a finite number >= 0 or {EWC!r}, got {self.lam!r}")
+        if not (_weight_ok(self.lam) and 0 <= self.gamma < math.inf):  # NaN fails too
             raise ValueError(f"--lam and --gamma must be finite and >= 0, got {self.lam}, {self.gamma}")
         per_rung = {**{f"lam d{d}": v for d, v in self.lam_by_depth.items()},
                     **{f"gamma d{d}": v for d, v in self.gamma_by_depth.items()}}
-        bad = {k: v for k, v in per_rung.items() if not 0 <= v < math.inf}
+        bad = {k: v for k, v in per_rung.items() if not _weight_ok(v, (EWC,) if k.startswith("lam") else ())}
         if bad:
-            raise ValueError(f"per-rung --lam/--gamma values must be finite and >= 0, got {bad}")
+            raise ValueError(f"per-rung --lam/--gamma values must be finite and >= 0 (--lam also {EWC!r}), got {bad}")
         stray = sorted((set(self.lam_by_depth) | set(self.gamma_by_depth)) - set(self.depths[1:]))
         if stray:
             raise ValueError(f"per-rung --lam/--gamma given for depth(s) {stray}, which are not grown rungs of {self.depths}")
@@ -168,16 +174,25 @@ class LadderConfig:
             raise ValueError(f"--penalty-decay-frac must be in [0, 1], got {self.penalty_decay_frac}")
 
 
-def parse_per_rung(spec: str, name: str) -> tuple[float, dict[int, float]]:
-    """'1e5' -> (1e5, {}); '1e5,4=2e4,5=0' -> (1e5, {4: 2e4, 5: 0.0}): a default and per-depth values."""
+def _weight_ok(v, words=(EWC,)) -> bool:
+    """A lambda or gamma: a finite number >= 0 (NaN fails), or one of `words`."""
+    if isinstance(v, str):
+        return v in words
+    return 0 <= v < math.inf
+
+
+def parse_per_rung(spec: str, name: str, words: tuple = ()) -> tuple[float | str, dict[int, float | str]]:
+    """'1e5' -> (1e5, {}); '1e5,4=2e4,5=0' -> (1e5, {4: 2e4, 5: 0.0}): a default and per-depth values,
+    each a number or one of `words` (kept as the word: --lam's "ewc")."""
     default, per = None, {}
+    value = lambda v: v.strip() if v.strip() in words else float(v)  # noqa: E731
     try:
         for part in (p.strip() for p in spec.split(",") if p.strip()):
             if "=" in part:
                 d, v = part.split("=", 1)
-                per[int(d.lstrip("d"))] = float(v)
+                per[int(d.lstrip("d"))] = value(v)
             elif default is None:
-                default = float(part)
+                default = value(part)
             else:
                 raise ValueError
     except ValueError:

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.inherit.growth import PLACEMENTS
-from engine.ladder.config import ARMS, LadderConfig
+from engine.ladder.config import ARMS, LadderConfig, parse_per_rung
 from tests.helpers.strategies import budget_lists, edge_floats
 
 
@@ -28,7 +28,7 @@ def ladder_configs(draw):
         data_order=draw(st.sampled_from(["restart", "continue", "shuffle"])),
         optimizer_state=draw(st.sampled_from(["fresh", "carry", "reset"])),
         depth_init=draw(st.sampled_from(["identity", "copy", "zero"])),
-        lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf")]))),
+        lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf"), "ewc", "bogus"]))),
         gamma=draw(edge_floats),
         subspace=subspace,
         svd_rank=draw(st.one_of(st.none(), st.integers(-1, 8))),
@@ -71,11 +71,13 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append(repr(lc.optimizer_state))
     if lc.grow_from == "stable" and lc.schedule == "nanochat":
         bad.append("--grow-from stable")
-    if lc.grow_from == "stable" and lc.fisher == "online" and lc.lam > 0 and any(ARMS.get(a, (0, 0))[1] for a in lc.arms):
+    lam_on = lc.lam == "ewc" or (not isinstance(lc.lam, str) and lc.lam > 0)
+    if lc.grow_from == "stable" and lc.fisher == "online" and lam_on and any(ARMS.get(a, (0, 0))[1] for a in lc.arms):
         bad.append("--grow-from stable")  # a stable run accumulates no online Fisher for the penalty
     if not 0 < lc.ratio <= 1e4:
         bad.append("--ratio")
-    if not (0 <= lc.lam < math.inf and 0 <= lc.gamma < math.inf):
+    lam_ok = lc.lam == "ewc" or (not isinstance(lc.lam, str) and 0 <= lc.lam < math.inf)
+    if not (lam_ok and 0 <= lc.gamma < math.inf):
         bad.append("--lam")
     if lc.subspace not in ("coords", "svd"):
         bad.append(repr(lc.subspace))
@@ -134,3 +136,25 @@ def test_stable_parent_with_an_online_fisher_penalty_is_refused():
         lc.validate()
     LadderConfig(depths=[1, 2], arms=["scratch", "inherit"], out="x", grow_from="stable", fisher="posthoc").validate()
     LadderConfig(depths=[1, 2], arms=["scratch", "grow-only"], out="x", grow_from="stable", fisher="online").validate()
+
+
+def test_lam_ewc_and_its_bad_values_are_named():
+    """--lam takes a number or "ewc" (per rung too); any other word is refused naming it."""
+    LadderConfig(depths=[1, 2, 3], arms=["scratch", "inherit"], out="x", lam="ewc", lam_by_depth={3: 2e4}).validate()
+    LadderConfig(depths=[1, 2, 3], arms=["scratch", "inherit"], out="x", lam=1e5, lam_by_depth={3: "ewc"}).validate()
+    with pytest.raises(ValueError, match=r"--lam must be a finite number >= 0 or 'ewc', got 'ewx'"):
+        LadderConfig(depths=[1, 2], arms=["inherit"], out="x", lam="ewx").validate()
+    with pytest.raises(ValueError, match=r"per-rung .* got \{'lam d2': 'bogus'\}"):
+        LadderConfig(depths=[1, 2], arms=["inherit"], out="x", lam_by_depth={2: "bogus"}).validate()
+    with pytest.raises(ValueError, match=r"per-rung .* got \{'gamma d2': 'ewc'\}"):
+        LadderConfig(depths=[1, 2], arms=["inherit"], out="x", gamma_by_depth={2: "ewc"}).validate()
+    assert parse_per_rung("ewc,3=2e4", "lam", words=("ewc",)) == ("ewc", {3: 2e4})
+    assert parse_per_rung("1e5,d3=ewc", "lam", words=("ewc",)) == (1e5, {3: "ewc"})
+    with pytest.raises(ValueError, match=r"--gamma 'ewc'"):
+        parse_per_rung("ewc", "gamma")
+
+
+def test_penalty_decay_frac_bad_values_are_named():
+    for bad in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=rf"--penalty-decay-frac must be in \[0, 1\], got {bad}"):
+            LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_decay_frac=bad).validate()
