@@ -4,10 +4,10 @@ Public API
 ----------
 fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, anchor=None,
                  kappa=None, extra_grad=None, damping=1.0, fisher=None, fisher_scale=1.0,
-                 penalty_out=None, found_inf=None)
+                 penalty_out=None, found_inf=None, decoupled=False)
 fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, ..., anchors=None, kappas=None,
                   extra_grads=None, damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
-                  found_inf=None)
+                  found_inf=None, decoupled=False)
 available_backends() -> list[str]
 backend_for(device) -> str
 last_backend() -> str | None        (the backend used by the most recent call)
@@ -285,6 +285,11 @@ def _check_scalar_tensor(name, t, device, what):
         raise ValueError(f"{name}: device {t.device} does not match the parameters' device {device}")
 
 
+def _check_decoupled(decoupled):
+    if not isinstance(decoupled, bool):
+        raise TypeError(f"decoupled: expected a bool, got {type(decoupled).__name__} ({decoupled!r})")
+
+
 def _check_penalty_out(penalty_out, device):
     _check_scalar_tensor("penalty_out", penalty_out, device, "the penalty accumulator")
 
@@ -299,15 +304,17 @@ def _check_found_inf(found_inf, device):
 def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step,
                      anchor=None, kappa=None, extra_grad=None, damping=1.0,
                      fisher=None, fisher_scale=1.0, penalty_out=None, found_inf=None,
-                     backend=None) -> None:
+                     decoupled=False, backend=None) -> None:
     """One fused inherited-AdamW step on one tensor, in place (see kernels/reference.py).
     ``found_inf`` (0-dim float32 device tensor): nonzero makes the step a no-op, decided on
-    the device.
+    the device. ``decoupled``: the anchor pull after the update instead of kappa*(p - A) in the
+    gradient (kernels/reference.py).
 
     ``backend`` (not part of the stable API) bypasses dispatch, for tests and benchmarks.
     """
     global _last_backend
     _check_one("", p, g, m, v, anchor, kappa, extra_grad, fisher)
+    _check_decoupled(decoupled)
     _check_scalars(lr, beta1, beta2, eps, weight_decay, step, damping, fisher_scale, p.device)
     _check_penalty_out(penalty_out, p.device)
     _check_found_inf(found_inf, p.device)
@@ -318,7 +325,7 @@ def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step,
                               eps=float(eps), weight_decay=float(weight_decay), step=step,
                               anchor=anchor, kappa=kappa, extra_grad=extra_grad,
                               damping=damping, fisher=fisher, fisher_scale=float(fisher_scale),
-                              penalty_out=penalty_out, found_inf=found_inf)
+                              penalty_out=penalty_out, found_inf=found_inf, decoupled=decoupled)
     if be != "reference":
         _bump_versions((p, m, v, fisher, penalty_out))
     _last_backend = be
@@ -336,7 +343,7 @@ def _opt_list(name, seq, n):
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
                       damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
-                      found_inf=None, backend=None) -> None:
+                      found_inf=None, decoupled=False, backend=None) -> None:
     """Fused inherited-AdamW step over a parameter group (one native call / few launches).
 
     Optional lists may be None or contain None per tensor. Works on plain local tensors
@@ -363,6 +370,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
             raise ValueError(f"p[{i}]: device {params[i].device} differs from p[0]'s {dev}: "
                              "one call per device")
     _check_scalars(lr, beta1, beta2, eps, weight_decay, step, damping, fisher_scale, dev)
+    _check_decoupled(decoupled)
     _check_penalty_out(penalty_out, dev)
     _check_found_inf(found_inf, dev)
     be = backend or backend_for(dev)
@@ -373,7 +381,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
                                weight_decay=float(weight_decay), step=step, anchors=anchors,
                                kappas=kappas, extra_grads=extra_grads, damping=damping,
                                fishers=fishers, fisher_scale=float(fisher_scale),
-                               penalty_out=penalty_out, found_inf=found_inf)
+                               penalty_out=penalty_out, found_inf=found_inf, decoupled=decoupled)
     if be != "reference":
         _bump_versions(params, exp_avgs, exp_avg_sqs, fishers, (penalty_out,))
     _last_backend = be

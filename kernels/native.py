@@ -73,7 +73,7 @@ def _opt(seq, n):
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
                       damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
-                      found_inf=None) -> None:
+                      found_inf=None, decoupled=False) -> None:
     if not _load():
         raise RuntimeError(f"native kernels unavailable ({_error}); build with `make native`")
     if found_inf is not None and _scalar(found_inf) != 0.0:
@@ -88,16 +88,16 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
         list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
         list(anchors), list(kappas), _opt(extra_grads, n), _opt(fishers, n), penalty_out,
         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-        _scalar(step), _scalar(damping), _scalar(fisher_scale))
+        _scalar(step), _scalar(damping), _scalar(fisher_scale), bool(decoupled))
 
 
 def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, anchor=None,
                      kappa=None, extra_grad=None, damping=1.0, fisher=None, fisher_scale=1.0,
-                     penalty_out=None, found_inf=None) -> None:
+                     penalty_out=None, found_inf=None, decoupled=False) -> None:
     fused_adamw_multi(
         [p], [g], [m], [v], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
         weight_decay=weight_decay, step=step,
         anchors=None if anchor is None else [anchor], kappas=None if kappa is None else [kappa],
         extra_grads=None if extra_grad is None else [extra_grad], damping=damping,
         fishers=None if fisher is None else [fisher], fisher_scale=fisher_scale,
-        penalty_out=penalty_out, found_inf=found_inf)
+        penalty_out=penalty_out, found_inf=found_inf, decoupled=decoupled)

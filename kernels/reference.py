@@ -17,6 +17,17 @@ Semantics, elementwise, in this order (all arithmetic in fp32):
 
 which is exactly torch.optim.AdamW (decoupled weight decay) applied to g'.
 
+``decoupled=True`` (the penalty's decoupled form, method.md section 4): kappa*d is NOT added to
+g'; the anchor pull is applied after the AdamW update instead, like decoupled weight decay, to
+the updated p:
+
+    p -= min(lr * kappa, 1) * (p - anchor)
+
+so kappa is then a pull per unit of learning rate (lambda_d * Omega/mean_M(Omega) on inherited
+coordinates, gamma_d on new ones). The clamp at 1 means the pull never overshoots the anchor
+(with lr*kappa <= 1 it is exactly the formula). The ARS damping does not scale the pull (it is
+not part of the gradient); penalty_out is 0.5*sum(kappa*d*d) at p before the update either way.
+
 ``found_inf`` (optional 0-dim float32 tensor, torch's fused-AdamW convention): when nonzero the
 whole step is a no-op (p, m, v, fisher and penalty_out are left untouched). It lets a trainer
 skip a step with a non-finite loss or gradient without reading the flag on the host.
@@ -52,6 +63,7 @@ def fused_adamw_step(
     extra_grad: Optional[Tensor] = None, damping=1.0,
     fisher: Optional[Tensor] = None, fisher_scale: float = 1.0,
     penalty_out: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+    decoupled: bool = False,
 ) -> None:
     if p.numel() == 0:
         return
@@ -63,7 +75,7 @@ def fused_adamw_step(
             _gated_step(p, g, m, v, found_inf, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                         weight_decay=weight_decay, step=step, anchor=anchor, kappa=kappa,
                         extra_grad=extra_grad, damping=damping, fisher=fisher,
-                        fisher_scale=fisher_scale, penalty_out=penalty_out)
+                        fisher_scale=fisher_scale, penalty_out=penalty_out, decoupled=decoupled)
             return
     g32 = g.float()
     if fisher is not None:
@@ -75,7 +87,8 @@ def fused_adamw_step(
         kd = k32 * d
         if penalty_out is not None:
             penalty_out.add_(0.5 * (kd * d).sum(dtype=torch.float32).reshape(penalty_out.shape))
-        gp = gp + kd
+        if not decoupled:
+            gp = gp + kd
     if extra_grad is not None:
         gp = gp + extra_grad
     if isinstance(damping, Tensor):
@@ -92,6 +105,8 @@ def fused_adamw_step(
         p.sub_(m / denom * (lr * inv_bc1))
     else:
         p.addcdiv_(m, denom, value=-lr * inv_bc1)
+    if anchor is not None and decoupled:
+        p.sub_((k32 * lr).clamp_(max=1.0) * (p - anchor))
 
 
 def gated(found_inf: Tensor, outs: Sequence[Tensor], run) -> None:
@@ -128,7 +143,7 @@ def fused_adamw_multi(
     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step,
     anchors=None, kappas=None, extra_grads=None, damping=1.0,
     fishers=None, fisher_scale: float = 1.0, penalty_out: Optional[Tensor] = None,
-    found_inf: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None, decoupled: bool = False,
 ) -> None:
     for i in range(len(params)):
         fused_adamw_step(
@@ -136,5 +151,5 @@ def fused_adamw_multi(
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
             anchor=_at(anchors, i), kappa=_at(kappas, i), extra_grad=_at(extra_grads, i),
             damping=damping, fisher=_at(fishers, i), fisher_scale=fisher_scale,
-            penalty_out=penalty_out, found_inf=found_inf,
+            penalty_out=penalty_out, found_inf=found_inf, decoupled=decoupled,
         )

@@ -3,7 +3,7 @@
 fused_adamw_step: one launch of a single fused kernel. fused_adamw_multi: one launch of a
 multi-tensor kernel per kind of tensor in the group (address table on the device).
 
-Semantics: kernels/reference.py. Every optional term is a tl.constexpr flag, so each option
+Semantics: kernels/reference.py (the decoupled penalty form too: DECOUPLED). Every optional term is a tl.constexpr flag, so each option
 combination compiles to its own branch-free kernel. ``step``, ``damping`` and ``found_inf`` may be
 0-dim device tensors: the kernel loads them itself, so a CUDA step needs no host sync (bias corrections are
 then computed in fp32 on the device, as torch's capturable AdamW does).
@@ -60,7 +60,7 @@ def _kernel():
         log_beta2, damping, fisher_scale,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        HAS_SKIP: tl.constexpr,
+        HAS_SKIP: tl.constexpr, DECOUPLED: tl.constexpr,
     ):
         if HAS_SKIP:
             # found_inf != 0: the whole step is a no-op, decided on the device (no host sync);
@@ -79,7 +79,8 @@ def _kernel():
             k = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             d = p - a
             kd = k * d
-            gp = gp + kd
+            if not DECOUPLED:
+                gp = gp + kd
             if HAS_PEN:
                 tl.atomic_add(pen_ptr, 0.5 * tl.sum(kd * d, axis=0))
         if HAS_EXTRA:
@@ -102,6 +103,9 @@ def _kernel():
         m = m + (1.0 - beta1) * (gp - m)
         v = beta2 * v + (1.0 - beta2) * (gp * gp)
         p = p * decay - ss * m / (tl.sqrt(v) * ib2 + eps)
+        if HAS_ANCHOR:
+            if DECOUPLED:  # the anchor pull after the update, never past the anchor
+                p = p - tl.minimum(lr * k, 1.0) * (p - a)
         tl.store(m_ptr + offs, m, mask=mask)
         tl.store(v_ptr + offs, v, mask=mask)
         tl.store(p_ptr + offs, p, mask=mask)
@@ -115,7 +119,7 @@ def _kernel():
         log_beta2, damping, fisher_scale,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        HAS_SKIP: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
         # A full block gets a mask that is one constant for the whole block: Triton then
         # knows every lane of a 4-element group agrees and emits 16-byte ld/st.global.v4
@@ -129,13 +133,13 @@ def _kernel():
                         damp_ptr, skip_ptr, offs, tl.full([BLOCK_SIZE], 1, tl.int1), decay, beta1,
                         beta2, eps, lr, step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping,
                         fisher_scale, HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR,
-                        DAMP_TENSOR, HAS_SKIP)
+                        DAMP_TENSOR, HAS_SKIP, DECOUPLED)
         else:
             _adamw_body(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
                         damp_ptr, skip_ptr, offs, offs < n, decay, beta1, beta2, eps, lr,
                         step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
                         HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
-                        HAS_SKIP)
+                        HAS_SKIP, DECOUPLED)
 
     globals()["_adamw_block"] = _adamw_block_fn
 
@@ -159,14 +163,14 @@ def _kernel():
         log_beta2, damping, fisher_scale,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        HAS_SKIP: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
         start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
         _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, a_ptr, k_ptr, e_ptr, f_ptr, pen_ptr, step_ptr,
                      damp_ptr, skip_ptr, start, n_elements, decay, beta1, beta2, eps, lr,
                      step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
                      HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
-                     HAS_SKIP, BLOCK_SIZE)
+                     HAS_SKIP, DECOUPLED, BLOCK_SIZE)
 
     @triton.jit
     def _fused_adamw_multi_kernel(
@@ -176,7 +180,7 @@ def _kernel():
         G_BF16: tl.constexpr, K_BF16: tl.constexpr, ALIGNED: tl.constexpr,
         HAS_ANCHOR: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_FISHER: tl.constexpr,
         HAS_PEN: tl.constexpr, STEP_TENSOR: tl.constexpr, DAMP_TENSOR: tl.constexpr,
-        HAS_SKIP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        HAS_SKIP: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
         # One program per BLOCK_SIZE elements of one tensor; table[j, t] holds the address of
         # operand j (p, g, m, v, anchor, kappa, extra, fisher) of tensor t.
@@ -208,7 +212,7 @@ def _kernel():
                          step_ptr, damp_ptr, skip_ptr, start, n, decay, beta1, beta2, eps, lr,
                          step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
                          HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
-                         HAS_SKIP, BLOCK_SIZE)
+                         HAS_SKIP, DECOUPLED, BLOCK_SIZE)
         else:
             if HAS_ANCHOR:
                 k_ptr = _table_ptr(table_ptr, 5, n_tensors, t, tl.float32, ALIGNED)
@@ -216,7 +220,7 @@ def _kernel():
                          step_ptr, damp_ptr, skip_ptr, start, n, decay, beta1, beta2, eps, lr,
                          step_size, inv_bc2_sqrt, log_beta1, log_beta2, damping, fisher_scale,
                          HAS_ANCHOR, HAS_EXTRA, HAS_FISHER, HAS_PEN, STEP_TENSOR, DAMP_TENSOR,
-                         HAS_SKIP, BLOCK_SIZE)
+                         HAS_SKIP, DECOUPLED, BLOCK_SIZE)
 
     _kernel_cache = (_fused_adamw_kernel, _fused_adamw_multi_kernel)
     return _kernel_cache
@@ -230,7 +234,7 @@ def _check_device(p: Tensor) -> None:
 
 def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, anchor=None,
                      kappa=None, extra_grad=None, damping=1.0, fisher=None, fisher_scale=1.0,
-                     penalty_out=None, found_inf=None) -> None:
+                     penalty_out=None, found_inf=None, decoupled=False) -> None:
     n = p.numel()
     if n == 0:
         return
@@ -259,7 +263,8 @@ def fused_adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step, a
         1.0 if damp_tensor else float(damping), float(fisher_scale),
         HAS_ANCHOR=has_anchor, HAS_EXTRA=extra_grad is not None, HAS_FISHER=fisher is not None,
         HAS_PEN=has_pen, STEP_TENSOR=step_tensor, DAMP_TENSOR=damp_tensor,
-        HAS_SKIP=found_inf is not None, BLOCK_SIZE=BLOCK, num_warps=NUM_WARPS,
+        HAS_SKIP=found_inf is not None, DECOUPLED=bool(decoupled and has_anchor), BLOCK_SIZE=BLOCK,
+        num_warps=NUM_WARPS,
     )
 
 
@@ -314,7 +319,7 @@ def _aligned(addrs) -> bool:
 def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps,
                       weight_decay, step, anchors=None, kappas=None, extra_grads=None,
                       damping=1.0, fishers=None, fisher_scale=1.0, penalty_out=None,
-                      found_inf=None) -> None:
+                      found_inf=None, decoupled=False) -> None:
     """One launch per *kind* of tensor in the group (gradient dtype, kappa dtype, which optional
     operands are present): usually one or two launches for a whole parameter group. Each
     launch walks a device-side address table (multi-tensor apply)."""
@@ -348,7 +353,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
                 beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
                 anchor=_at(anchors, i), kappa=_at(kappas, i), extra_grad=_at(extra_grads, i),
                 damping=damping, fisher=_at(fishers, i), fisher_scale=fisher_scale,
-                penalty_out=penalty_out, found_inf=found_inf)
+                penalty_out=penalty_out, found_inf=found_inf, decoupled=decoupled)
             continue
         addrs = [[0 if seq is None or seq[i] is None else seq[i].data_ptr() for i in idx]
                  for seq in operands]
@@ -366,6 +371,7 @@ def fused_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2,
             1.0 if damp_tensor else float(damping), float(fisher_scale),
             G_BF16=g_bf16, K_BF16=k_bf16, ALIGNED=_aligned(addrs), HAS_ANCHOR=has_anchor, HAS_EXTRA=has_extra,
             HAS_FISHER=has_fisher, HAS_PEN=has_pen, STEP_TENSOR=step_tensor,
-            DAMP_TENSOR=damp_tensor, HAS_SKIP=found_inf is not None, BLOCK_SIZE=BLOCK,
+            DAMP_TENSOR=damp_tensor, HAS_SKIP=found_inf is not None,
+            DECOUPLED=bool(decoupled and has_anchor), BLOCK_SIZE=BLOCK,
             num_warps=NUM_WARPS,
         )

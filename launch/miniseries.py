@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("svd_rank", type=positive_int)
     flag("svd_energy", type=positive_float)
     flag("penalty_schedule", choices=PENALTY_SCHEDULES)
+    flag("penalty_form", help="coupled (grad Phi in the gradient Adam normalises) or decoupled (the anchor pull "
+                              "after the update, like AdamW's weight decay; lambda, gamma per unit LR)")
     flag("penalty_decay_frac", type=float,
          help="lambda and gamma decay linearly to 0 over this fraction of a grown rung (0: no early decay)")
     flag("ars", choices=ARS_MODES, help="ARS mode of arms that use ARS")

@@ -177,9 +177,9 @@ def _penalty_setup(lc, results: dict[str, list[dict]]) -> str:
     if derived:
         lam += " (" + "; ".join(f"d{d}: {v:.3g} = {p:.3g}/{c:.3g} tokens x r={r:.3g}" for d, v, r, p, c in derived) + ")"
     text = f"lambda={lam}, gamma={lc.gamma:g}, subspace={lc.subspace}"
-    if getattr(lc, "penalty_form", "coupled") != "coupled":
+    if lc.penalty_form != "coupled":
         text += f", {lc.penalty_form} form"
-    if getattr(lc, "penalty_decay_frac", 0.0) > 0:
+    if lc.penalty_decay_frac > 0:
         text += f", decaying to 0 over the first {lc.penalty_decay_frac:g} of each grown rung"
     return text
 

@@ -17,6 +17,16 @@ P_S has two forms (`subspace`):
   2*gamma*(dW - U_k (U_k^T dW)) (two skinny matmuls) for the optimizer to add. Parameters that are
   not 2-D (none in the GPT today) fall back to the coords form.
 
+Form (`form`, method.md section 4): "coupled" adds grad Phi to the loss gradient before Adam
+normalises it (all of the above). "decoupled" applies the pull in the update instead, as AdamW
+applies weight decay: after the Adam update W -= lr_t * kappa * (W - A) (clamped at the anchor,
+kernels/reference.py), with kappa = lambda * Omega / mean_M(Omega) on inherited coordinates and
+gamma on new ones, so lambda and gamma are dimensionless pulls per unit of learning rate. mean_M
+is the mean of Omega over the inherited coordinates of the WHOLE model (`omega_mean`; computed
+from the full tensors by the caller when the parameters are shards): the pull keeps the Fisher's
+ranking across tensors, as the coupled form does, instead of giving a tensor that mattered little
+the same average pull as the one that mattered most. Decoupled needs subspace "coords".
+
 Schedule (method.md section 4, optional): lambda and gamma both multiplied by
 f(step) = max(0, 1 - step/total_steps) ("linear", reaching 0 at step == total_steps) or 1
 ("constant"), `step` counting the optimizer steps done before the one being taken. A decay over
@@ -41,6 +51,7 @@ from torch import Tensor
 
 SUBSPACES = ("coords", "svd")
 SCHEDULES = ("constant", "linear")
+FORMS = ("coupled", "decoupled")  # kappa*(W - A) in the gradient Adam normalises, or a pull after the update
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class PenaltyConfig:
     svd_energy: float | None = None
     schedule: str = "constant"
     decay_frac: float = 0.0  # > 0: lambda and gamma decay linearly to 0 over this fraction of the rung
+    form: str = "coupled"  # FORMS
 
     @property
     def active(self) -> bool:
@@ -75,6 +87,16 @@ def energy_rank(s: Tensor, energy: float) -> int:
     return min(s.numel(), int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1)
 
 
+def inherited_fisher_mean(fisher: list[Tensor], mask: list[Tensor]) -> float:
+    """mean_M(Omega): the mean of Omega over every inherited coordinate (M = 1) of the given
+    tensors (0.0 when there are none, or no Fisher)."""
+    if not fisher:
+        return 0.0
+    total = sum(float((om.double() * (m > 0.5)).sum()) for om, m in zip(fisher, mask, strict=True))
+    count = sum(int((m > 0.5).sum()) for m in mask)
+    return total / count if count else 0.0
+
+
 class Penalty:
     """Phi of method.md section 4 over an ordered list of parameters (see module docstring).
 
@@ -82,7 +104,9 @@ class Penalty:
     anchor, mask, fisher: dicts by name (fisher None -> Omega = 0); lam, gamma: the weights;
     subspace: "coords" | "svd"; svd_rank or svd_energy (exactly one, for "svd"); schedule:
     "constant" | "linear" (then total_steps is required); decay_frac: F in [0, 1], > 0 decays
-    lambda and gamma to 0 over the first F*total_steps steps (then total_steps is required)."""
+    lambda and gamma to 0 over the first F*total_steps steps (then total_steps is required); form:
+    "coupled" | "decoupled" (omega_mean: mean_M(Omega) over the whole model, else computed from
+    the given tensors)."""
 
     def __init__(
         self,
@@ -98,6 +122,8 @@ class Penalty:
         svd_energy: float | None = None,
         schedule: str = "constant",
         decay_frac: float = 0.0,
+        form: str = "coupled",
+        omega_mean: float | None = None,
         total_steps: int | None = None,
     ):
         if subspace not in SUBSPACES:
@@ -110,11 +136,20 @@ class Penalty:
             raise ValueError(f"decay_frac must be in [0, 1], got {decay_frac!r}")
         if decay_frac > 0 and (total_steps is None or total_steps < 1):
             raise ValueError("decay_frac > 0 needs total_steps >= 1")
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        if form == "decoupled" and subspace != "coords":
+            raise ValueError(f"form='decoupled' needs subspace='coords', got {subspace!r}")
         if subspace == "svd" and (svd_rank is None) == (svd_energy is None):
             raise ValueError("subspace='svd' needs exactly one of svd_rank, svd_energy")
         self.lam, self.gamma = float(lam), float(gamma)
         self.subspace, self.schedule, self.total_steps = subspace, schedule, total_steps
         self.decay_frac = float(decay_frac)
+        self.form = form
+        named_params = list(named_params)
+        if form == "decoupled" and omega_mean is None:
+            omega_mean = inherited_fisher_mean([fisher[n] for n, _ in named_params] if fisher else [],
+                                               [mask[n] for n, _ in named_params])
         self.names: list[str] = []
         self._anchors: list[Tensor] = []
         self._kappa: list[Tensor] = []  # base (unscheduled) elementwise coefficients, fp32
@@ -144,6 +179,11 @@ class Penalty:
                     self.ranks.append(k)
                     kappa = self.lam * om_m
                     self._svd_flops += 4 * k * p.shape[0] * p.shape[1] + 3 * p.numel()
+                elif form == "decoupled":  # a pull per unit of learning rate (module docstring)
+                    self._U.append(None)
+                    self.ranks.append(None)
+                    scale = self.lam / omega_mean if omega_mean > 0 else 0.0
+                    kappa = torch.where(m > 0.5, scale * om, torch.full_like(om, self.gamma))
                 else:
                     self._U.append(None)
                     self.ranks.append(None)
@@ -228,9 +268,15 @@ class Penalty:
 
     @torch.no_grad()
     def value(self, params: Iterable[Tensor], step: int) -> float:
-        """Phi exactly as method.md section 4 writes it (for logging and tests), in float64."""
+        """Phi exactly as method.md section 4 writes it (for logging and tests), in float64. The
+        decoupled form's value is 1/2 sum kappa (W - A)^2 with its own kappa: the potential whose
+        gradient, times the learning rate, is the pull (what the optimizer step logs)."""
         f = self.factor(step)
         total = 0.0
+        if self.form == "decoupled":
+            for p, a, k in zip(params, self._anchors, self._kappa, strict=True):
+                total += 0.5 * f * (k.double() * (p.detach().double() - a.double()).square()).sum().item()
+            return total
         for p, a, k, inh, U in zip(params, self._anchors, self._kappa, self._inherited, self._U, strict=True):
             dW = p.detach().double() - a.double()
             # lambda * Omega * M is kappa restricted to inherited coordinates (in both forms)

@@ -17,7 +17,7 @@ from engine.inherit.ars import MODES as ARS_MODES
 from engine.inherit.ewc import EWC, lam_is_on
 from engine.inherit.fisher import FISHER_MODES
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
-from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
+from engine.inherit.penalty import FORMS as PENALTY_FORMS, SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.train.config import TrainConfig, check_choice
 from engine.train.schedule import SCHEDULES
 from models.config import check_depths
@@ -72,6 +72,9 @@ class LadderConfig:
     penalty_schedule: str = "constant"  # penalty.SCHEDULES
     # > 0: lambda and gamma decay linearly to 0 over this fraction of each grown rung (0: no early decay)
     penalty_decay_frac: float = 0.0
+    # coupled: grad Phi added to the gradient Adam normalises; decoupled: a pull after the update, like
+    # AdamW's weight decay, lambda and gamma then dimensionless pulls per unit LR (penalty.FORMS)
+    penalty_form: str = "coupled"
     # per-rung overrides of lam (a number or "ewc") / gamma, keyed by the depth of the rung being trained
     lam_by_depth: dict = field(default_factory=dict)
     gamma_by_depth: dict = field(default_factory=dict)
@@ -172,6 +175,9 @@ class LadderConfig:
         check_choice("--penalty-schedule", self.penalty_schedule, PENALTY_SCHEDULES)
         if not 0 <= self.penalty_decay_frac <= 1:  # NaN fails too
             raise ValueError(f"--penalty-decay-frac must be in [0, 1], got {self.penalty_decay_frac}")
+        check_choice("--penalty-form", self.penalty_form, PENALTY_FORMS)
+        if self.penalty_form == "decoupled" and self.subspace != "coords":
+            raise ValueError(f"--penalty-form decoupled needs --subspace coords, got {self.subspace!r}")
 
 
 def _weight_ok(v, words=(EWC,)) -> bool:

@@ -42,7 +42,7 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
     err = growth_logit_error(prev_model, res.model, new_cfg.vocab_size, min(64, new_cfg.seq_len), seed=lc.seed)
     penalty = PenaltyConfig(lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0, subspace=lc.subspace,
                             svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule,
-                            decay_frac=lc.penalty_decay_frac)
+                            decay_frac=lc.penalty_decay_frac, form=lc.penalty_form)
     info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "depth_init": lc.depth_init,
             "c": res.c, "width": list(res.width),
             "growth_max_abs_logit_diff": err, "new_layer_indices": res.new_layer_indices, "growth_s": time.time() - t0,

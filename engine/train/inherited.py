@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from engine.inherit.inheritance import Inheritance
-from engine.inherit.penalty import Penalty
+from engine.inherit.penalty import Penalty, inherited_fisher_mean
 from engine.runtime.distributed import local, shard_like
 from engine.train.config import TrainError
 from engine.train.optim import InheritTerms
@@ -27,8 +27,12 @@ def build_penalty(inherit: Inheritance | None, named: dict, total_steps: int, wo
         return {n: shard_like(full[n], named[n]) for n in named}
 
     fisher = shards(inherit.fisher) if inherit.fisher is not None else {n: torch.zeros_like(local(p)) for n, p in named.items()}
+    extra = {}
+    if inherit.penalty.form == "decoupled":  # mean_M(Omega) over the whole model: from the full tensors, not a shard
+        extra["omega_mean"] = inherited_fisher_mean([inherit.fisher[n] for n in named], [inherit.mask[n] for n in named]) \
+            if inherit.fisher is not None else 0.0
     return Penalty([(n, local(p)) for n, p in named.items()], shards(inherit.anchor), shards(inherit.mask), fisher,
-                   total_steps=total_steps, **asdict(inherit.penalty))
+                   total_steps=total_steps, **asdict(inherit.penalty), **extra)
 
 
 def penalty_terms(penalty: Penalty, named: dict, steps_done: int) -> tuple[InheritTerms, Tensor | None]:
@@ -45,6 +49,7 @@ def penalty_terms(penalty: Penalty, named: dict, steps_done: int) -> tuple[Inher
         anchors={n: a for n, a in zip(names, anchors) if a is not None},
         kappas={n: k for n, k in zip(names, kappas) if k is not None},
         extra_grads={n: x for n, x in zip(names, extra) if x is not None} if extra else {},
+        decoupled=penalty.form == "decoupled",
     )
     return terms, subspace_value
 

@@ -41,6 +41,9 @@ class InheritTerms:
     anchors: dict[str, torch.Tensor] = field(default_factory=dict)
     kappas: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the decoupled form: kappas are pulls per unit of learning rate applied after the update,
+    # p -= min(lr*kappa, 1) * (p - A), not kappa*(p - A) added to the gradient (kernels/reference.py)
+    decoupled: bool = False
 
 
 def model_param_groups(model, *, matrix_lr: float, embedding_lr: float, unembedding_lr: float,
@@ -200,12 +203,13 @@ class LadderOptimizer:
                     kappas=K if any(k is not None for k in K) else None,
                     extra_grads=X if any(x is not None for x in X) else None, damping=damping,
                     fishers=F if any(f is not None for f in F) else None, fisher_scale=fisher_scale,
-                    penalty_out=penalty_out, found_inf=found_inf)
+                    penalty_out=penalty_out, found_inf=found_inf, decoupled=bool(terms and terms.decoupled))
             else:
                 bufs = [local(self.state[n]["momentum"]) for n in names]
                 if found_inf is None:
                     self._muon_group(g, params, P=P, G=G, A=A, K=K, X=X, F=F, bufs=bufs, lr=lr, damping=damping,
-                                     fisher_scale=fisher_scale, penalty_out=penalty_out)
+                                     fisher_scale=fisher_scale, penalty_out=penalty_out,
+                                     decoupled=bool(terms and terms.decoupled))
                     continue
                 # torch ops take no skip flag: update copies, keep the originals where it is set
                 outs = P + bufs + [f for f in F if f is not None] + ([penalty_out] if penalty_out is not None else [])
@@ -215,7 +219,8 @@ class LadderOptimizer:
                     Pw, Bw = [next(it) for _ in P], [next(it) for _ in bufs]
                     Fw = [None if f is None else next(it) for f in F]
                     self._muon_group(g, params, P=Pw, G=G, A=A, K=K, X=X, F=Fw, bufs=Bw, lr=lr, damping=damping,
-                                     fisher_scale=fisher_scale, penalty_out=next(it, None))
+                                     fisher_scale=fisher_scale, penalty_out=next(it, None),
+                                     decoupled=bool(terms and terms.decoupled))
 
                 kernels.reference.gated(found_inf, outs, run)
         return penalty_out
@@ -224,8 +229,10 @@ class LadderOptimizer:
         """Undo the host step count of a step the device skipped (its found_inf was set)."""
         self.step_count -= 1
 
-    def _muon_group(self, g, params, *, P, G, A, K, X, F, bufs, lr, damping, fisher_scale, penalty_out):
-        # The same pre-update algebra the fused AdamW kernel applies, in torch ops, then Muon.
+    def _muon_group(self, g, params, *, P, G, A, K, X, F, bufs, lr, damping, fisher_scale, penalty_out,
+                    decoupled=False):
+        # The same pre-update algebra the fused AdamW kernel applies, in torch ops, then Muon (and
+        # the decoupled form's pull after it, as the kernel applies it).
         for p, pl, gl, a, k, x, f, buf in zip(params, P, G, A, K, X, F, bufs):
             if f is not None:
                 f.add_(gl.float().square(), alpha=fisher_scale)
@@ -234,7 +241,8 @@ class LadderOptimizer:
                 d = pl - a
                 if penalty_out is not None:
                     penalty_out += 0.5 * (k.float() * d * d).sum()
-                gp = gp + k.float() * d
+                if not decoupled:
+                    gp = gp + k.float() * d
             if x is not None:
                 gp = gp + x
             gp = gp * damping
@@ -251,6 +259,8 @@ class LadderOptimizer:
             if g.weight_decay:
                 pl.mul_(1 - lr * g.weight_decay)
             pl.add_(ortho.to(pl.dtype), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+            if k is not None and decoupled:
+                pl.sub_((k.float() * lr).clamp_(max=1.0) * (pl - a))
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "state": self.state}

@@ -11,6 +11,9 @@
 // Registered as torch.ops.ladder_kernels.fused_adamw_multi_ (TORCH_LIBRARY), CPU only.
 // Argument validation happens in Python (kernels/__init__.py); the checks here are cheap
 // guards (TORCH_CHECK) against misuse from other callers.
+//
+// `decoupled` (the penalty's decoupled form): kappa*(p - anchor) is not added to the gradient;
+// after the AdamW update p -= min(lr*kappa, 1) * (p - anchor) (kernels/reference.py).
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
@@ -37,6 +40,7 @@ struct Scalars {
   float eps;
   float damping;
   float fisher_scale;
+  float lr;           // the decoupled pull's scale
 };
 
 struct TensorPtrs {
@@ -58,7 +62,7 @@ static inline __attribute__((always_inline)) float load_f(const uint16_t* x, int
   return f;
 }
 
-template <typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN>
+template <typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN, bool DEC>
 static inline __attribute__((always_inline)) double body(const TensorPtrs& t, const Scalars& s,
                                                          int64_t begin, int64_t end) {
   float* __restrict p = t.p;
@@ -71,8 +75,9 @@ static inline __attribute__((always_inline)) double body(const TensorPtrs& t, co
   float* __restrict f = t.f;
   const float decay = s.decay, b1 = s.beta1, omb1 = s.one_minus_beta1, b2 = s.beta2,
               omb2 = s.one_minus_beta2, step_size = s.step_size, ibc2 = s.inv_bc2_sqrt,
-              eps = s.eps, damping = s.damping, fs = s.fisher_scale;
+              eps = s.eps, damping = s.damping, fs = s.fisher_scale, lr = s.lr;
   (void)b1;
+  (void)lr;
   float pen = 0.0f;
 #pragma omp simd reduction(+ : pen)
   for (int64_t i = begin; i < end; ++i) {
@@ -83,7 +88,7 @@ static inline __attribute__((always_inline)) double body(const TensorPtrs& t, co
     if constexpr (ANCH) {
       const float d = pi - a[i];
       const float kd = load_f(k, i) * d;
-      gp += kd;
+      if constexpr (!DEC) gp += kd;
       if constexpr (PEN) pen += kd * d;
     }
     if constexpr (EXTRA) gp += e[i];
@@ -93,66 +98,78 @@ static inline __attribute__((always_inline)) double body(const TensorPtrs& t, co
     const float vi = b2 * v[i] + omb2 * (gp * gp);
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi * decay - step_size * mi / (std::sqrt(vi) * ibc2 + eps);
+    if constexpr (DEC) {
+      const float pn = pi * decay - step_size * mi / (std::sqrt(vi) * ibc2 + eps);
+      const float pull = std::fmin(lr * load_f(k, i), 1.0f);  // never past the anchor
+      p[i] = pn - pull * (pn - a[i]);
+    } else {
+      p[i] = pi * decay - step_size * mi / (std::sqrt(vi) * ibc2 + eps);
+    }
   }
   return static_cast<double>(pen);
 }
 
 using KFn = double (*)(const TensorPtrs&, const Scalars&, int64_t, int64_t);
 
-template <typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN>
+template <typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN, bool DEC>
 double k_base(const TensorPtrs& t, const Scalars& s, int64_t b, int64_t e) {
-  return body<GT, KT, ANCH, EXTRA, FISH, PEN>(t, s, b, e);
+  return body<GT, KT, ANCH, EXTRA, FISH, PEN, DEC>(t, s, b, e);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LADDER_HAVE_AVX2_CLONE 1
-template <typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN>
+template <typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN, bool DEC>
 __attribute__((target("avx2,fma"))) double k_avx2(const TensorPtrs& t, const Scalars& s,
                                                   int64_t b, int64_t e) {
-  return body<GT, KT, ANCH, EXTRA, FISH, PEN>(t, s, b, e);
+  return body<GT, KT, ANCH, EXTRA, FISH, PEN, DEC>(t, s, b, e);
 }
 #else
 #define LADDER_HAVE_AVX2_CLONE 0
 #endif
 
-template <bool AVX, typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN>
+template <bool AVX, typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN, bool DEC>
 KFn get_fn() {
 #if LADDER_HAVE_AVX2_CLONE
-  if constexpr (AVX) return &k_avx2<GT, KT, ANCH, EXTRA, FISH, PEN>;
+  if constexpr (AVX) return &k_avx2<GT, KT, ANCH, EXTRA, FISH, PEN, DEC>;
 #endif
-  return &k_base<GT, KT, ANCH, EXTRA, FISH, PEN>;
+  return &k_base<GT, KT, ANCH, EXTRA, FISH, PEN, DEC>;
+}
+
+template <bool AVX, typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH, bool PEN>
+KFn pick_dec(bool dec) {
+  return dec ? get_fn<AVX, GT, KT, ANCH, EXTRA, FISH, PEN, true>()
+             : get_fn<AVX, GT, KT, ANCH, EXTRA, FISH, PEN, false>();
 }
 
 template <bool AVX, typename GT, typename KT, bool ANCH, bool EXTRA, bool FISH>
-KFn pick_pen(bool pen) {
+KFn pick_pen(bool pen, bool dec) {
   if constexpr (!ANCH) {
-    return get_fn<AVX, GT, KT, ANCH, EXTRA, FISH, false>();
+    return get_fn<AVX, GT, KT, ANCH, EXTRA, FISH, false, false>();  // no anchor: nothing to pull to
   } else {
-    return pen ? get_fn<AVX, GT, KT, ANCH, EXTRA, FISH, true>()
-               : get_fn<AVX, GT, KT, ANCH, EXTRA, FISH, false>();
+    return pen ? pick_dec<AVX, GT, KT, ANCH, EXTRA, FISH, true>(dec)
+               : pick_dec<AVX, GT, KT, ANCH, EXTRA, FISH, false>(dec);
   }
 }
 template <bool AVX, typename GT, typename KT, bool ANCH, bool EXTRA>
-KFn pick_fish(bool fish, bool pen) {
-  return fish ? pick_pen<AVX, GT, KT, ANCH, EXTRA, true>(pen)
-              : pick_pen<AVX, GT, KT, ANCH, EXTRA, false>(pen);
+KFn pick_fish(bool fish, bool pen, bool dec) {
+  return fish ? pick_pen<AVX, GT, KT, ANCH, EXTRA, true>(pen, dec)
+              : pick_pen<AVX, GT, KT, ANCH, EXTRA, false>(pen, dec);
 }
 template <bool AVX, typename GT, typename KT, bool ANCH>
-KFn pick_extra(bool extra, bool fish, bool pen) {
-  return extra ? pick_fish<AVX, GT, KT, ANCH, true>(fish, pen)
-               : pick_fish<AVX, GT, KT, ANCH, false>(fish, pen);
+KFn pick_extra(bool extra, bool fish, bool pen, bool dec) {
+  return extra ? pick_fish<AVX, GT, KT, ANCH, true>(fish, pen, dec)
+               : pick_fish<AVX, GT, KT, ANCH, false>(fish, pen, dec);
 }
 template <bool AVX, typename GT>
-KFn pick_anch(bool anch, bool kbf, bool extra, bool fish, bool pen) {
-  if (!anch) return pick_extra<AVX, GT, float, false>(extra, fish, pen);
-  return kbf ? pick_extra<AVX, GT, uint16_t, true>(extra, fish, pen)
-             : pick_extra<AVX, GT, float, true>(extra, fish, pen);
+KFn pick_anch(bool anch, bool kbf, bool extra, bool fish, bool pen, bool dec) {
+  if (!anch) return pick_extra<AVX, GT, float, false>(extra, fish, pen, dec);
+  return kbf ? pick_extra<AVX, GT, uint16_t, true>(extra, fish, pen, dec)
+             : pick_extra<AVX, GT, float, true>(extra, fish, pen, dec);
 }
 template <bool AVX>
-KFn pick(bool gbf, bool anch, bool kbf, bool extra, bool fish, bool pen) {
-  return gbf ? pick_anch<AVX, uint16_t>(anch, kbf, extra, fish, pen)
-             : pick_anch<AVX, float>(anch, kbf, extra, fish, pen);
+KFn pick(bool gbf, bool anch, bool kbf, bool extra, bool fish, bool pen, bool dec) {
+  return gbf ? pick_anch<AVX, uint16_t>(anch, kbf, extra, fish, pen, dec)
+             : pick_anch<AVX, float>(anch, kbf, extra, fish, pen, dec);
 }
 
 static bool cpu_has_avx2() {
@@ -196,7 +213,7 @@ void fused_adamw_multi_(at::TensorList params, at::TensorList grads, at::TensorL
                         const c10::List<std::optional<at::Tensor>>& fishers,
                         const std::optional<at::Tensor>& penalty_out, double lr, double beta1,
                         double beta2, double eps, double weight_decay, double step,
-                        double damping, double fisher_scale) {
+                        double damping, double fisher_scale, bool decoupled) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
               "fused_adamw_multi_: list lengths differ");
@@ -225,6 +242,7 @@ void fused_adamw_multi_(at::TensorList params, at::TensorList grads, at::TensorL
   s.eps = static_cast<float>(eps);
   s.damping = static_cast<float>(damping);
   s.fisher_scale = static_cast<float>(fisher_scale);
+  s.lr = static_cast<float>(lr);
 
   const bool avx2 = cpu_has_avx2();
   std::vector<TensorPtrs> ptrs(n);
@@ -268,8 +286,8 @@ void fused_adamw_multi_(at::TensorList params, at::TensorList grads, at::TensorL
     t.f = const_cast<float*>(opt_f32(fishers, i));
     const bool gbf = grads[i].scalar_type() == at::kBFloat16;
     const bool anch = t.a != nullptr;
-    fns[i] = avx2 ? pick<true>(gbf, anch, kbf, t.e != nullptr, t.f != nullptr, anch && want_pen)
-                  : pick<false>(gbf, anch, kbf, t.e != nullptr, t.f != nullptr, anch && want_pen);
+    fns[i] = avx2 ? pick<true>(gbf, anch, kbf, t.e != nullptr, t.f != nullptr, anch && want_pen, decoupled)
+                  : pick<false>(gbf, anch, kbf, t.e != nullptr, t.f != nullptr, anch && want_pen, decoupled);
     for (int64_t b = 0; b < numel; b += kChunk)
       work.push_back({static_cast<int32_t>(i), b, std::min(numel, b + kChunk)});
     total += numel;
@@ -311,7 +329,8 @@ TORCH_LIBRARY(ladder_kernels, m) {
       "fused_adamw_multi_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor?[] anchors, Tensor?[] kappas, Tensor?[] extra_grads, "
       "Tensor(d!)?[] fishers, Tensor(e!)? penalty_out, float lr, float beta1, float beta2, "
-      "float eps, float weight_decay, float step, float damping, float fisher_scale) -> ()");
+      "float eps, float weight_decay, float step, float damping, float fisher_scale, "
+      "bool decoupled=False) -> ()");
   m.def("simd_path() -> str", []() -> std::string { return has_avx2_path() ? "avx2+fma" : "baseline"; });
 }
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.inherit.penalty import Penalty, PenaltyConfig, energy_rank
+from engine.inherit.penalty import Penalty, PenaltyConfig, energy_rank, inherited_fisher_mean
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,3 +165,27 @@ def test_penalty_config_is_active_only_with_a_weight():
     assert not PenaltyConfig().active  # the default: an arm without the penalty
     assert PenaltyConfig(lam=1.0).active and PenaltyConfig(gamma=0.1).active
     assert not PenaltyConfig(lam=0.0, gamma=0.0, subspace="svd", svd_rank=2).active
+
+
+def test_decoupled_kappa_is_a_pull_per_unit_lr():
+    """Decoupled form: kappa = lambda * Omega / mean_M(Omega) on inherited coordinates (mean over the
+    whole model's inherited coordinates), gamma on new ones; its value is 1/2 sum kappa (W - A)^2."""
+    params, anchor, mask, fisher = make(3)
+    pen = Penalty(params.items(), anchor, mask, fisher, lam=0.5, gamma=0.2, form="decoupled")
+    inh = torch.cat([fisher[n][mask[n] > 0.5] for n in SHAPES]).double()
+    mean = inh.mean().item()
+    assert inherited_fisher_mean(list(fisher.values()), list(mask.values())) == pytest.approx(mean, rel=1e-12)
+    for n, k in zip(SHAPES, pen.kappa_for(0)):
+        expect = torch.where(mask[n] > 0.5, 0.5 * fisher[n] / mean, torch.full_like(k, 0.2))
+        torch.testing.assert_close(k, expect)
+    plist = list(params.values())
+    value = sum(0.5 * (k.double() * (p.double() - anchor[n].double()) ** 2).sum().item()
+                for (n, p), k in zip(params.items(), pen.kappa_for(0)))
+    assert pen.value(plist, 0) == pytest.approx(value, rel=1e-9)
+    given = Penalty(params.items(), anchor, mask, fisher, lam=0.5, gamma=0.2, form="decoupled", omega_mean=2 * mean)
+    torch.testing.assert_close(given.kappa_for(0)[0], torch.where(mask["wte.weight"] > 0.5, 0.25 * fisher["wte.weight"] / mean,
+                                                                  torch.full_like(fisher["wte.weight"], 0.2)))
+    with pytest.raises(ValueError, match="form must be one of"):
+        Penalty(params.items(), anchor, mask, fisher, lam=0.5, gamma=0.2, form="fused")
+    with pytest.raises(ValueError, match="form='decoupled' needs subspace='coords', got 'svd'"):
+        Penalty(params.items(), anchor, mask, fisher, lam=0.5, gamma=0.2, form="decoupled", subspace="svd", svd_rank=2)

@@ -35,6 +35,7 @@ def ladder_configs(draw):
         svd_energy=draw(st.one_of(st.none(), edge_floats)),
         penalty_schedule=draw(st.sampled_from(["constant", "linear", "cosine"])),
         penalty_decay_frac=draw(edge_floats),
+        penalty_form=draw(st.sampled_from(["coupled", "decoupled", "fused"])),
         ars=draw(st.sampled_from(["seed", "detrended", "off", "on"])),
         fisher=draw(st.sampled_from(["online", "posthoc", "exact"])),
         fisher_batches=draw(st.integers(-1, 4)),
@@ -91,6 +92,10 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append(repr(lc.penalty_schedule))
     if not 0 <= lc.penalty_decay_frac <= 1:
         bad.append("--penalty-decay-frac")
+    if lc.penalty_form not in ("coupled", "decoupled"):
+        bad.append(repr(lc.penalty_form))
+    if lc.penalty_form == "decoupled" and lc.subspace != "coords":
+        bad.append("--penalty-form decoupled")
     if lc.ars not in ("seed", "detrended", "off"):
         bad.append(repr(lc.ars))
     if lc.fisher not in ("online", "posthoc"):
@@ -158,3 +163,12 @@ def test_penalty_decay_frac_bad_values_are_named():
     for bad in (-0.5, 1.5, float("nan")):
         with pytest.raises(ValueError, match=rf"--penalty-decay-frac must be in \[0, 1\], got {bad}"):
             LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_decay_frac=bad).validate()
+
+
+def test_penalty_form_bad_values_are_named():
+    with pytest.raises(ValueError, match=r"--penalty-form must be coupled or decoupled, got 'fused'"):
+        LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="fused").validate()
+    with pytest.raises(ValueError, match=r"--penalty-form decoupled needs --subspace coords, got 'svd'"):
+        LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", subspace="svd",
+                     svd_rank=2).validate()
+    LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", gamma=0.0).validate()
