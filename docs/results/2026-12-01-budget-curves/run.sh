@@ -16,8 +16,13 @@ case "${1:-}" in
   base) ladder 0 & ladder 1 & wait ;;                       # exact growth, fresh Adam, restart, LR x1
   screen-a) LADDER_RUN_LOCK=off ladder 0 --data-order continue; LADDER_RUN_LOCK=off ladder 0 --optimizer-state carry ;;
   screen-b) LADDER_RUN_LOCK=off ladder 0 --inherit-lr-mult 2; LADDER_RUN_LOCK=off ladder 0 --grow-from stable ;;
-  confirm) ladder 1 --data-order continue ;;
-  d4) DEPTHS=2:4; ladder 0 & ladder 1 & wait ;;              # the third rung on top of `base` (d2, d3 skipped)                  # the screen's best recipe, second seed
+  confirm) ladder 1 --data-order continue ;;                  # the screen's best recipe, second seed
+  d4) DEPTHS=2:4; ladder 0 & ladder 1 & wait ;;              # the third rung on top of `base` (d2, d3 skipped)
+  collect-d4)  # after `d4` finished for SEED (default 0): its report with the d4 rung, copied here
+    seed=${SEED:-0}; dst=docs/results/2026-12-01-budget-curves/seed$seed-d4; DEPTHS=2:4
+    LADDER_RUN_LOCK=off ladder "$seed"; mkdir -p "$dst"
+    cp runs/r8/seed$seed/{report.md,summary.json,curve_d3.png,curve_d4.png} "$dst/"
+    .venv/bin/python docs/results/2026-12-01-budget-curves/screen_table.py "runs/r8/seed$seed" --depth 4 > "$dst/table.md" ;;
   nanochat)  # WSD (c = 0.2) against nanochat's schedule (65% warmdown) at full budget, scratch d2
     for seed in 0 1; do
       OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2 --arms scratch --schedule nanochat \
@@ -35,5 +40,5 @@ case "${1:-}" in
     done
     cp runs/r8/{report.md,summary.json} "$dst/"
     mkdir -p "$dst/nanochat-seed0"; cp runs/r8-nanochat/seed0/{report.md,summary.json} "$dst/nanochat-seed0/" ;;
-  *) echo "usage: $0 base|screen-a|screen-b|confirm|d4|nanochat|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 base|screen-a|screen-b|confirm|d4|collect-d4|nanochat|collect" >&2; exit 2 ;;
 esac
