@@ -202,7 +202,9 @@ def parse_per_rung(spec: str, name: str, words: tuple = ()) -> tuple[float | str
             else:
                 raise ValueError
     except ValueError:
-        raise ValueError(f"--{name} {spec!r}: expected VALUE or VALUE,DEPTH=VALUE,... (e.g. 1e5,4=2e4)") from None
+        what = "a number" + "".join(f" or {w}" for w in words)
+        raise ValueError(f"--{name} {spec!r}: expected VALUE or VALUE,DEPTH=VALUE,... with each VALUE {what} "
+                         f"(e.g. 1e5,4=2e4)") from None
     if default is None:
         raise ValueError(f"--{name} {spec!r}: give a default value first (e.g. 1e5,4=2e4)")
     return default, per
