@@ -31,7 +31,6 @@ import torch
 from engine.inherit.ars import ARS
 from engine.inherit.growth import grow
 from engine.inherit.penalty import Penalty
-from engine.runtime.distributed import device_name  # noqa: F401  (re-exported for the benchmark)
 from engine.train.config import TRAIN_PRESETS
 from engine.train.inherited import penalty_terms
 from engine.train.optim import LadderOptimizer, model_param_groups

@@ -29,6 +29,7 @@ import pytest
 import torch
 
 import kernels
+from engine.runtime.distributed import device_name
 from launch import train_bench as tb
 
 BATCH = 8
@@ -89,7 +90,7 @@ def test_bench_train_step(benchmark, bench, depth, impl):
         impl=impl, depth=depth, preset="cpu-tiny", batch=BATCH, seq_len=cfg.seq_len, tokens=s.tokens,
         model_dim=cfg.model_dim, dtype="float32", flops_per_step=s.flops_per_step if impl != "matmul_probe" else s.probe_flops,
         probe_shape=s.probe_shape, probe_flops=s.probe_flops,
-        device=str(s.device), device_name=tb.device_name(s.device), torch=torch.__version__,
+        device=str(s.device), device_name=device_name(s.device), torch=torch.__version__,
         threads=torch.get_num_threads(), kernel_backend=s.opt.kernel_backend, attention=s.model.attention.name,
     )
     plain_t: list[float] = []
