@@ -22,7 +22,7 @@ from launch.train import add_field, add_training_args  # noqa: E402
 from engine.analysis.report import write_ladder_report, write_multiseed_summary  # noqa: E402
 from engine.inherit.ars import MODES as ARS_MODES  # noqa: E402
 from engine.inherit.ewc import EWC  # noqa: E402
-from engine.inherit.growth import DEPTH_INITS, PLACEMENTS  # noqa: E402
+from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
 from engine.ladder.config import (DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped")
     flag("depth_init", choices=DEPTH_INITS,
          help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour (G_stack)")
+    flag("width_init", choices=WIDTH_INITS,
+         help="new heads and MLP hidden units start empty (zero write-out, exact) or as copies of trained ones "
+              "sharing their write-out (split: Net2Net, exact up to a 1e-3 symmetry-breaking noise)")
     flag("optimizer_state", choices=OPTIMIZER_STATES,
          help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
     p.add_argument("--out", default=DEFAULTS["out"])

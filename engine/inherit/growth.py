@@ -9,6 +9,8 @@
 | attn.c_proj [D, I]     | copy             | new output rows zero, new head columns zero          |
 | mlp.c_fc [4D, D]       | copy             | new hidden rows and new input columns: fresh         |
 | mlp.c_proj [D, 4D]     | copy times 1/c   | new rows and columns zero                            |
+| width_init "split"     | c_proj columns   | new heads / hidden units: read-in rows copy a trained|
+|                        | of a source/(k+1)| one's (+ noise); write-out 1/(k+1) of it (k copies)  |
 | lm_head [V, D]         | copy times 1/c   | new columns: small fresh init (std LM_HEAD_STD)      |
 | new layer              | --               | fresh block with both c_proj zero (identity)         |
 
@@ -35,6 +37,21 @@ gradients that are exactly zero at that moment, so their gradient is zero at ste
 from step 2 on (with AdamW weight decay they already move at step 1). Nothing stays stuck,
 which is the point of making one side random. tests/engine/inherit/test_growth.py checks both facts.
 
+Width init "split" (Net2Net, Chen et al. 2016; bert2BERT's AKI, Chen et al. 2022): instead of
+starting empty, each new hidden unit / head copies a trained source unit of the same layer
+(sources drawn without replacement, round after round, from a generator seeded with `seed`). Its
+read-in rows copy the source's inherited block (the entries on new input columns stay fresh: they
+read stream coordinates that are zero at growth); the source's write-out columns are divided
+among the source and its k copies, 1/(k+1) each, so the sum they write is unchanged (ReLU^2
+activations, and QK-norm / rotary / attention, act on each unit or head alone, so a copy's output
+equals its source's). Only the residual stream is not duplicated: under a parameter-free RMSNorm
+the RMS of [x, x_S] is not a fixed multiple of x's (it depends on which coordinates S repeats and
+their size token by token), so no constant rescale like c keeps the stream's norm exact; new
+stream coordinates stay zero as above. Copies are new capacity: mask 0, carried Fisher and
+moments 0. A source's read-in rows now feed a write-out 1/(k+1) as large, so their gradient is
+1/(k+1) times the parent's: their carried Fisher and v are times 1/(k+1)^2, m times 1/(k+1)
+(its write-out columns keep their gradient and their carried values).
+
 The operator works on plain (unsharded) modules; under FSDP the caller gathers a full state
 dict, builds a plain GPT, grows it, and re-shards the result.
 """
@@ -55,6 +72,18 @@ PLACEMENTS = ("end", "middle", "copy-middle")
 # or "copy" (the G_stack idea, Du et al. 2024: a whole copy of the trained neighbouring layer, write-outs
 # included; the function changes, and growth_logit_error measures by how much).
 DEPTH_INITS = ("identity", "copy")
+# How new heads and MLP hidden units start: "zero" (fresh read-ins, zero write-outs: exact) or "split"
+# (copies of trained ones sharing their write-out; see the module docstring).
+WIDTH_INITS = ("zero", "split")
+# Symmetry breaking of "split": a copy and its source would get identical read-in gradients (their
+# different fresh entries on new input columns matter only once new stream coordinates leave zero),
+# and an unequal split of the write-out (Net2Net's alternative) does not help under Adam, whose
+# update ignores a constant per-unit gradient scale. So, as Net2Net (Chen et al. 2016) and bert2BERT
+# (Chen et al. 2022) suggest, the copy's read-in rows get a little noise: std SPLIT_NOISE times the
+# row's RMS. It changes the function slightly (growth_logit_error measures it); 0 keeps it exact.
+SPLIT_NOISE = 1e-3
+# offset of the split generator's seed from the fresh-init seed, so the two streams differ
+_SPLIT_SEED_OFFSET = 104_729
 
 # Tensors whose inherited block is multiplied by 1/c (so their carried Fisher is times c^2).
 _RESCALED_SUFFIXES = ("mlp.c_proj.weight",)
@@ -106,6 +135,15 @@ def _check_configs(old: GPTConfig, new: GPTConfig) -> None:
         raise ValueError("growth assumes n_head * head_dim == model_dim (method.md section 1)")
 
 
+def _check_inits(depth_init: str, width_init: str, split_noise: float) -> None:
+    if depth_init not in DEPTH_INITS:
+        raise ValueError(f"depth_init must be one of {DEPTH_INITS}, got {depth_init!r}")
+    if width_init not in WIDTH_INITS:
+        raise ValueError(f"width_init must be one of {WIDTH_INITS}, got {width_init!r}")
+    if not 0 <= split_noise < math.inf:  # NaN fails too
+        raise ValueError(f"split_noise must be a finite number >= 0, got {split_noise!r}")
+
+
 def _layer_map(old_depth: int, new_depth: int, placement: str) -> tuple[list[int], list[int], int | None]:
     """Returns (old layer i -> new index, new layer indices, copy source in OLD indices or None).
 
@@ -150,17 +188,19 @@ def grow(
     fisher: dict[str, Tensor] | None = None,
     moments: dict[str, dict[str, Tensor]] | None = None,
     depth_init: str = "identity",
+    width_init: str = "zero",
+    split_noise: float = SPLIT_NOISE,
 ) -> GrowthResult:
     """Grow `model` into a GPT of `new_config` (method.md section 2); see the module docstring.
 
     new_config.depth >= old depth (any number of new layers), model_dim equal or larger; vocab,
     head_dim, rope_base and softcap must match (seq_len and compute dtype may differ). `fisher`
     and `moments` ({name: {"exp_avg", "exp_avg_sq"}}, the parent's Adam state) are keyed by the
-    OLD model's parameter names. The old model is not modified."""
+    OLD model's parameter names. `split_noise` is the relative noise of width_init="split"
+    (SPLIT_NOISE). The old model is not modified."""
     old_cfg = model.config
     _check_configs(old_cfg, new_config)
-    if depth_init not in DEPTH_INITS:
-        raise ValueError(f"depth_init must be one of {DEPTH_INITS}, got {depth_init!r}")
+    _check_inits(depth_init, width_init, split_noise)
     D, D2 = old_cfg.model_dim, new_config.model_dim
     c = math.sqrt(D2 / D)
     old_to_new, new_layers, copy_src = _layer_map(old_cfg.depth, new_config.depth, placement)
@@ -213,6 +253,9 @@ def grow(
                 raise ValueError(f"{key}[{old_name!r}] has shape {tuple(t.shape)}, expected {tuple(old_p.shape)}")
             carried[key][name][region] = t * (c * c if power == 2 else c) if _is_rescaled(name) else t
 
+    if width_init == "split":
+        powers = {key: power for key, (_, power) in sources.items()}
+        _split_width(new, old_cfg, old_to_new, carried, powers, seed, split_noise)
     if copy_src is not None:
         src = new.blocks[old_to_new[copy_src]]
         for j in new_layers:
@@ -237,6 +280,63 @@ def grow(
         moments={n: {"exp_avg": carried["exp_avg"][n], "exp_avg_sq": carried["exp_avg_sq"][n]} for n in new_params}
         if moments is not None else None,
     )
+
+
+def _split_width(new: GPT, old_cfg: GPTConfig, old_to_new: list[int], carried: dict, powers: dict[str, int],
+                 seed: int, noise: float) -> None:
+    """width_init="split" on every inherited layer: new hidden units (1 row each) and new heads
+    (head_dim rows each) become copies of trained ones. Inserted layers are filled afterwards, so a
+    copy-middle or depth_init="copy" layer copies the split layer."""
+    # two streams, so the sources chosen do not depend on whether noise is drawn
+    pick = torch.Generator().manual_seed(seed + _SPLIT_SEED_OFFSET)
+    jitter = torch.Generator().manual_seed(seed + _SPLIT_SEED_OFFSET + 1)
+    D = old_cfg.model_dim
+    for i in range(old_cfg.depth):
+        j = old_to_new[i]
+        block = new.blocks[j]
+        groups = ((("mlp.c_fc",), "mlp.c_proj", old_cfg.mlp_dim, 1),
+                  (("attn.c_q", "attn.c_k", "attn.c_v"), "attn.c_proj", old_cfg.n_head, old_cfg.head_dim))
+        for reader_names, writer_name, n_old, size in groups:
+            readers = [block.get_submodule(n).weight for n in reader_names]
+            n_new = readers[0].size(0) // size - n_old
+            if n_new == 0:
+                continue
+            share = _split_units(readers, block.get_submodule(writer_name).weight, _split_sources(n_old, n_new, pick),
+                                 size, D, noise, jitter)
+            rows = share.repeat_interleave(size)[:, None]
+            for n in reader_names:  # the sources' read-ins now feed 1/(k+1) of their write-out
+                for key, power in powers.items():
+                    t = carried[key][f"blocks.{j}.{n}.weight"]
+                    t[: n_old * size, :D] *= (rows**power).to(device=t.device, dtype=t.dtype)
+
+
+def _split_sources(n_old: int, n_new: int, gen: torch.Generator) -> Tensor:
+    """The trained unit each new unit copies: a random permutation of the old units, repeated when
+    there are more new units than old, so no unit is copied twice before every unit once."""
+    rounds = [torch.randperm(n_old, generator=gen) for _ in range(-(-n_new // n_old))]
+    return torch.cat(rounds)[:n_new]
+
+
+def _split_units(readers: list[Tensor], writer: Tensor, sources: Tensor, size: int, D: int, noise: float,
+                 gen: torch.Generator) -> Tensor:
+    """Unit n_old + k copies unit sources[k] (units of `size` rows of every reader, `size` columns
+    of the writer); the write-out columns of a source and its copies are each 1/(copies + 1) of the
+    source's. Returns that share per old unit (float64)."""
+    n_old = writer.size(1) // size - len(sources)
+    share = 1.0 / (torch.bincount(sources, minlength=n_old).double() + 1.0)
+    cols = writer[:, : n_old * size].unflatten(1, (n_old, size))
+    cols.copy_((cols.double() * share.to(writer.device)[None, :, None]).to(writer.dtype))
+    src_idx = (sources[:, None] * size + torch.arange(size)).flatten().to(writer.device)
+    new_idx = torch.arange(n_old * size, (n_old + len(sources)) * size, device=writer.device)
+    writer[:, new_idx] = writer[:, src_idx]
+    for w in readers:
+        rows = w[src_idx, :D]
+        if noise > 0:
+            rms = rows.double().square().mean(dim=1, keepdim=True).sqrt()
+            draw = torch.randn(rows.shape, generator=gen, dtype=torch.float64).to(w.device)
+            rows = (rows.double() + noise * rms * draw).to(w.dtype)
+        w[new_idx, :D] = rows
+    return share
 
 
 def _copy_neighbours(new: GPT, old_to_new: list[int], new_layers: list[int], copy_src: int | None) -> None:

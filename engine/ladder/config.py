@@ -4,8 +4,8 @@ name of a grown arm's directory (method.md sections 2-6).
 
 Every choice is defined once: the ladder's own recipe choices here (GROW_FROM, DATA_ORDERS,
 OPTIMIZER_STATES, ARMS), the others by the module that owns the concept (Fisher modes:
-engine/inherit/fisher.py; placements
-and depth inits: engine/inherit/growth.py; subspaces and penalty schedules: engine/inherit/penalty.py;
+engine/inherit/fisher.py; placements,
+depth and width inits: engine/inherit/growth.py; subspaces and penalty schedules: engine/inherit/penalty.py;
 ARS modes: engine/inherit/ars.py; LR schedules: engine/train/schedule.py).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from engine.inherit.ars import MODES as ARS_MODES
 from engine.inherit.ewc import EWC, lam_is_on
 from engine.inherit.fisher import FISHER_MODES
-from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
+from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS
 from engine.inherit.penalty import FORMS as PENALTY_FORMS, SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.train.config import TrainConfig, check_choice
 from engine.train.schedule import SCHEDULES
@@ -33,7 +33,7 @@ TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_
 # recipe knobs that name a grown arm's directory when they differ from these defaults, so recipes
 # share one OUT (and its scratch rungs) without overwriting each other
 RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05,
-                       optimizer_state="fresh", depth_init="identity")
+                       optimizer_state="fresh", depth_init="identity", width_init="zero")
 
 ARMS = {
     # arm: (grows, penalty, ars)
@@ -98,6 +98,8 @@ class LadderConfig:
     data_order: str = "restart"  # DATA_ORDERS
     optimizer_state: str = "fresh"  # OPTIMIZER_STATES: fresh | carry (the parent's Adam moments in the new shapes)
     depth_init: str = "identity"  # growth.DEPTH_INITS: identity (exact) | copy (a new layer copies its neighbour: G_stack)
+    # growth.WIDTH_INITS: zero (new heads / hidden units start empty) | split (copies of trained ones: Net2Net)
+    width_init: str = "zero"
     train: dict = field(default_factory=dict)  # TRAIN_SETTINGS shared by every rung (TrainConfig fields)
 
     def validate(self):
@@ -139,6 +141,7 @@ class LadderConfig:
         check_choice("--grow-from", self.grow_from, GROW_FROM)
         check_choice("--data-order", self.data_order, DATA_ORDERS)
         check_choice("--depth-init", self.depth_init, DEPTH_INITS)
+        check_choice("--width-init", self.width_init, WIDTH_INITS)
         check_choice("--optimizer-state", self.optimizer_state, OPTIMIZER_STATES)
         check_choice("--placement", self.placement, PLACEMENTS)
         if self.optimizer_state == "carry" and self.train.get("optimizer", TrainConfig.optimizer) != "adamw":

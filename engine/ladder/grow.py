@@ -38,13 +38,13 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
     new_cfg = model_config(lc.preset, d, **over)
     moments, optim_step = ckpt.load_full_moments(source, prev_model) if lc.optimizer_state == "carry" else (None, 0)
     res = grow(prev_model, new_cfg, seed=lc.seed * 1000 + d, placement=lc.placement, fisher=omega, moments=moments,
-               depth_init=lc.depth_init)
+               depth_init=lc.depth_init, width_init=lc.width_init)
     err = growth_logit_error(prev_model, res.model, new_cfg.vocab_size, min(64, new_cfg.seq_len), seed=lc.seed)
     penalty = PenaltyConfig(lam=lam if use_penalty else 0.0, gamma=gamma if use_penalty else 0.0, subspace=lc.subspace,
                             svd_rank=lc.svd_rank, svd_energy=lc.svd_energy, schedule=lc.penalty_schedule,
                             decay_frac=lc.penalty_decay_frac, form=lc.penalty_form)
     info = {"from_depth": prev_d, "to_depth": d, "placement": lc.placement, "depth_init": lc.depth_init,
-            "c": res.c, "width": list(res.width),
+            "width_init": lc.width_init, "c": res.c, "width": list(res.width),
             "growth_max_abs_logit_diff": err, "new_layer_indices": res.new_layer_indices, "growth_s": time.time() - t0,
             "fisher_mode": lc.fisher if omega is not None else None, "source": str(source)}
     if ewc is not None:

@@ -2,12 +2,13 @@
 mask / Fisher / moment carry-over. Old models are first trained a few AdamW steps
 (tests/helpers/growth.py) so that c_proj and lm_head are non-trivial."""
 import math
+import re
 
 import pytest
 import torch
 
 from engine.inherit.fisher import posthoc_fisher
-from engine.inherit.growth import grow, growth_logit_error
+from engine.inherit.growth import SPLIT_NOISE, WIDTH_INITS, grow, growth_logit_error
 from models.gpt import LM_HEAD_STD
 from tests.helpers.growth import T, V, batches, cfg, train_, trained
 
@@ -213,14 +214,17 @@ def test_every_new_coordinate_moves(kind, d0, d1, placement):
                 assert (p.detach() != res.anchor[n])[live].all(), f"{n}: not moved after 2 steps (wd=0)"
 
 
-@pytest.mark.parametrize("kind,d0,d1", [("cpu-tiny", 2, 3), ("nanochat", 2, 3), ("tiny-hd64", 1, 2)])
-def test_fisher_carry_over_equals_grown_model_fisher(kind, d0, d1):
-    """The strongest check of the c^2 factor: the empirical Fisher of the grown model at the moment
-    of growth, on the same batches, equals the carried Fisher on inherited coordinates."""
+@pytest.mark.parametrize("kind,d0,d1,width_init", [("cpu-tiny", 2, 3, "zero"), ("nanochat", 2, 3, "zero"),
+                                                  ("tiny-hd64", 1, 2, "zero"), ("cpu-tiny", 2, 3, "split"),
+                                                  ("cpu-tiny", 1, 3, "split"), ("nanochat", 2, 3, "split")])
+def test_fisher_carry_over_equals_grown_model_fisher(kind, d0, d1, width_init):
+    """The strongest check of the c^2 factor (and, with width_init="split", of the 1/(k+1)^2 on a
+    split source's read-ins): the empirical Fisher of the grown model at the moment of growth, on
+    the same batches, equals the carried Fisher on inherited coordinates."""
     old = trained(kind, d0)
     bs = batches(2, seed=42)
     omega, _ = posthoc_fisher(old, bs)
-    res = grow(old, cfg(kind, d1), seed=1, fisher=omega)
+    res = grow(old, cfg(kind, d1), seed=1, fisher=omega, width_init=width_init, split_noise=0.0)
     omega_new, _ = posthoc_fisher(res.model, bs)
     c2 = res.c**2
     for n, carried in res.fisher.items():
@@ -281,6 +285,108 @@ def test_depth_init_copy_stacks_a_trained_layer(placement):
     assert growth_logit_error(old, res.model, new_cfg.vocab_size, 32) > 1e-3
     with pytest.raises(ValueError, match="depth_init must be one of"):
         grow(old, new_cfg, seed=1, depth_init="zero")
+
+
+# width_init="split" (Net2Net / bert2BERT): new heads and hidden units copy trained ones
+
+def split_sources(new_w, D, n_old, size):
+    """For each new unit (`size` rows of a read-in), the old unit whose inherited rows are closest:
+    found from the weights alone, independently of how growth chose them."""
+    old_units = new_w[: n_old * size, :D].reshape(n_old, -1)
+    new_units = new_w[n_old * size:, :D].reshape(-1, old_units.size(1))
+    return torch.cdist(new_units.double(), old_units.double()).argmin(dim=1)
+
+
+@pytest.mark.parametrize("kind,d0,d1,placement", [("cpu-tiny", 2, 3, "end"), ("cpu-tiny", 3, 5, "middle"),
+                                                   ("cpu-tiny", 1, 3, "copy-middle"), ("nanochat", 2, 3, "end")])
+def test_width_split_without_noise_preserves_logits(kind, d0, d1, placement):
+    old = trained(kind, d0)
+    res = grow(old, cfg(kind, d1), seed=2, placement=placement, width_init="split", split_noise=0.0)
+    err = growth_logit_error(old, res.model, V, T, n_batches=2, seed=d0, batch_size=1)
+    ERRORS.setdefault(f"{kind} split", []).append((d0, d1, placement, res.width, err))
+    assert err <= TOL, f"{kind} {d0}->{d1} split: max logit error {err:.3e} > {TOL:.1e}"
+
+
+@pytest.mark.parametrize("noise", [0.0, SPLIT_NOISE])
+def test_width_split_copies_trained_units(noise):
+    """Every new hidden unit / head of an inherited layer reads like a trained one (up to the noise)
+    and the write-outs of a source and its copies are equal shares summing to the source's."""
+    old, (d0, d1) = trained("cpu-tiny", 2), (2, 3)
+    old_cfg = cfg("cpu-tiny", d0)
+    zero = grow(old, cfg("cpu-tiny", d1), seed=4)
+    res = grow(old, cfg("cpu-tiny", d1), seed=4, width_init="split", split_noise=noise)
+    D = old_cfg.model_dim
+    for i, (ob, nb) in enumerate(zip(old.blocks, res.model.blocks)):
+        for readers, writer, n_old, size in (((nb.mlp.c_fc,), nb.mlp.c_proj, old_cfg.mlp_dim, 1),
+                                             ((nb.attn.c_q, nb.attn.c_k, nb.attn.c_v), nb.attn.c_proj,
+                                              old_cfg.n_head, old_cfg.head_dim)):
+            src = split_sources(readers[0].weight, D, n_old, size)
+            for r in readers:
+                w = r.weight
+                rows = torch.cat([torch.arange(s * size, (s + 1) * size) for s in src.tolist()])
+                want, got = w[rows, :D], w[n_old * size:, :D]
+                if noise == 0:
+                    assert torch.equal(got, want)
+                else:
+                    rel = (got - want).norm() / want.norm()
+                    assert 0.3 * noise < rel < 3 * noise, rel
+            check_split_write_out(writer.weight, zero.model.blocks[i], writer is nb.mlp.c_proj, src, n_old, size, D)
+        for n in ("mlp.c_fc", "attn.c_q", "mlp.c_proj"):  # copies are new capacity for the penalty
+            m = res.mask[f"blocks.{i}.{n}.weight"]
+            assert torch.equal(m, zero.mask[f"blocks.{i}.{n}.weight"])
+
+
+def check_split_write_out(w, zero_block, is_mlp, src, n_old, size, D):
+    """Source and copies each hold 1/(k+1) of the source's column (as grown with width_init="zero")."""
+    full = (zero_block.mlp.c_proj if is_mlp else zero_block.attn.c_proj).weight[:D, : n_old * size]
+    full = full.unflatten(1, (n_old, size))
+    got = w[:D].unflatten(1, (-1, size))
+    assert w[D:].abs().sum() == 0  # new stream coordinates are still written by nothing
+    total = got[:, :n_old].clone()
+    for k, s in enumerate(src.tolist()):
+        assert torch.equal(got[:, n_old + k], got[:, s])
+        total[:, s] += got[:, n_old + k]
+    torch.testing.assert_close(total, full, rtol=1e-6, atol=1e-7)
+    uncopied = torch.bincount(src, minlength=n_old) == 0  # their columns are unchanged, bitwise
+    assert torch.equal(got[:, :n_old][:, uncopied], full[:, uncopied])
+
+
+def test_width_split_noise_changes_the_function_a_little():
+    old = trained("cpu-tiny", 2)
+    exact = grow(old, cfg("cpu-tiny", 3), seed=4, width_init="split", split_noise=0.0)
+    noisy = grow(old, cfg("cpu-tiny", 3), seed=4, width_init="split")
+    err = growth_logit_error(old, noisy.model, V, T, n_batches=2, batch_size=1)
+    ERRORS.setdefault("cpu-tiny split noise", []).append((2, 3, "end", noisy.width, err))
+    assert 10 * TOL < err < 0.05, err
+    changed = [n for n, p in noisy.model.named_parameters() if not torch.equal(p, dict(exact.model.named_parameters())[n])]
+    assert changed and all(n.endswith(("c_fc.weight", "c_q.weight", "c_k.weight", "c_v.weight")) for n in changed)
+
+
+def test_width_zero_is_the_default_and_split_moments():
+    """width_init="zero" is the old path bitwise (split_noise unused); split carries zero moments to
+    the copies and m / (k+1), v / (k+1)^2 to a source's read-in rows; bad values are named."""
+    old = trained("cpu-tiny", 2)
+    gen = torch.Generator().manual_seed(3)
+    moments = {n: {"exp_avg": torch.randn(p.shape, generator=gen), "exp_avg_sq": torch.rand(p.shape, generator=gen)}
+               for n, p in old.named_parameters()}
+    base = grow(old, cfg("cpu-tiny", 3), seed=1, moments=moments)
+    zero = grow(old, cfg("cpu-tiny", 3), seed=1, moments=moments, width_init="zero", split_noise=0.5)
+    for a, b in zip(base.model.parameters(), zero.model.parameters()):
+        assert torch.equal(a, b)
+    assert all(torch.equal(base.mask[n], zero.mask[n]) and torch.equal(base.moments[n]["exp_avg_sq"],
+                                                                        zero.moments[n]["exp_avg_sq"]) for n in base.mask)
+    split = grow(old, cfg("cpu-tiny", 3), seed=1, moments=moments, width_init="split", split_noise=0.0)
+    w, D, n_old = split.model.blocks[0].mlp.c_fc.weight, 64, 4 * 64
+    share = 1.0 / (torch.bincount(split_sources(w, D, n_old, 1), minlength=n_old) + 1.0)
+    carried, before = split.moments["blocks.0.mlp.c_fc.weight"], base.moments["blocks.0.mlp.c_fc.weight"]
+    torch.testing.assert_close(carried["exp_avg"][:n_old], before["exp_avg"][:n_old] * share[:, None])
+    torch.testing.assert_close(carried["exp_avg_sq"][:n_old], before["exp_avg_sq"][:n_old] * share[:, None] ** 2)
+    assert (carried["exp_avg"][n_old:] == 0).all() and (carried["exp_avg_sq"][n_old:] == 0).all()
+    for bad, match in (({"width_init": "copy"}, re.escape(f"width_init must be one of {WIDTH_INITS}, got 'copy'")),
+                       ({"width_init": "split", "split_noise": -1.0}, "split_noise must be a finite number >= 0"),
+                       ({"width_init": "split", "split_noise": float("nan")}, "split_noise must be")):
+        with pytest.raises(ValueError, match=match):
+            grow(old, cfg("cpu-tiny", 3), seed=1, **bad)
 
 
 def test_report_errors():

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.inherit.growth import PLACEMENTS
-from engine.ladder.config import ARMS, LadderConfig, parse_per_rung
+from engine.ladder.config import ARMS, LadderConfig, arm_dir_name, parse_per_rung
+from launch import miniseries
 from tests.helpers.strategies import budget_lists, edge_floats
 
 
@@ -28,6 +29,7 @@ def ladder_configs(draw):
         data_order=draw(st.sampled_from(["restart", "continue", "shuffle"])),
         optimizer_state=draw(st.sampled_from(["fresh", "carry", "reset"])),
         depth_init=draw(st.sampled_from(["identity", "copy", "zero"])),
+        width_init=draw(st.sampled_from(["zero", "split", "copy"])),
         lam=draw(st.one_of(st.floats(-1, 1e6), st.sampled_from([float("nan"), float("inf"), "ewc", "bogus"]))),
         gamma=draw(edge_floats),
         subspace=subspace,
@@ -68,6 +70,8 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append(repr(lc.data_order))
     if lc.depth_init not in ("identity", "copy"):
         bad.append(repr(lc.depth_init))
+    if lc.width_init not in ("zero", "split"):
+        bad.append(repr(lc.width_init))
     if lc.optimizer_state not in ("fresh", "carry"):
         bad.append(repr(lc.optimizer_state))
     if lc.grow_from == "stable" and lc.schedule == "nanochat":
@@ -172,3 +176,15 @@ def test_penalty_form_bad_values_are_named():
         LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", subspace="svd",
                      svd_rank=2).validate()
     LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", gamma=0.0).validate()
+
+
+def test_width_init_flag_names_the_arm_and_bad_values():
+    """--width-init split reaches LadderConfig and names the grown arm's directory (the default does
+    not); a bad value is refused naming it and the allowed ones, before any compute."""
+    p = miniseries.build_parser()
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split"]))
+    assert lc.width_init == "split" and arm_dir_name("grow-only", lc) == "grow-only+width_init=split"
+    (lc,) = miniseries.ladder_configs(p, p.parse_args([]))
+    assert lc.width_init == "zero" and arm_dir_name("grow-only", lc) == "grow-only"
+    with pytest.raises(ValueError, match=r"--width-init must be zero or split, got 'copy'"):
+        LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", width_init="copy").validate()
