@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 import pytest
 
 from engine.inherit.ars import MODES as ARS_MODES
-from engine.inherit.growth import DEPTH_INITS, PLACEMENTS
+from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, RUN_FIELDS, TRAIN_SETTINGS,
                                   LadderConfig)
@@ -82,8 +82,8 @@ def test_every_choice_is_the_owners_constant():
     got = {k: a.choices for k, a in _actions(_train_parser()).items() if a.choices is not None}
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in want.items()}
     want_ladder = {"schedule": SCHEDULES, "grow_from": GROW_FROM, "data_order": DATA_ORDERS, "depth_init": DEPTH_INITS,
-                   "optimizer_state": OPTIMIZER_STATES, "subspace": SUBSPACES, "penalty_schedule": PENALTY_SCHEDULES,
-                   "ars": ARS_MODES, "fisher": FISHER_MODES, "placement": PLACEMENTS}
+                   "width_init": WIDTH_INITS, "optimizer_state": OPTIMIZER_STATES, "subspace": SUBSPACES,
+                   "penalty_schedule": PENALTY_SCHEDULES, "ars": ARS_MODES, "fisher": FISHER_MODES, "placement": PLACEMENTS}
     got = {k: a.choices for k, a in _actions(miniseries.build_parser()).items() if a.choices is not None}
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in {**want, **want_ladder}.items()}
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The commands behind docs/results/2026-12-01-growth-study-cpu.md (2-core CPU, one thread per job).
+# Same setup as 2026-12-01-budget-curves (ratio 8, WSD branches, 131,072 validation tokens); every
+# command resumes after any interruption and skips finished runs.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
+        --eval-tokens 131072 --ckpt-every 200 --no-progress)
+DEPTHS=${DEPTHS:-2:3}
+mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPTHS" "${COMMON[@]}" "$@"; }
+case "${1:-}" in
+  lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
+    mini --arms scratch --lr-mult "$2" --seed "$3" --out "runs/r8-lr/m$2/seed$3" ;;
+  recipe)  # recipe MULT SEED [flags...]: scratch at the tuned MULT plus grow-only with a recipe, one OUT per seed
+    m=$2 s=$3; shift 3; out="runs/r8-lr/m$m/seed$s"
+    [ "$m" = 1 ] && out="runs/r8/seed$s"  # the untuned preset's runs of the budget-curves report
+    LADDER_RUN_LOCK=off mini --arms scratch,grow-only --lr-mult "$m" --seed "$s" --out "$out" "$@" ;;
+  *) echo "usage: $0 lr-scratch MULT SEED | recipe MULT SEED [flags...]" >&2; exit 2 ;;
+esac
