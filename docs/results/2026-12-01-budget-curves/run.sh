@@ -23,6 +23,11 @@ case "${1:-}" in
     LADDER_RUN_LOCK=off ladder "$seed"; mkdir -p "$dst"
     cp runs/r8/seed$seed/{report.md,summary.json,curve_d3.png,curve_d4.png} "$dst/"
     .venv/bin/python docs/results/2026-12-01-budget-curves/screen_table.py "runs/r8/seed$seed" --depth 4 > "$dst/table.md" ;;
+  collect-d4-seeds)  # after `d4` finished for both seeds: the two-seed report (mean, t-interval) of d2..d4
+    dst=docs/results/2026-12-01-budget-curves/d4-two-seeds; mkdir -p "$dst"
+    LADDER_RUN_LOCK=off OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2:4 --arms scratch,grow-only \
+        "${COMMON[@]}" --seeds 0,1 --out runs/r8
+    cp runs/r8/{report.md,summary.json} "$dst/" ;;
   nanochat)  # WSD (c = 0.2) against nanochat's schedule (65% warmdown) at full budget, scratch d2
     for seed in 0 1; do
       OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2 --arms scratch --schedule nanochat \
@@ -40,5 +45,5 @@ case "${1:-}" in
     done
     cp runs/r8/{report.md,summary.json} "$dst/"
     mkdir -p "$dst/nanochat-seed0"; cp runs/r8-nanochat/seed0/{report.md,summary.json} "$dst/nanochat-seed0/" ;;
-  *) echo "usage: $0 base|screen-a|screen-b|confirm|d4|collect-d4|nanochat|collect" >&2; exit 2 ;;
+  *) echo "usage: $0 base|screen-a|screen-b|confirm|d4|collect-d4|collect-d4-seeds|nanochat|collect" >&2; exit 2 ;;
 esac
