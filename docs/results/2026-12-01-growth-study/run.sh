@@ -8,6 +8,11 @@ COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.
         --eval-tokens 131072 --ckpt-every 200 --no-progress)
 DEPTHS=${DEPTHS:-2:3}
 mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPTHS" "${COMMON[@]}" "$@"; }
+# What ran for the report (seed 0 unless said):
+#   run.sh lr-scratch 2 0; run.sh lr-scratch 0.5 0; run.sh lr-scratch 0.25 0; run.sh lr-scratch 0.5 1
+#   run.sh recipe 0.5 0; run.sh recipe 0.5 1; run.sh recipe 0.5 0 --data-order continue
+#   run.sh recipe 0.5 1 --data-order continue; run.sh recipe 0.5 0 --width-init split
+#   run.sh recipe 0.5 0 --arms scratch,inherit-noars --lam ewc --gamma 0 --penalty-decay-frac 0.5 --fisher posthoc
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "runs/r8-lr/m$2/seed$3" ;;

@@ -53,6 +53,8 @@ def lr_table(preset_out: Path, sweep_out: Path) -> None:
 def recipe_rows(seed_dir: Path, d: int) -> dict[str, dict]:
     """Every grown arm of one seed directory against its scratch d<d> and scratch parent."""
     scratch = curve(seed_dir / "scratch" / f"d{d}")
+    if [b for b, _, _ in scratch][-1:] != [1.0]:  # scratch still training: nothing to measure against
+        return {}
     _, s_cost, s_loss = scratch[-1]
     parent = rung_cost(json.loads((seed_dir / "scratch" / f"d{d - 1}" / "b1" / "final.json").read_text()))
     rows = {}
