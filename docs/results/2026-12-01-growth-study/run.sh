@@ -13,12 +13,21 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   run.sh recipe 0.5 0; run.sh recipe 0.5 1; run.sh recipe 0.5 0 --data-order continue
 #   run.sh recipe 0.5 1 --data-order continue; run.sh recipe 0.5 0 --width-init split
 #   run.sh recipe 0.5 0 --arms scratch,inherit-noars --lam ewc --gamma 0 --penalty-decay-frac 0.5 --fisher posthoc
+#   (2026-12-02) run.sh recipe 0.5 0 --arms scratch,inherit-nopenalty --ars seed
+#   run.sh recipe 0.5 0 --inherit-lr-mult 0.5; run.sh recipe 0.5 0 --inherit-lr-mult 2
+#   run.sh recipe 0.5 0 --depth-init copy; run.sh recipe 0.5 0 --optimizer-state carry
+#   run.sh recipe 0.5 0 --grow-from stable; run.sh recipe 0.5 0 --inherit-warmup-frac 0.15
+#   OUT=runs/r8-lr/m0.5/seed0-decoupled run.sh recipe 0.5 0 --arms scratch,inherit-noars --penalty-form decoupled \
+#       --lam 1 --gamma 0 --penalty-decay-frac 0.5 --fisher posthoc
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "runs/r8-lr/m$2/seed$3" ;;
   recipe)  # recipe MULT SEED [flags...]: scratch at the tuned MULT plus grow-only with a recipe, one OUT per seed
     m=$2 s=$3; shift 3; out="runs/r8-lr/m$m/seed$s"
     [ "$m" = 1 ] && out="runs/r8/seed$s"  # the untuned preset's runs of the budget-curves report
+    # penalty settings are not in an arm's directory name: OUT=... gives one a directory of its own
+    # (its scratch/ a link to the seed's, so scratch is trained once)
+    if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; [ -e "$OUT/scratch" ] || ln -s "$(realpath "$out/scratch")" "$OUT/scratch"; out=$OUT; fi
     LADDER_RUN_LOCK=off mini --arms scratch,grow-only --lr-mult "$m" --seed "$s" --out "$out" "$@" ;;
   *) echo "usage: $0 lr-scratch MULT SEED | recipe MULT SEED [flags...]" >&2; exit 2 ;;
 esac
