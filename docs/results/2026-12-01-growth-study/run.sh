@@ -7,7 +7,11 @@ cd "$(dirname "$0")/../../.."
 COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
         --eval-tokens 131072 --ckpt-every 200 --no-progress)
 DEPTHS=${DEPTHS:-2:3}
-mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPTHS" "${COMMON[@]}" "$@"; }
+# DATA=text:PATH runs the same design on another corpus (#13's second corpus: DATA=text:runs/prose/gcide,
+# made by docs/results/2026-12-02-prose/get_corpus.sh), under runs/r8-<corpus folder name>/
+DATA=${DATA:-builtin}
+ROOT=runs/r8-lr; [ "$DATA" = builtin ] || ROOT="runs/r8-$(basename "${DATA#*:}")"
+mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPTHS" --data "$DATA" "${COMMON[@]}" "$@"; }
 # What ran for the report (seed 0 unless said):
 #   run.sh lr-scratch 2 0; run.sh lr-scratch 0.5 0; run.sh lr-scratch 0.25 0; run.sh lr-scratch 0.5 1
 #   run.sh recipe 0.5 0; run.sh recipe 0.5 1; run.sh recipe 0.5 0 --data-order continue
@@ -21,10 +25,10 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #       --lam 1 --gamma 0 --penalty-decay-frac 0.5 --fisher posthoc
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
-    mini --arms scratch --lr-mult "$2" --seed "$3" --out "runs/r8-lr/m$2/seed$3" ;;
+    mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
   recipe)  # recipe MULT SEED [flags...]: scratch at the tuned MULT plus grow-only with a recipe, one OUT per seed
-    m=$2 s=$3; shift 3; out="runs/r8-lr/m$m/seed$s"
-    [ "$m" = 1 ] && out="runs/r8/seed$s"  # the untuned preset's runs of the budget-curves report
+    m=$2 s=$3; shift 3; out="$ROOT/m$m/seed$s"
+    [ "$m" = 1 ] && [ "$DATA" = builtin ] && out="runs/r8/seed$s"  # the untuned preset's runs of the budget-curves report
     # penalty settings are not in an arm's directory name: OUT=... gives one a directory of its own
     # (its scratch/ a link to the seed's, so scratch is trained once)
     if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; [ -e "$OUT/scratch" ] || ln -s "$(realpath "$out/scratch")" "$OUT/scratch"; out=$OUT; fi
