@@ -6,7 +6,11 @@
     .venv/bin/python docs/results/2026-12-01-growth-study/study_table.py recipes runs/r8-lr/m2 [--depth 3]
 
 An OUT of the miniseries holds seed<s>/ folders; runs/r8 is the preset's LR (multiplier 1), and
-runs/r8-lr/m<x>/ the sweep's other multipliers.
+runs/r8-lr/m<x>/ the sweep's other multipliers. A folder seed<s>-<tag>/ (a penalty setting run with
+its own OUT, run.sh's OUT=...) counts as seed s, its arms named <arm>@<tag>.
+
+The last columns are paired: a recipe's cooled val loss minus plain grow-only's of the same seed at
+the same budget (half and full), the measure least affected by seed-to-seed noise.
 """
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ BUDGETS = (0.25, 0.5, 0.75, 1.0)
 
 def seeds(out: Path) -> list[Path]:
     return sorted(p for p in out.glob("seed*") if p.is_dir() and p.name[4:].isdigit())
+
+
+def tagged_seeds(out: Path) -> list[tuple[str, str, Path]]:
+    """(seed, tag or "", folder) of every seed<s>/ and seed<s>-<tag>/ folder of an OUT."""
+    found = []
+    for p in sorted(out.glob("seed*")):
+        seed, _, tag = p.name[4:].partition("-")
+        if p.is_dir() and seed.isdigit():
+            found.append((seed, tag, p))
+    return found
 
 
 def interval(values: list[float], fmt: str) -> str:
@@ -66,13 +80,24 @@ def recipe_rows(seed_dir: Path, d: int) -> dict[str, dict]:
     return rows
 
 
+def paired_delta(got: dict, plain: dict, key: str) -> str:
+    """Mean over seeds of (recipe - plain grow-only) val loss at one budget, with its interval."""
+    deltas = [g[key] - plain[s][key] for s, g in got.items()
+              if s in plain and g.get(key) is not None and plain[s].get(key) is not None]
+    return interval(deltas, "{:+.4f}") if deltas else ""
+
+
 def recipes_table(out: Path, d: int) -> None:
-    per_seed = {sd.name[4:]: recipe_rows(sd, d) for sd in seeds(out)}
+    per_seed: dict[str, dict] = {}
+    for seed, tag, folder in tagged_seeds(out):
+        rows = recipe_rows(folder, d)
+        per_seed.setdefault(seed, {}).update({f"{a}@{tag}" if tag else a: r for a, r in rows.items()})
     arms = sorted({a for rows in per_seed.values() for a in rows})
     cols = sorted(per_seed)
+    plain = {s: rows["grow-only"] for s, rows in per_seed.items() if "grow-only" in rows}
     print(f"| recipe (d{d}) | " + " | ".join(f"FLOPs-to-match, seed {s}" for s in cols)
-          + " | mean [95% t] | marginal saving, mean [95% t] |")
-    print("|---|" + "---|" * (len(cols) + 2))
+          + " | mean [95% t] | marginal saving, mean [95% t] | loss - grow-only's, at 0.5 | at 1 |")
+    print("|---|" + "---|" * (len(cols) + 4))
     for arm in arms:
         got = {s: per_seed[s][arm] for s in cols if arm in per_seed[s]}
         cells = " | ".join(Reach(got[s]["status"], got[s]["fraction"]).describe() if s in got else "" for s in cols)
@@ -81,7 +106,8 @@ def recipes_table(out: Path, d: int) -> None:
             mean, saving = interval(exact, "{:.3f}"), interval([1 - f for f in exact], "{:.1%}")
         else:  # a seed known only by a bound: no mean
             mean, saving = "bound in a seed", ""
-        print(f"| {arm} | {cells} | {mean} | {saving} |")
+        print(f"| {arm} | {cells} | {mean} | {saving} | {paired_delta(got, plain, 'loss_half')} "
+              f"| {paired_delta(got, plain, 'loss_full')} |")
 
 
 def main():
