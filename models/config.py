@@ -117,14 +117,16 @@ class GPTConfig:
 # cpu-tiny keeps nanochat's shape rules at a size a 2-core CPU trains in minutes (method.md suggests
 # aspect 32, head_dim 32, vocab 2048, sequence 256, fp32), with small batches so a few-minute run
 # still takes hundreds of steps. nanochat: its shapes, its ~0.5M-token batch (256 x 2048) and its
-# learning rates (anchors.md).
+# learning rates (anchors.md). lr_mult scales every peak LR of the preset: cpu-tiny's nanochat-derived
+# LRs are ~2x too high for it (docs/results/2026-12-01-growth-study-cpu.md: of x0.25/0.5/1/2, x0.5
+# gave the lowest val loss at d2 and d3, ratio 8, on both seeds measured), so its default is 0.5.
 PRESETS: dict[str, dict] = {
     "cpu-tiny": dict(aspect_ratio=32, head_dim=32, vocab_size=2048, seq_len=256, dtype="float32",
                      train=dict(global_batch=8, device_batch=8, eval_tokens=32768, matrix_lr=0.004,
-                                embedding_lr=0.05, unembedding_lr=0.004)),
+                                embedding_lr=0.05, unembedding_lr=0.004, lr_mult=0.5)),
     "nanochat": dict(aspect_ratio=64, head_dim=128, vocab_size=32768, seq_len=2048, dtype="bfloat16",
                      train=dict(global_batch=256, device_batch=32, eval_tokens=10 * 524288, matrix_lr=0.002,
-                                embedding_lr=0.2, unembedding_lr=0.004)),
+                                embedding_lr=0.2, unembedding_lr=0.004, lr_mult=1.0)),
 }
 
 

@@ -44,7 +44,7 @@ from engine.ladder.config import ARMS, LadderConfig, arm_dir_name
 from engine.ladder.grow import build_inheritance
 from engine.runtime.distributed import DistEnv, barrier
 from engine.train import checkpoint as ckpt
-from engine.train.config import TrainConfig, total_steps_for
+from engine.train.config import TRAIN_PRESETS, TrainConfig, total_steps_for
 from engine.train.schedule import branch_step
 from engine.train.trainer import train_rung
 
@@ -79,7 +79,8 @@ class RungPlan:
 
 def _train_config(lc: LadderConfig, plan: RungPlan, run: Path, steps: int, **kw) -> TrainConfig:
     base = dict(lc.train)
-    base["lr_mult"] = base.get("lr_mult", TrainConfig.lr_mult) * plan.lr_mult
+    rung_mult = base.get("lr_mult")  # the ladder's --lr-mult, or the preset's tuned one
+    base["lr_mult"] = (TRAIN_PRESETS[lc.preset]["lr_mult"] if rung_mult is None else rung_mult) * plan.lr_mult
     base.update(kw)
     return TrainConfig(depth=plan.depth, preset=lc.preset, out=str(run), seed=lc.seed, steps=steps, resume=True,
                        ars=plan.ars, warmup_steps=plan.warmup, **base)

@@ -47,7 +47,7 @@ class TrainConfig:
     embedding_lr: float | None = None
     unembedding_lr: float | None = None
     weight_decay: float = 0.0
-    lr_mult: float = 1.0  # multiplies every group's peak learning rate (LR sweeps; a grown rung's re-warm peak)
+    lr_mult: float | None = None  # multiplies every group's peak learning rate (LR sweeps); default: the preset's
     warmup_steps: int | None = None  # default: 2% of the steps, at least 1
     warmdown_frac: float = 0.65  # the final linear decay (engine/train/schedule.py: nanochat 0.65, WSD 0.2, 0 = constant)
     final_lr_frac: float = 0.05
@@ -151,8 +151,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
     if cfg.warmup_steps is not None and (not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0):
         raise ValueError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
-    if not (isinstance(cfg.lr_mult, (int, float)) and 0 < cfg.lr_mult < math.inf):
-        raise ValueError(f"lr_mult must be a finite number > 0, got {cfg.lr_mult!r}")
+    lr_mult = cfg.resolved("lr_mult")
+    if isinstance(lr_mult, bool) or not (isinstance(lr_mult, (int, float)) and 0 < lr_mult < math.inf):
+        raise ValueError(f"lr_mult must be a finite number > 0, got {lr_mult!r}")
     if any(not isinstance(k, int) or k < 1 for k in cfg.keep_ckpt_steps):
         raise ValueError(f"keep_ckpt_steps must be positive step numbers, got {cfg.keep_ckpt_steps!r}")
 

@@ -112,9 +112,10 @@ class RungTrainer:
         cfg = self.cfg
         muon = cfg.optimizer == "muon"
         matrix_lr = MUON_MATRIX_LR if muon and cfg.matrix_lr is None else cfg.resolved("matrix_lr")
-        self.groups = model_param_groups(self.model, matrix_lr=matrix_lr * cfg.lr_mult,
-                                         embedding_lr=cfg.resolved("embedding_lr") * cfg.lr_mult,
-                                         unembedding_lr=cfg.resolved("unembedding_lr") * cfg.lr_mult,
+        lr_mult = cfg.resolved("lr_mult")
+        self.groups = model_param_groups(self.model, matrix_lr=matrix_lr * lr_mult,
+                                         embedding_lr=cfg.resolved("embedding_lr") * lr_mult,
+                                         unembedding_lr=cfg.resolved("unembedding_lr") * lr_mult,
                                          weight_decay=cfg.weight_decay, muon=muon)
         self.opt = LadderOptimizer(self.groups, adamw_impl=cfg.adamw_impl)
 
@@ -391,6 +392,7 @@ def run_metadata(cfg, env, mcfg, attention_name, kernel_backend, accum, device_b
     on_cuda = env.device.type == "cuda"
     return {
         "config": asdict(cfg), "model_config": mcfg.to_dict(), "total_steps": total_steps,
+        "lr_mult": cfg.resolved("lr_mult"),  # what ran, where config says None (the preset's)
         "grad_accum_steps": accum, "device_batch": device_batch,
         "device": env.device.type,
         "device_name": device_name(env.device),

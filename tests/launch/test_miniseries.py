@@ -109,9 +109,9 @@ def test_default_miniseries_config_is_pinned():
         [2, 3], ["scratch", "grow-only"], 2.0, [0.5, 0.75, 1.0], [0.2, 0.35, 0.5, 0.7, 1.0], "runs/miniseries")
     assert (lc.lam, lc.gamma, lc.lam_by_depth, lc.gamma_by_depth) == (1e5, 0.1, {}, {})
     assert lc.train == dict(data="builtin", device="auto", optimizer="adamw", adamw_impl="kernel", host_sync="auto",
-                            max_nonfinite=5, lr_mult=1.0, weight_decay=0.0, warmdown_frac=0.65, ckpt_every=0,
+                            max_nonfinite=5, weight_decay=0.0, warmdown_frac=0.65, ckpt_every=0,
                             progress=True, profile=True)
-    assert list(lc.train) == ["data", "device", "optimizer", "adamw_impl", "host_sync", "max_nonfinite", "lr_mult",
+    assert list(lc.train) == ["data", "device", "optimizer", "adamw_impl", "host_sync", "max_nonfinite",
                               "weight_decay", "warmdown_frac", "ckpt_every", "progress", "profile"]
 
 

@@ -8,7 +8,7 @@ run() {
   out=runs/sweep/$name
   mkdir -p $out && [ -d $out/scratch ] || cp -r runs/long/seed0/scratch $out/
   OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths 2:3 --ratio 8 --arms scratch,inherit-noars \
-    --ckpt-every 200 --seed 0 --out $out --no-progress "$@" > runs/sweep/$name.log 2>&1
+    --ckpt-every 200 --seed 0 --out $out --no-progress --lr-mult 1 "$@" > runs/sweep/$name.log 2>&1
 }
 mkdir -p runs/sweep
 ( run g0.01 --gamma 0.01; run g0 --gamma 0; run g0.1-linear --gamma 0.1 --penalty-schedule linear

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
-        --eval-tokens 131072 --ckpt-every 200 --no-progress)
+        --eval-tokens 131072 --ckpt-every 200 --no-progress
+        --lr-mult 1)  # the preset's LRs as they ran here (cpu-tiny defaults to x0.5 since 2026-12-02)
 DEPTHS=${DEPTHS:-2:3}
 ladder() {  # ladder SEED [recipe flags...]: d2 -> d3 (DEPTHS), scratch and grow-only with a recipe
   local seed=$1; shift

@@ -46,6 +46,7 @@ def train_configs(draw):
         warmup_steps=draw(st.one_of(st.none(), st.integers(-2, 10))),
         max_nonfinite=draw(st.integers(-1, 6)),
         host_sync=draw(st.sampled_from(["auto", "step", "lagged", "sometimes"])),
+        lr_mult=draw(st.one_of(st.none(), st.floats(-1, 4), st.just(float("inf")), st.just(float("nan")))),
     )
     for k in draw(st.sets(st.sampled_from(["steps", "tokens", "ratio"]), max_size=3)):
         kw[k] = draw(st.one_of(st.integers(-2, 10**6), st.floats(-1, 2e4))) if k == "ratio" else draw(st.integers(-2, 10**6))
@@ -88,6 +89,8 @@ def train_problems(cfg: TrainConfig, ws: int) -> list[str]:
     for k in ("seq_len", "vocab_size", "eval_every", "eval_tokens", "max_nonfinite"):
         if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
             bad.append(k)
+    if cfg.lr_mult is not None and not 0 < cfg.lr_mult < float("inf"):  # None: the preset's, always valid
+        bad.append("lr_mult")
     return bad
 
 
@@ -103,6 +106,14 @@ def test_every_train_config_validates_or_names_the_bad_value(case):
         assert any(word in str(e) or word.replace("_", "-") in str(e) for word in bad), (str(e), bad)
     else:
         assert not bad, f"invalid config accepted: {bad}"
+
+
+def test_lr_mult_defaults_to_the_presets_tuned_multiplier():
+    """cpu-tiny's peak LRs run at x0.5 unless told (measured best, growth-study report); nanochat's
+    at x1 (its own tuned LRs); an explicit --lr-mult wins."""
+    assert TrainConfig(depth=2).resolved("lr_mult") == 0.5
+    assert TrainConfig(depth=2, preset="nanochat").resolved("lr_mult") == 1.0
+    assert TrainConfig(depth=2, lr_mult=2.0).resolved("lr_mult") == 2.0
 
 
 def test_bad_choice_names_the_value_and_the_choices():
