@@ -8,7 +8,7 @@ COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.
         --eval-tokens 131072 --ckpt-every 200 --no-progress)
 DEPTHS=${DEPTHS:-2:3}
 # DATA=text:PATH runs the same design on another corpus (#13's second corpus: DATA=text:runs/prose/gcide,
-# made by docs/results/2026-12-02-prose/get_corpus.sh), under runs/r8-<corpus folder name>/
+# made by docs/results/2026-12-02-growth-study/get_corpus.sh), under runs/r8-<corpus folder name>/
 DATA=${DATA:-builtin}
 ROOT=runs/r8-lr; [ "$DATA" = builtin ] || ROOT="runs/r8-$(basename "${DATA#*:}")"
 mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPTHS" --data "$DATA" "${COMMON[@]}" "$@"; }
