@@ -23,6 +23,9 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   run.sh recipe 0.5 0 --grow-from stable; run.sh recipe 0.5 0 --inherit-warmup-frac 0.15
 #   OUT=runs/r8-lr/m0.5/seed0-decoupled run.sh recipe 0.5 0 --arms scratch,inherit-noars --penalty-form decoupled \
 #       --lam 1 --gamma 0 --penalty-decay-frac 0.5 --fisher posthoc
+#   run.sh recipe 0.5 1 --depth-init copy
+#   docs/results/2026-12-02-growth-study/get_corpus.sh; DATA=text:runs/prose/gcide run.sh lr-scratch 1 0
+#   DATA=text:runs/prose/gcide run.sh recipe 0.5 0; DATA=text:runs/prose/gcide run.sh recipe 0.5 1 (partial)
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
