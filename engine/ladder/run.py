@@ -36,7 +36,7 @@ configuration) and resumes an interrupted one.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.analysis.runs import last_eval, rung_cost, full_budget
@@ -44,7 +44,7 @@ from engine.ladder.config import ARMS, LadderConfig, arm_dir_name
 from engine.ladder.grow import build_inheritance
 from engine.runtime.distributed import DistEnv, barrier
 from engine.train import checkpoint as ckpt
-from engine.train.config import TRAIN_PRESETS, TrainConfig, total_steps_for
+from engine.train.config import TrainConfig, total_steps_for
 from engine.train.schedule import branch_step
 from engine.train.trainer import train_rung
 
@@ -78,12 +78,10 @@ class RungPlan:
 
 
 def _train_config(lc: LadderConfig, plan: RungPlan, run: Path, steps: int, **kw) -> TrainConfig:
-    base = dict(lc.train)
-    rung_mult = base.get("lr_mult")  # the ladder's --lr-mult, or the preset's tuned one
-    base["lr_mult"] = (TRAIN_PRESETS[lc.preset]["lr_mult"] if rung_mult is None else rung_mult) * plan.lr_mult
-    base.update(kw)
-    return TrainConfig(depth=plan.depth, preset=lc.preset, out=str(run), seed=lc.seed, steps=steps, resume=True,
-                       ars=plan.ars, warmup_steps=plan.warmup, **base)
+    cfg = TrainConfig(depth=plan.depth, preset=lc.preset, out=str(run), seed=lc.seed, steps=steps, resume=True,
+                      ars=plan.ars, warmup_steps=plan.warmup, **(dict(lc.train) | kw))
+    # the ladder's --lr-mult (or the preset's tuned one) times the rung's own (a grown rung's re-warm peak)
+    return replace(cfg, lr_mult=cfg.resolved("lr_mult") * plan.lr_mult)
 
 
 def _runs_of(lc: LadderConfig, plan: RungPlan) -> list[tuple[float | None, Path, TrainConfig]]:
