@@ -180,6 +180,11 @@ class RungTrainer:
         if saved.get("model_config") != self.mcfg.to_dict() or (self.resumed and saved.get("total_steps") != self.total_steps):
             raise TrainError(f"checkpoint {start_from} belongs to a different run (model config or step budget differs); "
                              f"use another --out or delete {self.out / 'ckpt'}")
+        lr_mult, saved_lr_mult = self.cfg.resolved("lr_mult"), self._saved_lr_mult(saved)
+        if self.resumed and saved_lr_mult != lr_mult:
+            raise TrainError(f"checkpoint {start_from} was trained at peak-LR multiplier {saved_lr_mult:g}, this run "
+                             f"resolves --lr-mult to {lr_mult:g}; pass --lr-mult {saved_lr_mult:g} to resume it, "
+                             f"or use another --out or delete {self.out / 'ckpt'}")
         if not self.resumed and not 0 < int(saved["step"]) < self.total_steps:
             raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {self.total_steps} steps can "
                              f"only start from a step in 1..{self.total_steps - 1}")
@@ -195,6 +200,17 @@ class RungTrainer:
         self.flops, self.wall_before = float(extra["flops"]), float(extra["wall_s"])
         self.start_eval = extra.get("start_eval")
         return int(extra.get("skipped_steps", 0))
+
+    def _saved_lr_mult(self, saved: dict) -> float:
+        """The peak-LR multiplier a checkpoint of this run was trained at. Checkpoints record it;
+        older ones did not: then the run.json of the attempt that wrote them (not yet overwritten
+        by this one), whose config said None only after None came to mean the preset's value
+        (d3320ec; before it the field defaulted to 1.0 and was always written)."""
+        if "lr_mult" in saved:
+            return float(saved["lr_mult"])
+        meta = ckpt.read_json(self.out / "run.json") if (self.out / "run.json").exists() else {}
+        recorded = meta.get("lr_mult", meta.get("config", {}).get("lr_mult"))
+        return float(recorded) if recorded is not None else float(self.cfg.resolved("lr_mult"))
 
     def _load_ars(self, state: dict | None, where: Path) -> None:
         ars = self.sync.ars
@@ -330,6 +346,7 @@ class RungTrainer:
         ars = self.sync.ars
         extra = {"loader": self.loader.state_dict(), "ars": ars.state_dict() if ars else None,
                  "model_config": self.mcfg.to_dict(), "total_steps": self.total_steps, "flops": self.flops,
+                 "lr_mult": self.cfg.resolved("lr_mult"),  # a resume at another multiplier is refused (_load)
                  "wall_s": self.wall_before + time.time() - self.t_loop, "start_eval": self.start_eval,
                  "skipped_steps": self.guard.skipped}
         if self.fisher is not None:

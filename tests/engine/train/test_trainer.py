@@ -1,7 +1,8 @@
 """The training loop (engine/train/trainer.py) on the built-in corpus: it learns and writes its
 records; bad values and another run's directory refused; the logged penalty of a grown rung is the
 whole Phi; the Fisher window leaves out a skipped step and survives a resume; a resume with the
-other host sync is refused by name. Whole runs killed, resumed or spread over ranks: tests/system/."""
+other host sync, or at another peak-LR multiplier, is refused by name. Whole runs killed, resumed
+or spread over ranks: tests/system/."""
 import json
 import shutil
 from dataclasses import asdict
@@ -60,6 +61,36 @@ def test_out_dir_with_another_runs_checkpoints_is_refused(tmp_path):
     assert p.returncode != 0 and "already holds checkpoints" in p.stderr
     p = run_train(["--depth", "2", "--steps", "2", "--resume"], tmp_path / "r", check=False)
     assert p.returncode != 0 and "belongs to a different run" in p.stderr
+
+
+def _lr_run(tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(**{**dict(depth=1, out=str(tmp_path / "r"), steps=2, seq_len=64, global_batch=4,
+                                 eval_tokens=1024, progress=False, profile=False), **kw})
+
+
+def test_resume_at_another_lr_multiplier_is_refused(tmp_path):
+    """A checkpoint records the multiplier it was trained at; a resume that resolves another one
+    (an explicit --lr-mult, or the preset's default after it changed) stops and names both."""
+    env = init_distributed("cpu")
+    train_rung(_lr_run(tmp_path, lr_mult=2.0), env)
+    with pytest.raises(TrainError, match=r"trained at peak-LR multiplier 2, this run resolves --lr-mult to 0.5"):
+        train_rung(_lr_run(tmp_path, resume=True), env)  # None: cpu-tiny's 0.5
+    train_rung(_lr_run(tmp_path, resume=True, lr_mult=2.0), env)  # the same multiplier resumes
+
+
+def test_resume_of_a_checkpoint_from_before_the_record_reads_run_json(tmp_path, monkeypatch):
+    """Checkpoints written before the multiplier was recorded: the run.json of the attempt that
+    wrote them says it (there the field defaulted to 1.0)."""
+    save = ckpt.save
+    monkeypatch.setattr(ckpt, "save", lambda d, step, m, o, extra, *a, **k: save(
+        d, step, m, o, {k2: v for k2, v in extra.items() if k2 != "lr_mult"}, *a, **k))
+    env = init_distributed("cpu")
+    train_rung(_lr_run(tmp_path, lr_mult=1.0), env)
+    meta = json.loads((tmp_path / "r/run.json").read_text())
+    del meta["lr_mult"]  # as written before d3320ec
+    (tmp_path / "r/run.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainError, match=r"trained at peak-LR multiplier 1, .* pass --lr-mult 1 to resume it"):
+        train_rung(_lr_run(tmp_path, resume=True), env)
 
 
 @pytest.mark.parametrize("subspace", ["coords", "svd"])
