@@ -38,7 +38,12 @@ from models.config import parse_depths  # noqa: E402
 # The embedded CPU default: sized so its budget curves finish in about 15 minutes on a 2-core CPU
 # (measured; see the README and docs/results/). Every other default is LadderConfig's or TrainConfig's.
 DEFAULTS = dict(depths="2:3", arms="scratch,grow-only", ratio=2.0, scratch_budgets="0.5,0.75,1",
-                inherit_budgets="0.2,0.35,0.5,0.7,1", out="runs/miniseries")
+                inherit_budgets="0.2,0.35,0.5,0.7,1", out="runs/miniseries",
+                # new layers start as copies of trained ones (G_stack): the best growth recipe measured,
+                # 0.04-0.05 of scratch's FLOPs fewer to match than the exact identity layers in each of
+                # 4 paired runs (d2->d3, ratio 8 and 2, 2 seeds each; docs/results/2026-12-02-growth-study-cpu.md).
+                # LadderConfig keeps the exact growth as the method's default; --depth-init identity restores it here.
+                depth_init="copy")
 
 
 def fractions(s: str) -> list[float]:
@@ -69,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def flag(name, **kw):
-        add_field(p, LadderConfig, name, **kw)
+        add_field(p, LadderConfig, name, **({"default": DEFAULTS[name]} if name in DEFAULTS else {}), **kw)
 
     p.add_argument("--depths", default=DEFAULTS["depths"], help="LO:HI inclusive (2:5 = 2,3,4,5) or a list 2,3,5")
     p.add_argument("--arms", default=DEFAULTS["arms"], help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only")
@@ -87,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("data_order", choices=DATA_ORDERS,
          help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped")
     flag("depth_init", choices=DEPTH_INITS,
-         help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour (G_stack)")
+         help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour "
+              "(G_stack; default: %(default)s, the best measured)")
     flag("width_init", choices=WIDTH_INITS,
          help="new heads and MLP hidden units start empty (zero write-out, exact) or as copies of trained ones "
               "sharing their write-out (split: Net2Net, exact up to a 1e-3 symmetry-breaking noise)")

@@ -33,8 +33,9 @@ from models.config import PRESETS  # noqa: E402
 
 
 def add_field(p: argparse.ArgumentParser, config: type, name: str, **kw) -> None:
-    """--NAME-WITH-DASHES for the dataclass field NAME of `config`, defaulting to the field's default."""
-    p.add_argument("--" + name.replace("_", "-"), dest=name, default=getattr(config, name), **kw)
+    """--NAME-WITH-DASHES for the dataclass field NAME of `config`, defaulting to the field's default
+    (unless `kw` gives another)."""
+    p.add_argument("--" + name.replace("_", "-"), dest=name, **{"default": getattr(config, name), **kw})
 
 
 def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:

@@ -204,7 +204,8 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
               f"Budgets (fractions of it): scratch {lc.scratch_budgets}, grown rungs {lc.inherit_budgets}; schedule "
               f"{lc.schedule}" + (f" (one stable run per rung, each budget a branch cooled over its last "
                                   f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
-              f". Growth: {lc.placement} placement, grown-rung peak LR x{lc.inherit_lr_mult:g}, re-warmup "
+              f". Growth: {lc.placement} placement, new layers {lc.depth_init}, new channels {lc.width_init}, "
+              f"grown-rung peak LR x{lc.inherit_lr_mult:g}, re-warmup "
               f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
               f"order {lc.data_order}, optimizer state {lc.optimizer_state}. Penalty {_penalty_setup(lc, results)}; "
               f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}.", "",

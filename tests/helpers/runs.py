@@ -34,7 +34,7 @@ def losses(out):
 # d1 -> d2 at ratio 0.05 (16 and 45 scratch steps), two budgets per rung, WSD branches
 MINI = ["--depths", "1:2", "--arms", "scratch,inherit", "--ratio", "0.05", "--preset", "cpu-tiny", "--seq-len", "64",
         "--global-batch", "4", "--eval-tokens", "1024", "--fisher-batches", "2", "--no-progress", "--no-profile",
-        "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1"]
+        "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1", "--depth-init", "identity"]  # exact growth
 
 
 def run_miniseries(out, extra=(), nproc=1, check=True, timeout=300):

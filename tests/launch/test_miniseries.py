@@ -15,7 +15,7 @@ from engine.inherit.ars import MODES as ARS_MODES
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, RUN_FIELDS, TRAIN_SETTINGS,
-                                  LadderConfig)
+                                  LadderConfig, arm_dir_name)
 from engine.runtime.distributed import DEVICES
 from engine.runtime.run_lock import LOCK_FILE, run_lock
 from engine.train.config import TrainConfig
@@ -108,6 +108,8 @@ def test_default_miniseries_config_is_pinned():
     assert (lc.depths, lc.arms, lc.ratio, lc.scratch_budgets, lc.inherit_budgets, lc.out) == (
         [2, 3], ["scratch", "grow-only"], 2.0, [0.5, 0.75, 1.0], [0.2, 0.35, 0.5, 0.7, 1.0], "runs/miniseries")
     assert (lc.lam, lc.gamma, lc.lam_by_depth, lc.gamma_by_depth) == (1e5, 0.1, {}, {})
+    assert (lc.depth_init, lc.width_init) == ("copy", "zero")  # the measured best recipe; LadderConfig's is exact
+    assert arm_dir_name("grow-only", lc) == "grow-only+depth_init=copy"
     assert lc.train == dict(data="builtin", device="auto", optimizer="adamw", adamw_impl="kernel", host_sync="auto",
                             max_nonfinite=5, weight_decay=0.0, warmdown_frac=0.65, ckpt_every=0,
                             progress=True, profile=True)
