@@ -180,11 +180,14 @@ def test_penalty_form_bad_values_are_named():
 
 def test_width_init_flag_names_the_arm_and_bad_values():
     """--width-init split reaches LadderConfig and names the grown arm's directory (the default does
-    not); a bad value is refused naming it and the allowed ones, before any compute."""
+    not; the launcher's depth copying does); a bad value is refused naming it and the allowed ones,
+    before any compute."""
     p = miniseries.build_parser()
-    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split"]))
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split", "--depth-init", "identity"]))
     assert lc.width_init == "split" and arm_dir_name("grow-only", lc) == "grow-only+width_init=split"
-    (lc,) = miniseries.ladder_configs(p, p.parse_args([]))
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--depth-init", "identity"]))
     assert lc.width_init == "zero" and arm_dir_name("grow-only", lc) == "grow-only"
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split"]))
+    assert arm_dir_name("grow-only", lc) == "grow-only+depth_init=copy+width_init=split"
     with pytest.raises(ValueError, match=r"--width-init must be zero or split, got 'copy'"):
         LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", width_init="copy").validate()
