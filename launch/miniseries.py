@@ -39,9 +39,9 @@ from models.config import parse_depths  # noqa: E402
 # (measured; see the README and docs/results/). Every other default is LadderConfig's or TrainConfig's.
 DEFAULTS = dict(depths="2:3", arms="scratch,grow-only", ratio=2.0, scratch_budgets="0.5,0.75,1",
                 inherit_budgets="0.2,0.35,0.5,0.7,1", out="runs/miniseries",
-                # new layers start as copies of trained ones (G_stack): the best growth recipe measured,
-                # 0.04-0.05 of scratch's FLOPs fewer to match than the exact identity layers in each of
-                # 4 paired runs (d2->d3, ratio 8 and 2, 2 seeds each; docs/results/2026-12-02-growth-study-cpu.md).
+                # new layers start as copies of trained ones (G_stack): on the built-in corpus 0.03-0.05 of
+                # scratch's FLOPs fewer to match than exact growth in each of 5 paired runs (d2->d3, ratio 8
+                # and 2); on English prose 0.02 more (2 seeds): docs/results/2026-12-02-growth-study-part3-cpu.md.
                 # LadderConfig keeps the exact growth as the method's default; --depth-init identity restores it here.
                 depth_init="copy")
 

@@ -26,6 +26,9 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   run.sh recipe 0.5 1 --depth-init copy
 #   docs/results/2026-12-02-growth-study/get_corpus.sh; DATA=text:runs/prose/gcide run.sh lr-scratch 1 0
 #   DATA=text:runs/prose/gcide run.sh recipe 0.5 0; DATA=text:runs/prose/gcide run.sh recipe 0.5 1 (partial)
+#   (part 3) DATA=text:runs/prose/gcide run.sh recipe 0.5 1; DATA=... run.sh recipe 0.5 <0|1> --depth-init copy
+#   DEPTHS=2:4 run.sh recipe 0.5 0 --arms scratch; DEPTHS=2:4 run.sh recipe 0.5 0
+#   DEPTHS=2:4 run.sh recipe 0.5 0 --depth-init copy
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
