@@ -180,8 +180,8 @@ class RungTrainer:
         if saved.get("model_config") != self.mcfg.to_dict() or (self.resumed and saved.get("total_steps") != self.total_steps):
             raise TrainError(f"checkpoint {start_from} belongs to a different run (model config or step budget differs); "
                              f"use another --out or delete {self.out / 'ckpt'}")
-        lr_mult, saved_lr_mult = self.cfg.resolved("lr_mult"), self._saved_lr_mult(saved)
-        if self.resumed and saved_lr_mult != lr_mult:
+        lr_mult = self.cfg.resolved("lr_mult")
+        if self.resumed and (saved_lr_mult := self._saved_lr_mult(saved)) != lr_mult:  # run.json read on resume only
             raise TrainError(f"checkpoint {start_from} was trained at peak-LR multiplier {saved_lr_mult:g}, this run "
                              f"resolves --lr-mult to {lr_mult:g}; pass --lr-mult {saved_lr_mult:g} to resume it, "
                              f"or use another --out or delete {self.out / 'ckpt'}")
