@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
               "sharing their write-out (split: Net2Net, exact up to a 1e-3 symmetry-breaking noise)")
     flag("optimizer_state", choices=OPTIMIZER_STATES,
          help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
+    flag("distill", type=float,
+         help="knowledge inheritance: the parent as a teacher, the weight w of its KL term in a grown rung's loss "
+              "((1 - w) CE + w KL) at the rung's start (0: off; its forward passes count in the rung's FLOPs)")
+    flag("distill_frac", type=positive_float,
+         help="the teacher's weight decays linearly to 0 over this fraction of the grown rung's scratch budget")
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--seeds", type=seed_list, default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
     p.add_argument("--lam", default=f"{LadderConfig.lam:g}",

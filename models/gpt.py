@@ -149,9 +149,12 @@ class GPT(nn.Module):
     def set_attention(self, backend: AttentionBackend):
         self.attention = backend
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
+                teacher_logits: torch.Tensor | None = None, teacher_weight: float = 0.0):
         """idx [B, T] int64. Returns fp32 logits [B, T, V], or the cross-entropy (targets == -1
-        ignored) with `reduction` 'mean', 'sum' or 'none' ([B, T])."""
+        ignored) with `reduction` 'mean', 'sum' or 'none' ([B, T]). With `teacher_logits` (another
+        model's output for idx) each token's loss mixes in the KL from the teacher with weight
+        `teacher_weight` (models/loss.py)."""
         if idx.size(1) > self.config.seq_len:
             raise ValueError(f"sequence of {idx.size(1)} tokens exceeds the model's seq_len {self.config.seq_len}")
         x = rms_norm(self.wte(idx))
@@ -165,6 +168,10 @@ class GPT(nn.Module):
             x = block(x, self.rope_cos, self.rope_sin, self.attention)
         z = self.lm_head(rms_norm(x))
         cap = self.config.softcap
+        if teacher_logits is not None:
+            if targets is None:
+                raise ValueError("teacher_logits need targets: the distillation term is part of the training loss")
+            return softcap_cross_entropy(z, targets, cap, reduction, teacher_logits, teacher_weight)
         if targets is not None and not (z.device.type == "cpu" and z.dtype == torch.float32):
             # bf16 / GPU: no fp32 [B, T, V] chain (models/loss.py); CPU fp32 keeps the eager
             # formula below, whose results the CPU runs are pinned to bitwise

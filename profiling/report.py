@@ -35,7 +35,7 @@ from engine.analysis.runs import rung_cost
 from profiling import cost
 from profiling.profiler import META_FILE, WINDOWS_FILE, read_windows
 
-INHERITANCE_STAGES = ("fisher", "penalty", "ars")
+INHERITANCE_STAGES = ("fisher", "penalty", "ars", "teacher")  # "teacher": a distilling rung's parent forward
 NON_STEP_STAGES = ("eval", "checkpoint", "growth")
 OTHER = "other"
 PNG_FILE = "profile_stages.png"

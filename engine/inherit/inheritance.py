@@ -1,10 +1,11 @@
 """What a grown rung starts from: the grown weights, the anchor, mask and settings of the penalty,
-the carried Fisher, and where its data stream and optimizer state start (built by
+the carried Fisher, where its data stream and optimizer state start, and its teacher (built by
 engine/ladder/grow.py from the previous rung, consumed by engine/train/trainer.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.inherit.distill import Distillation
 from engine.inherit.penalty import PenaltyConfig
 
 
@@ -22,3 +23,4 @@ class Inheritance:
     loader_state: dict | None = None  # where the rung's token stream starts (None: at its beginning)
     moments: dict | None = None  # the parent's AdamW moments in the new shapes (None: a fresh optimizer)
     optim_step: int = 0  # the parent's optimizer step count, carried with its moments (bias correction)
+    distill: Distillation | None = None  # the parent as a teacher (knowledge inheritance), or None

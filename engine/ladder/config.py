@@ -33,7 +33,8 @@ TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_
 # recipe knobs that name a grown arm's directory when they differ from these defaults, so recipes
 # share one OUT (and its scratch rungs) without overwriting each other
 RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05,
-                       optimizer_state="fresh", depth_init="identity", width_init="zero")
+                       optimizer_state="fresh", depth_init="identity", width_init="zero", distill=0.0,
+                       distill_frac=0.5)
 
 ARMS = {
     # arm: (grows, penalty, ars)
@@ -100,6 +101,11 @@ class LadderConfig:
     depth_init: str = "identity"  # growth.DEPTH_INITS: identity (exact) | copy (a new layer copies its neighbour: G_stack)
     # growth.WIDTH_INITS: zero (new heads / hidden units start empty) | split (copies of trained ones: Net2Net)
     width_init: str = "zero"
+    # Knowledge inheritance (engine/inherit/distill.py): the parent as a teacher, its KL term's weight
+    # `distill` at the grown rung's start decaying linearly to 0 over `distill_frac` of its scratch
+    # budget's steps (0: no teacher; its forward passes count in the rung's FLOPs)
+    distill: float = 0.0
+    distill_frac: float = 0.5
     train: dict = field(default_factory=dict)  # TRAIN_SETTINGS shared by every rung (TrainConfig fields)
 
     def validate(self):
@@ -144,6 +150,12 @@ class LadderConfig:
         check_choice("--width-init", self.width_init, WIDTH_INITS)
         check_choice("--optimizer-state", self.optimizer_state, OPTIMIZER_STATES)
         check_choice("--placement", self.placement, PLACEMENTS)
+        if not 0 <= self.distill <= 1:  # NaN fails too
+            raise ValueError(f"--distill must be a weight in [0, 1], got {self.distill}")
+        if not 0 < self.distill_frac <= 1:
+            raise ValueError(f"--distill-frac must be in (0, 1], got {self.distill_frac}")
+        if self.distill == 0 and self.distill_frac != RECIPE_DEFAULTS["distill_frac"]:
+            raise ValueError(f"--distill-frac {self.distill_frac} without --distill: give the teacher a weight > 0")
         if self.optimizer_state == "carry" and self.train.get("optimizer", TrainConfig.optimizer) != "adamw":
             raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
         if self.grow_from == "stable" and self.schedule != "wsd":

@@ -1,6 +1,7 @@
 """A rung transition: the previous rung's checkpoint grown into the next rung, with the Fisher,
 anchor, mask, carried optimizer state and data position the grown rung starts from (method.md
-sections 2-3), as one Inheritance for the training loop."""
+sections 2-3) and the parent as a teacher when the recipe distils, as one Inheritance for the
+training loop."""
 from __future__ import annotations
 
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.data import TokenLoader, prepare_data
+from engine.inherit.distill import Distillation
 from engine.inherit.ewc import EWC, R_BATCHES, ewc_lambda, fisher_ratio, lam_is_on
 from engine.inherit.fisher import posthoc_fisher
 from engine.inherit.growth import grow, growth_logit_error
@@ -22,8 +24,11 @@ from models.config import model_config
 from models.gpt import GPT
 
 
-def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: DistEnv, use_penalty: bool) -> Inheritance:
-    """Grow the weights of checkpoint `source` (rung prev_d) into rung d, with what the penalty needs."""
+def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: DistEnv, use_penalty: bool,
+                      scratch_steps: int | None = None) -> Inheritance:
+    """Grow the weights of checkpoint `source` (rung prev_d) into rung d, with what the penalty needs
+    and, with --distill, the parent as a teacher over `distill_frac` of `scratch_steps` (rung d's
+    scratch budget in steps)."""
     t0 = time.time()
     over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
     prev_model = ckpt.load_model(source, model_config(lc.preset, prev_d, **over))
@@ -50,9 +55,16 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
     if ewc is not None:
         info["ewc"] = ewc
     loader_state = ckpt.read_json(source / ckpt.EXTRA)["loader"] if lc.data_order == "continue" else None
+    distill = None
+    if lc.distill > 0:
+        if scratch_steps is None:
+            raise ValueError("--distill needs the grown rung's scratch budget in steps (scratch_steps) for its schedule")
+        distill = Distillation(prev_model.state_dict(), prev_model.config, lc.distill,
+                               max(1, round(lc.distill_frac * scratch_steps)))
+        info["distill"] = {"weight": lc.distill, "steps": distill.steps}
     return Inheritance(state=res.model.state_dict(), anchor=res.anchor, mask=res.mask, fisher=res.fisher,
                        penalty=penalty, info=info, fisher_flops=fisher_flops, loader_state=loader_state,
-                       moments=res.moments, optim_step=optim_step)
+                       moments=res.moments, optim_step=optim_step, distill=distill)
 
 
 def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv) -> tuple[dict, float]:

@@ -222,7 +222,7 @@ def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[i
                         _fisher_steps(lc, d), lc.ars if use_ars else "off")
 
         def make(source=source, prev_d=prev_d, d=d):
-            inherit = build_inheritance(Path(source["checkpoint"]), prev_d, d, lc, env, use_penalty)
+            inherit = build_inheritance(Path(source["checkpoint"]), prev_d, d, lc, env, use_penalty, scratch_steps[d])
             log(f"[miniseries] {arm} d{prev_d}->d{d}: grown from {source['run']} ({source['kind']}); "
                 f"growth logit error {inherit.info['growth_max_abs_logit_diff']:.2e}")
             return inherit

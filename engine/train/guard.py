@@ -121,6 +121,7 @@ class StepRecord:
     host_damping: float | None  # the ARS factor when it is a host float (not among `values`)
     has_penalty: bool
     fishing: bool  # the step accumulated the online Fisher (if it was not skipped)
+    teacher_weight: float = 0.0  # the distillation weight of the step (> 0: the teacher ran; its FLOPs count)
 
     def read(self) -> tuple[float, float, float | None, float]:
         """(loss, bad-gradient flag, penalty or None, ARS damping); waits for the copy only."""

@@ -1,6 +1,7 @@
 """What the inheritance method adds to one rung's loop, as this rank's pieces: the penalty built
 from a grown rung's Inheritance (anchors, mask and Fisher cut to the rank's shards), its terms
-for one step, and the grown rung's first step (its data position and carried optimizer moments).
+for one step, the grown rung's first step (its data position and carried optimizer moments), and
+its teacher when it distils from its parent.
 ARS lives with the host sync (engine/train/guard.py), the online Fisher in engine/inherit/fisher.py."""
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from dataclasses import asdict
 import torch
 from torch import Tensor
 
+from engine.inherit.distill import Distillation
 from engine.inherit.inheritance import Inheritance
 from engine.inherit.penalty import Penalty, inherited_fisher_mean
-from engine.runtime.distributed import local, shard_like
+from engine.runtime.distributed import DistEnv, local, shard_like, shard_model
 from engine.train.config import TrainError
 from engine.train.optim import InheritTerms
+from models.attention import AttentionBackend
+from models.gpt import build_model
 
 
 def build_penalty(inherit: Inheritance | None, named: dict, total_steps: int, world_size: int) -> Penalty | None:
@@ -65,3 +69,13 @@ def start_inherited(inherit: Inheritance, loader, opt, named: dict) -> None:
             for key in ("exp_avg", "exp_avg_sq"):
                 local(opt.state[n][key]).copy_(local(shard_like(inherit.moments[n][key], p)))
         opt.step_count = inherit.optim_step
+
+
+def build_teacher(distill: Distillation, env: DistEnv, attention: AttentionBackend, bf16: bool) -> torch.nn.Module:
+    """The frozen parent a distilling rung learns from, placed and sharded as the student is
+    (FSDP2 over the same mesh, so a rank holds 1/world of it between forward passes)."""
+    teacher = build_model(distill.teacher_config, device=env.device)
+    teacher.load_state_dict({k: v.to(env.device) for k, v in distill.teacher_state.items()})
+    teacher.requires_grad_(False)
+    teacher.set_attention(attention)
+    return shard_model(teacher.eval(), env, bf16)

@@ -6,6 +6,7 @@ One optimizer step (`RungTrainer.train_step`, step numbers 1-based):
     [loss, non-finite gradient?] in one device tensor    (engine/train/guard.py step_flags; one all-reduce)
     settle the previous step when lagged                 (HostSync: its verdict read a step late on CUDA)
     update plan: skip verdict and ARS factor             (HostSync.plan; engine/inherit/ars.py)
+    (a distilling grown rung: its teacher's forward first, the loss mixes in the KL from it: engine/inherit/distill.py)
     penalty terms for this step                          (engine/train/inherited.py; kappa, anchors, SVD term)
     optimizer.step: one fused kernel call per group      (engine/train/optim.py: Fisher accumulate,
                                                           g' = d (g + kappa (p - A)), AdamW; Muon in torch ops)
@@ -37,7 +38,7 @@ from engine.train import checkpoint as ckpt
 from engine.train.config import MUON_MATRIX_LR, TrainConfig, TrainError, check_val_split, total_steps_for, validate
 from engine.train.evaluate import evaluate
 from engine.train.guard import DeviceValues, HostSync, NonFiniteGuard, StepRecord, UpdatePlan, resolve_host_sync, step_flags
-from engine.train.inherited import build_penalty, penalty_terms, start_inherited
+from engine.train.inherited import build_penalty, build_teacher, penalty_terms, start_inherited
 from engine.train.metrics_log import MetricsLog
 from engine.train.optim import LadderOptimizer, model_param_groups
 from engine.train.schedule import lr_multiplier
@@ -105,6 +106,10 @@ class RungTrainer:
             compile_blocks(model)  # per block, before FSDP2 shards it (torchtitan's order)
         self.model = shard_model(model, env, bf16)
         self.named = dict(self.model.named_parameters())
+        self.distill = self.inherit.distill if self.inherit is not None else None
+        self.teacher = build_teacher(self.distill, env, self.attention, bf16) if self.distill else None
+        # the teacher's forward passes of one step, counted in the run's FLOPs while its weight is > 0
+        self.teacher_flops_per_step = self.distill.flops_per_token * self.tokens_per_step if self.distill else 0.0
         self.autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if bf16 and env.world_size == 1
                          else nullcontext)
 
@@ -160,6 +165,7 @@ class RungTrainer:
         step 0 (a grown rung from its Inheritance)."""
         cfg, out = self.cfg, self.out
         self.start_step, self.flops, self.wall_before, self.start_eval, skipped = 0, 0.0, 0.0, None, 0
+        self.distill_flops = 0.0  # the teacher's forward passes, a part of self.flops
         found = ckpt.latest_valid(out / "ckpt", self.env) if cfg.resume else None
         if cfg.resume and found is None and (out / "final.json").exists():
             raise TrainError(f"{out} holds a finished run (final.json) but no usable checkpoint to resume from")
@@ -198,6 +204,7 @@ class RungTrainer:
             self.fisher.steps_accumulated = int(extra.get("fisher_steps", max(0, self.start_step - self.first_fisher_step + 1)))
         self._load_ars(extra.get("ars"), start_from)
         self.flops, self.wall_before = float(extra["flops"]), float(extra["wall_s"])
+        self.distill_flops = float(extra.get("distill_flops", 0.0))
         self.start_eval = extra.get("start_eval")
         return int(extra.get("skipped_steps", 0))
 
@@ -233,7 +240,8 @@ class RungTrainer:
     def train_step(self, step: int) -> None:
         """Optimizer step `step` (1-based): forward and backward, the update, its record."""
         t0 = time.time()
-        flags = self._forward_backward()
+        teacher_weight = self.distill.weight_at(step - 1) if self.distill else 0.0
+        flags = self._forward_backward(teacher_weight)
         lr_mult = lr_multiplier(step - 1, self.total_steps, self.warmup, self.cfg.warmdown_frac, self.cfg.final_lr_frac)
         lr = self.groups[-1].lr * lr_mult
         previous = self.sync.previous()  # lagged: the step before, read now that this one's work is queued
@@ -243,7 +251,7 @@ class RungTrainer:
         penalty = self._update(step, lr_mult, plan) if plan.apply else None
         self.opt.zero_grad()
         self.prof.step_end(step, self.tokens_per_step, self.flops_per_step)
-        record = self._record(step, lr, lr_mult, time.time() - t0, flags, penalty, plan.damping)
+        record = self._record(step, lr, lr_mult, time.time() - t0, flags, penalty, plan.damping, teacher_weight)
         eval_due = step % self.eval_every == 0 or step == self.total_steps
         ckpt_due = (bool(self.cfg.ckpt_every and step % self.cfg.ckpt_every == 0) or step == self.total_steps
                     or step in self.cfg.keep_ckpt_steps)
@@ -251,14 +259,19 @@ class RungTrainer:
         if record is not None:
             self._settle_and_log(record, eval_due, ckpt_due)
 
-    def _forward_backward(self) -> torch.Tensor:
-        """Gradients of one global batch; returns [mean loss, ranks with a non-finite gradient]."""
+    def _forward_backward(self, teacher_weight: float = 0.0) -> torch.Tensor:
+        """Gradients of one global batch; returns [mean loss, ranks with a non-finite gradient].
+        teacher_weight > 0: the loss is (1 - w) CE + w KL(teacher || model) (engine/inherit/distill.py)."""
         loss_sum = torch.zeros((), device=self.env.device)
         for _ in range(self.accum):
             with self.prof.stage("data"):
                 x, y = self.loader.next()
+            teacher = {}
+            if teacher_weight > 0:
+                with self.prof.stage("teacher"), self.autocast(), torch.no_grad():
+                    teacher = {"teacher_logits": self.teacher(x), "teacher_weight": teacher_weight}
             with self.prof.stage("forward"), self.autocast():
-                loss = self.model(x, y) / self.accum
+                loss = self.model(x, y, **teacher) / self.accum
             with self.prof.stage("backward"):
                 loss.backward()
             loss_sum += loss.detach()
@@ -285,7 +298,7 @@ class RungTrainer:
                 fisher_scale=self.fisher.fisher_scale if fishing else 1.0, found_inf=plan.found_inf)
         return penalty if subspace_value is None else penalty + subspace_value
 
-    def _record(self, step, lr, lr_mult, dt, flags, penalty, damping) -> StepRecord:
+    def _record(self, step, lr, lr_mult, dt, flags, penalty, damping, teacher_weight) -> StepRecord:
         """What settling the step reads, in one small device->host copy (a host float damping stays
         on the host: making it a device tensor would be a blocking copy)."""
         on_device = [flags[0], flags[1], all_reduce_sum(penalty, self.env) if penalty is not None else flags[1]]
@@ -296,7 +309,8 @@ class RungTrainer:
             host_damping = float(damping)
         values = DeviceValues(torch.stack([t.reshape(()).to(torch.float64) for t in on_device]))
         return StepRecord(step=step, lr=lr, lr_mult=lr_mult, tokens=step * self.tokens_per_step, dt=dt, values=values,
-                          host_damping=host_damping, has_penalty=penalty is not None, fishing=self._fishing(step))
+                          host_damping=host_damping, has_penalty=penalty is not None, fishing=self._fishing(step),
+                          teacher_weight=teacher_weight)
 
     # ---- settle: the verdict, the metrics line, evaluation and checkpoint ---------------------
     def _settle_and_log(self, record: StepRecord, eval_due: bool = False, ckpt_due: bool = False) -> None:
@@ -324,13 +338,17 @@ class RungTrainer:
             self.metrics.write({"step": record.step, "skipped": f"non-finite {what}", "tokens": record.tokens,
                                 "flops": self.flops})
             return None
-        self.flops += self.flops_per_step
+        teacher_flops = self.teacher_flops_per_step if record.teacher_weight > 0 else 0.0
+        self.flops += self.flops_per_step + teacher_flops
+        self.distill_flops += teacher_flops
         if record.fishing:
             self.fisher.step_done()
         line = {"step": record.step, "lr": record.lr, "lr_mult": record.lr_mult, "tokens": record.tokens,
                 "dt": record.dt, "loss": loss, "flops": self.flops, "ars": damping}
         if penalty is not None:
             line["penalty"] = penalty
+        if self.distill is not None:  # "loss" is then the mixed training loss, not the cross-entropy
+            line["teacher_weight"] = record.teacher_weight
         if self.bar is not None:
             self.bar.update(record.step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.tokens_per_step / max(record.dt, 1e-9):.0f}")
@@ -348,7 +366,7 @@ class RungTrainer:
                  "model_config": self.mcfg.to_dict(), "total_steps": self.total_steps, "flops": self.flops,
                  "lr_mult": self.cfg.resolved("lr_mult"),  # a resume at another multiplier is refused (_load)
                  "wall_s": self.wall_before + time.time() - self.t_loop, "start_eval": self.start_eval,
-                 "skipped_steps": self.guard.skipped}
+                 "skipped_steps": self.guard.skipped, "distill_flops": self.distill_flops}
         if self.fisher is not None:
             extra["fisher_steps"] = self.fisher.steps_accumulated
         with self.prof.stage("checkpoint"):
@@ -389,6 +407,7 @@ class RungTrainer:
             "depth": self.cfg.depth, "params": mcfg.num_params, "scaling_params": mcfg.scaling_params,
             "tokens": self.total_steps * self.tokens_per_step, "steps": self.total_steps, "flops": self.flops,
             "fisher_flops": inherit.fisher_flops if inherit else 0.0,
+            "distill_flops": self.distill_flops,  # the teacher's forward passes, included in "flops"
             # the penalty's own elementwise/SVD work, summed over ranks' shards (an estimate, see Penalty)
             "penalty_flops": (float(penalty.penalty_flops_per_step * self.env.world_size * self.total_steps)
                               if penalty else 0.0),

@@ -1,5 +1,5 @@
 """The chunked soft-capped cross-entropy (models/loss.py): the eager formula's values and gradients,
-bf16 logits, and no full fp32 logits tensor under autocast."""
+bf16 logits, no full fp32 logits tensor under autocast, and the distillation mix against a teacher."""
 import pytest
 import torch
 
@@ -28,6 +28,40 @@ def test_softcap_cross_entropy_matches_the_eager_formula(monkeypatch, reduction)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-7)
     assert gg[0, 2].abs().sum() == 0 and gg[1, 6].abs().sum() == 0  # ignored targets: no gradient
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_teacher_mix_is_ce_plus_kl_from_the_teacher(monkeypatch, weight):
+    """With a teacher, each token's loss is (1 - w) CE + w KL(teacher || model) over the capped
+    logits, in value and gradient, chunked (ignored targets: no loss, no gradient)."""
+    import models.loss as L
+
+    monkeypatch.setattr(L, "CHUNK_ELEMS", 3 * 50)
+    gen = torch.Generator().manual_seed(2)
+    z = (torch.randn(2, 7, 50, generator=gen, dtype=torch.float64) * 20).requires_grad_()
+    teacher = torch.randn(2, 7, 50, generator=gen, dtype=torch.float64) * 3
+    t = torch.randint(0, 50, (2, 7), generator=gen)
+    t[0, 2] = -1
+    y = 15.0 * torch.tanh(z / 15.0)
+    ce = torch.nn.functional.cross_entropy(y.view(-1, 50), t.view(-1), ignore_index=-1, reduction="none")
+    kl = (teacher.softmax(-1) * (teacher.log_softmax(-1) - y.log_softmax(-1))).sum(-1).view(-1)
+    valid = t.view(-1) != -1
+    want = (((1 - weight) * ce + weight * kl) * valid).sum() / valid.sum()
+    got = L.softcap_cross_entropy(z, t, 15.0, teacher=teacher, teacher_weight=weight)
+    (gw,), (gg,) = torch.autograd.grad(want, z), torch.autograd.grad(got, z)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)  # fp32 inside the chunks
+    torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-8)
+    assert gg[0, 2].abs().sum() == 0
+
+
+def test_teacher_of_another_shape_or_weight_outside_0_1_is_refused():
+    from models.loss import softcap_cross_entropy
+
+    z, t = torch.zeros(2, 3, 8), torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"teacher logits \(2, 3, 7\) must match"):
+        softcap_cross_entropy(z, t, 15.0, teacher=torch.zeros(2, 3, 7), teacher_weight=0.5)
+    with pytest.raises(ValueError, match="teacher weight must be in \\[0, 1\\], got 1.5"):
+        softcap_cross_entropy(z, t, 15.0, teacher=torch.zeros(2, 3, 8), teacher_weight=1.5)
 
 
 def test_softcap_cross_entropy_bf16_logits_close_to_fp32():

@@ -43,6 +43,8 @@ def ladder_configs(draw):
         fisher_batches=draw(st.integers(-1, 4)),
         placement=draw(st.sampled_from(list(PLACEMENTS) + ["top"])),
         inherit_warmup_frac=draw(edge_floats),
+        distill=draw(edge_floats),
+        distill_frac=draw(st.one_of(edge_floats, st.just(0.5))),
     )
 
 
@@ -110,6 +112,10 @@ def ladder_problems(lc: LadderConfig) -> list[str]:
         bad.append("--fisher-batches")
     if lc.placement not in PLACEMENTS:
         bad.append(repr(lc.placement))
+    if not 0 <= lc.distill <= 1:
+        bad.append("--distill")
+    if not 0 < lc.distill_frac <= 1 or (lc.distill == 0 and lc.distill_frac != 0.5):
+        bad.append("--distill-frac")
     if lc.depths and len(lc.depths) < 2 and any(ARMS.get(a, (False,))[0] for a in lc.arms):
         bad.append("at least two depths")
     return bad
@@ -191,3 +197,17 @@ def test_width_init_flag_names_the_arm_and_bad_values():
     assert arm_dir_name("grow-only", lc) == "grow-only+depth_init=copy+width_init=split"
     with pytest.raises(ValueError, match=r"--width-init must be zero or split, got 'copy'"):
         LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", width_init="copy").validate()
+
+
+def test_distill_flags_name_the_arm_and_bad_values():
+    """--distill W (and --distill-frac F) reach LadderConfig and name the grown arm's directory; a
+    weight outside [0, 1], or a schedule without a weight, is refused by name before any compute."""
+    p = miniseries.build_parser()
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--depth-init", "identity", "--distill", "0.5",
+                                                       "--distill-frac", "0.25"]))
+    assert (lc.distill, lc.distill_frac) == (0.5, 0.25)
+    assert arm_dir_name("grow-only", lc) == "grow-only+distill=0.5+distill_frac=0.25"
+    with pytest.raises(ValueError, match=r"--distill must be a weight in \[0, 1\], got 1.5"):
+        LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", distill=1.5).validate()
+    with pytest.raises(ValueError, match=r"--distill-frac 0.25 without --distill"):
+        LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", distill_frac=0.25).validate()
