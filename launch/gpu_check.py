@@ -3,8 +3,9 @@ one H100/H200 and writes docs/results/gpu-check-<device>-<date>.md.
 
 Sections (each runs on its own: a failure is written into the report and the rest still runs):
   environment   GPU, driver, torch, triton, flash-attn, NVML energy counter
-  tests         the CUDA tests: Triton kernels vs the reference, multi-tensor and skip paths, and the
-                host-sync count of a lagged step under torch.cuda.set_sync_debug_mode
+  tests         the CUDA tests: Triton kernels vs the reference, multi-tensor and skip paths, the
+                host-sync count of a lagged step under torch.cuda.set_sync_debug_mode, and a grown
+                rung distilling from its parent in bf16
   bandwidth     the fused step's GB/s against a device copy and torch's fused AdamW, single and
                 multi-tensor
   training      a short nanochat-shape run (bf16, SDPA or flash-attn, the Triton step, online Fisher,
@@ -43,7 +44,8 @@ REQUIRED = {"numpy": "numpy", "tiktoken": "tiktoken", "rustbpe": "rustbpe", "pya
 SECTIONS = ("tests", "bandwidth", "training")  # what --skip may name (environment and energy always run)
 CUDA_TESTS = ["tests/kernels/test_triton_adamw.py::test_triton_cuda_vs_reference",
               "tests/kernels/test_triton_adamw.py::test_triton_cuda_multi_and_skip_vs_reference",
-              "tests/engine/train/test_guard.py::test_lagged_cuda_steps_make_no_host_sync"]
+              "tests/engine/train/test_guard.py::test_lagged_cuda_steps_make_no_host_sync",
+              "tests/engine/train/test_distill.py::test_a_distilling_rung_counts_its_teacher_and_starts_at_1_minus_w_of_the_ce"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import Tensor
 from engine.inherit.distill import Distillation
 from engine.inherit.inheritance import Inheritance
 from engine.inherit.penalty import Penalty, inherited_fisher_mean
-from engine.runtime.distributed import DistEnv, local, shard_like, shard_model
+from engine.runtime.distributed import DistEnv, compile_blocks, local, shard_like, shard_model
 from engine.train.config import TrainError
 from engine.train.optim import InheritTerms
 from models.attention import AttentionBackend
@@ -71,11 +71,14 @@ def start_inherited(inherit: Inheritance, loader, opt, named: dict) -> None:
         opt.step_count = inherit.optim_step
 
 
-def build_teacher(distill: Distillation, env: DistEnv, attention: AttentionBackend, bf16: bool) -> torch.nn.Module:
-    """The frozen parent a distilling rung learns from, placed and sharded as the student is
-    (FSDP2 over the same mesh, so a rank holds 1/world of it between forward passes)."""
+def build_teacher(distill: Distillation, env: DistEnv, attention: AttentionBackend, bf16: bool,
+                  compile_: bool) -> torch.nn.Module:
+    """The frozen parent a distilling rung learns from, placed, compiled and sharded as the student
+    is (FSDP2 over the same mesh, so a rank holds 1/world of it between forward passes)."""
     teacher = build_model(distill.teacher_config, device=env.device)
     teacher.load_state_dict({k: v.to(env.device) for k, v in distill.teacher_state.items()})
     teacher.requires_grad_(False)
     teacher.set_attention(attention)
+    if compile_:
+        compile_blocks(teacher)
     return shard_model(teacher.eval(), env, bf16)

@@ -107,7 +107,8 @@ class RungTrainer:
         self.model = shard_model(model, env, bf16)
         self.named = dict(self.model.named_parameters())
         self.distill = self.inherit.distill if self.inherit is not None else None
-        self.teacher = build_teacher(self.distill, env, self.attention, bf16) if self.distill else None
+        self.teacher = (build_teacher(self.distill, env, self.attention, bf16, resolve_compile(cfg.compile, env.device))
+                        if self.distill else None)
         # the teacher's forward passes of one step, counted in the run's FLOPs while its weight is > 0
         self.teacher_flops_per_step = self.distill.flops_per_token * self.tokens_per_step if self.distill else 0.0
         self.autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if bf16 and env.world_size == 1

@@ -5,6 +5,7 @@ step's loss is (1 - w) times the cross-entropy alone."""
 import json
 
 import pytest
+import torch
 
 from engine.inherit.distill import Distillation
 from engine.ladder.config import LadderConfig
@@ -25,9 +26,12 @@ def test_weight_decays_linearly_to_zero_and_stays_there():
     assert d.flops_per_token == model_config("cpu-tiny", 1).flops_per_token / 3
 
 
-def test_a_distilling_rung_counts_its_teacher_and_starts_at_1_minus_w_of_the_ce(tmp_path):
-    env = init_distributed("cpu")
-    train_rung(tiny_train_config(tmp_path / "parent", steps=8), env)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (bf16 autocast, the Triton step)"))])
+def test_a_distilling_rung_counts_its_teacher_and_starts_at_1_minus_w_of_the_ce(tmp_path, device):
+    env = init_distributed(device)
+    run = dict(device=device, compile=False)
+    train_rung(tiny_train_config(tmp_path / "parent", steps=8, **run), env)
     source = tmp_path / "parent/r/ckpt/step_000000008"
     lc = dict(depths=[1, 2], arms=["grow-only"], out=str(tmp_path), train=dict(seq_len=64, global_batch=4))
     finals, runs = {}, {}
@@ -35,13 +39,14 @@ def test_a_distilling_rung_counts_its_teacher_and_starts_at_1_minus_w_of_the_ce(
         inherit = build_inheritance(source, 1, 2, LadderConfig(**lc, distill=w, distill_frac=0.5), env, False,
                                     scratch_steps=12)
         runs[w] = tmp_path / f"w{w}" / "r"
-        finals[w] = train_rung(tiny_train_config(tmp_path / f"w{w}", depth=2, steps=10), env, inherit)
+        finals[w] = train_rung(tiny_train_config(tmp_path / f"w{w}", depth=2, steps=10, **run), env, inherit)
     assert finals[0.5]["growth"]["distill"] == {"weight": 0.5, "steps": 6}
     lines = {m["step"]: m for m in _metrics(runs[0.5]) if "loss" in m}
     assert [lines[s]["teacher_weight"] for s in range(1, 11)] == pytest.approx(
         [0.5 * (1 - k / 6) if k < 6 else 0.0 for k in range(10)])
     first = {w: next(m["loss"] for m in _metrics(runs[w]) if m.get("step") == 1 and "loss" in m) for w in runs}
-    assert first[0.5] == pytest.approx(0.5 * first[0.0], rel=1e-4)  # exact growth: KL(teacher || student) ~ 0
+    # exact growth: KL(teacher || student) ~ 0 (fp32 on CPU; bf16 logits on CUDA)
+    assert first[0.5] == pytest.approx(0.5 * first[0.0], rel=1e-4 if device == "cpu" else 2e-2)
     mcfg = model_config("cpu-tiny", 2, seq_len=64)
     teacher = model_config("cpu-tiny", 1, seq_len=64).flops_per_token / 3 * 4 * 64 * 6  # 6 steps with w > 0
     assert finals[0.5]["distill_flops"] == pytest.approx(teacher)
