@@ -1,6 +1,6 @@
 """Several ranks and several "nodes" (torchrun on CPU, FSDP2): 2 ranks match 1 rank, two torchrun
-launchers meeting on loopback match 1 rank, and checkpoints move between world sizes (2 -> 1 and
-1 -> 2)."""
+launchers meeting on loopback match 1 rank, checkpoints move between world sizes (2 -> 1 and
+1 -> 2), and a grown rung distilling from its FSDP2-sharded parent matches 1 rank."""
 import json
 import shutil
 import socket
@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.runs import ENV, FAST, losses, run_train
+from tests.helpers.runs import ENV, FAST, losses, run_miniseries, run_train
 
 
 def test_two_fsdp_ranks_match_one_rank(tmp_path):
@@ -93,3 +93,17 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(tmp_path):
     for s in range(5, 9):
         assert got[s] == pytest.approx(ref[s], rel=1e-4), (s, ref[s], got[s])
     assert json.loads((out / "final.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.distributed
+def test_a_distilling_rung_on_two_ranks_matches_one(tmp_path):
+    """--distill under 2 ranks: the frozen teacher is sharded like the rung, and the grown rung's val
+    loss and FLOPs (teacher passes included) are those of 1 rank (fp32 sums in another order: 1e-4)."""
+    extra = ["--arms", "scratch,grow-only", "--distill", "0.5", "--scratch-budgets", "1", "--inherit-budgets", "1"]
+    finals = {}
+    for n in (1, 2):
+        run_miniseries(tmp_path / f"n{n}", extra, nproc=n)
+        finals[n] = json.loads((tmp_path / f"n{n}/grow-only+distill=0.5/d2/b1/final.json").read_text())
+    assert finals[2]["world_size"] == 2 and finals[1]["distill_flops"] > 0
+    assert (finals[2]["distill_flops"], finals[2]["flops"]) == (finals[1]["distill_flops"], finals[1]["flops"])
+    assert finals[2]["val_loss"] == pytest.approx(finals[1]["val_loss"], rel=1e-4)
