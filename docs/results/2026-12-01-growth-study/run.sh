@@ -4,8 +4,10 @@
 # command resumes after any interruption and skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+# --depth-init identity: exact growth, the launcher's default when these runs were made (since 71581a6
+# launch/miniseries.py defaults to copy); a recipe's own --depth-init copy comes later and wins
 COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
-        --eval-tokens 131072 --ckpt-every 200 --no-progress)
+        --eval-tokens 131072 --ckpt-every 200 --no-progress --depth-init identity)
 DEPTHS=${DEPTHS:-2:3}
 # DATA=text:PATH runs the same design on another corpus (#13's second corpus: DATA=text:runs/prose/gcide,
 # made by docs/results/2026-12-02-growth-study/get_corpus.sh), under runs/r8-<corpus folder name>/
@@ -29,6 +31,10 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   (part 3) DATA=text:runs/prose/gcide run.sh recipe 0.5 1; DATA=... run.sh recipe 0.5 <0|1> --depth-init copy
 #   DEPTHS=2:4 run.sh recipe 0.5 0 --arms scratch; DEPTHS=2:4 run.sh recipe 0.5 0
 #   DEPTHS=2:4 run.sh recipe 0.5 0 --depth-init copy
+#   (part 3, second sitting) run.sh recipe 0.5 <0|1> --depth-init copy --data-order continue --optimizer-state carry
+#   run.sh recipe 0.5 0 --depth-init copy --distill 0.5 [--distill-frac 0.15]
+#   DEPTHS=2:4 run.sh recipe 0.5 1 --arms scratch; DEPTHS=2:4 run.sh recipe 0.5 1 (partial)
+#   DEPTHS=2:4 run.sh lr-scratch 0.25 0 (partial)
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
