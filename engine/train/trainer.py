@@ -3,10 +3,10 @@ methods are the loop's parts: set up, resume, one step, settle, evaluate, checkp
 
 One optimizer step (`RungTrainer.train_step`, step numbers 1-based):
     loader.next() x accum -> forward -> backward        (FSDP2 reduce-scatters inside backward)
+      (a distilling grown rung: its teacher's forward first, the loss mixes in its KL: engine/inherit/distill.py)
     [loss, non-finite gradient?] in one device tensor    (engine/train/guard.py step_flags; one all-reduce)
     settle the previous step when lagged                 (HostSync: its verdict read a step late on CUDA)
     update plan: skip verdict and ARS factor             (HostSync.plan; engine/inherit/ars.py)
-    (a distilling grown rung: its teacher's forward first, the loss mixes in the KL from it: engine/inherit/distill.py)
     penalty terms for this step                          (engine/train/inherited.py; kappa, anchors, SVD term)
     optimizer.step: one fused kernel call per group      (engine/train/optim.py: Fisher accumulate,
                                                           g' = d (g + kappa (p - A)), AdamW; Muon in torch ops)
