@@ -43,7 +43,12 @@ DEFAULTS = dict(depths="2:3", arms="scratch,grow-only", ratio=2.0, scratch_budge
                 # scratch's FLOPs fewer to match than exact growth in each of 5 paired runs (d2->d3, ratio 8
                 # and 2); on English prose 0.02 more (2 seeds): docs/results/2026-12-02-growth-study-part3-cpu.md.
                 # LadderConfig keeps the exact growth as the method's default; --depth-init identity restores it here.
-                depth_init="copy")
+                depth_init="copy",
+                # with copying, reading on in the token stream and carrying the parent's Adam moments match scratch
+                # with 0.043 [0.001, 0.085] of its FLOPs fewer than copying alone at this ratio (7 seeds, paired) and
+                # 0.028 [0.008, 0.047] at ratio 8 (2 seeds): docs/results/2026-12-02-growth-study-part4-cpu.md.
+                # None: carry under AdamW, fresh under Muon (which keeps no Adam moments for the matrices).
+                data_order="continue", optimizer_state=None)
 
 
 def fractions(s: str) -> list[float]:
@@ -90,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("grow_from", choices=GROW_FROM,
          help="grow from the parent's cooled budget run or from the stable-phase checkpoint it started from")
     flag("data_order", choices=DATA_ORDERS,
-         help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped")
+         help="a grown rung re-reads its parent's token stream (restart) or reads on from where it stopped "
+              "(default: %(default)s)")
     flag("depth_init", choices=DEPTH_INITS,
          help="an inserted layer starts as the identity (exact growth) or as a copy of its trained neighbour "
               "(G_stack; default: %(default)s, the best measured)")
@@ -98,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="new heads and MLP hidden units start empty (zero write-out, exact) or as copies of trained ones "
               "sharing their write-out (split: Net2Net, exact up to a 1e-3 symmetry-breaking noise)")
     flag("optimizer_state", choices=OPTIMIZER_STATES,
-         help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes")
+         help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes "
+              "(default: carry with --optimizer adamw, fresh with muon)")
     flag("distill", type=float,
          help="knowledge inheritance: the parent as a teacher, the weight w of its KL term in a grown rung's loss "
               "((1 - w) CE + w KL) at the rung's start (0: off; its forward passes count in the rung's FLOPs)")
@@ -142,6 +149,8 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
     seeds = ns.seeds or [ns.seed]
     ladder_fields = {f.name for f in fields(LadderConfig)}
     given = {k: v for k, v in vars(ns).items() if k in ladder_fields}
+    if given["optimizer_state"] is None:  # DEFAULTS: carry the moments where there are Adam moments to carry
+        given["optimizer_state"] = "carry" if ns.optimizer == "adamw" else "fresh"
     given.update(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], lam=lam, gamma=gamma,
                  lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth,
                  train={k: v for k, v in vars(ns).items() if k in TRAIN_SETTINGS and v is not None})

@@ -108,13 +108,32 @@ def test_default_miniseries_config_is_pinned():
     assert (lc.depths, lc.arms, lc.ratio, lc.scratch_budgets, lc.inherit_budgets, lc.out) == (
         [2, 3], ["scratch", "grow-only"], 2.0, [0.5, 0.75, 1.0], [0.2, 0.35, 0.5, 0.7, 1.0], "runs/miniseries")
     assert (lc.lam, lc.gamma, lc.lam_by_depth, lc.gamma_by_depth) == (1e5, 0.1, {}, {})
-    assert (lc.depth_init, lc.width_init) == ("copy", "zero")  # the measured best recipe; LadderConfig's is exact
-    assert arm_dir_name("grow-only", lc) == "grow-only+depth_init=copy"
+    # the measured best recipe (copying + continue + carried moments); LadderConfig's is exact growth, restart, fresh
+    assert (lc.depth_init, lc.width_init, lc.data_order, lc.optimizer_state) == ("copy", "zero", "continue", "carry")
+    assert arm_dir_name("grow-only", lc) == "grow-only+data_order=continue+optimizer_state=carry+depth_init=copy"
     assert lc.train == dict(data="builtin", device="auto", optimizer="adamw", adamw_impl="kernel", host_sync="auto",
                             max_nonfinite=5, weight_decay=0.0, warmdown_frac=0.65, ckpt_every=0,
                             progress=True, profile=True)
     assert list(lc.train) == ["data", "device", "optimizer", "adamw_impl", "host_sync", "max_nonfinite",
                               "weight_decay", "warmdown_frac", "ckpt_every", "progress", "profile"]
+
+
+@pytest.mark.parametrize("argv, state", [([], "carry"), (["--optimizer", "muon"], "fresh"),
+                                          (["--optimizer-state", "fresh"], "fresh"),
+                                          (["--optimizer", "muon", "--optimizer-state", "fresh"], "fresh")])
+def test_default_optimizer_state_follows_the_optimizer(argv, state):
+    """The default carries Adam moments only where the optimizer keeps them (Muon does not, for the
+    matrices); a given --optimizer-state wins."""
+    p = miniseries.build_parser()
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(argv))
+    assert lc.optimizer_state == state
+
+
+def test_carry_with_muon_is_refused_by_name(capsys):
+    p = miniseries.build_parser()
+    with pytest.raises(SystemExit):
+        miniseries.ladder_configs(p, p.parse_args(["--optimizer", "muon", "--optimizer-state", "carry"]))
+    assert "--optimizer-state carry needs --optimizer adamw" in capsys.readouterr().err
 
 
 def test_every_shared_training_flag_reaches_the_rungs():
