@@ -31,10 +31,14 @@ def losses(out):
     return {m["step"]: m["loss"] for m in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "loss" in m}
 
 
+# The plain recipe (exact growth, the parent's stream re-read, a fresh AdamW): LadderConfig's defaults, not
+# the launcher's (depth copying + continue + carried moments, the measured best)
+PLAIN = ["--depth-init", "identity", "--data-order", "restart", "--optimizer-state", "fresh"]
+
 # d1 -> d2 at ratio 0.05 (16 and 45 scratch steps), two budgets per rung, WSD branches
 MINI = ["--depths", "1:2", "--arms", "scratch,inherit", "--ratio", "0.05", "--preset", "cpu-tiny", "--seq-len", "64",
         "--global-batch", "4", "--eval-tokens", "1024", "--fisher-batches", "2", "--no-progress", "--no-profile",
-        "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1", "--depth-init", "identity"]  # exact growth
+        "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1", *PLAIN]
 
 
 def run_miniseries(out, extra=(), nproc=1, check=True, timeout=300):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from engine.inherit.growth import PLACEMENTS
 from engine.ladder.config import ARMS, LadderConfig, arm_dir_name, parse_per_rung
 from launch import miniseries
+from tests.helpers.runs import PLAIN
 from tests.helpers.strategies import budget_lists, edge_floats
 
 
@@ -189,12 +190,12 @@ def test_width_init_flag_names_the_arm_and_bad_values():
     not; the launcher's depth copying does); a bad value is refused naming it and the allowed ones,
     before any compute."""
     p = miniseries.build_parser()
-    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split", "--depth-init", "identity"]))
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split", *PLAIN]))
     assert lc.width_init == "split" and arm_dir_name("grow-only", lc) == "grow-only+width_init=split"
-    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--depth-init", "identity"]))
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(PLAIN))
     assert lc.width_init == "zero" and arm_dir_name("grow-only", lc) == "grow-only"
     (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split"]))
-    assert arm_dir_name("grow-only", lc) == "grow-only+depth_init=copy+width_init=split"
+    assert arm_dir_name("grow-only", lc) == "grow-only+data_order=continue+optimizer_state=carry+depth_init=copy+width_init=split"
     with pytest.raises(ValueError, match=r"--width-init must be zero or split, got 'copy'"):
         LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", width_init="copy").validate()
 
@@ -203,7 +204,7 @@ def test_distill_flags_name_the_arm_and_bad_values():
     """--distill W (and --distill-frac F) reach LadderConfig and name the grown arm's directory; a
     weight outside [0, 1], or a schedule without a weight, is refused by name before any compute."""
     p = miniseries.build_parser()
-    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--depth-init", "identity", "--distill", "0.5",
+    (lc,) = miniseries.ladder_configs(p, p.parse_args([*PLAIN, "--distill", "0.5",
                                                        "--distill-frac", "0.25"]))
     assert (lc.distill, lc.distill_frac) == (0.5, 0.25)
     assert arm_dir_name("grow-only", lc) == "grow-only+distill=0.5+distill_frac=0.25"
