@@ -45,7 +45,7 @@ DEFAULTS = dict(depths="2:3", arms="scratch,grow-only", ratio=2.0, scratch_budge
                 # LadderConfig keeps the exact growth as the method's default; --depth-init identity restores it here.
                 depth_init="copy",
                 # with copying, reading on in the token stream and carrying the parent's Adam moments match scratch
-                # with 0.043 [0.001, 0.085] of its FLOPs fewer than copying alone at this ratio (7 seeds, paired) and
+                # with 0.052 [0.017, 0.087] of its FLOPs fewer than copying alone at this ratio (9 seeds, paired) and
                 # 0.028 [0.008, 0.047] at ratio 8 (2 seeds): docs/results/2026-12-02-growth-study-part4-cpu.md.
                 # None: carry under AdamW, fresh under Muon (which keeps no Adam moments for the matrices).
                 data_order="continue", optimizer_state=None)

@@ -4,10 +4,12 @@
 # command resumes after any interruption and skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-# --depth-init identity: exact growth, the launcher's default when these runs were made (since 71581a6
-# launch/miniseries.py defaults to copy); a recipe's own --depth-init copy comes later and wins
+# --depth-init identity --data-order restart --optimizer-state fresh: plain growth, the launcher's defaults
+# when these runs were made (since 71581a6 launch/miniseries.py defaults to copy, since part 4 also to continue
+# and carry); a recipe's own flags come later and win
 COMMON=(--ratio 8 --scratch-budgets 0.25,0.5,0.75,1 --inherit-budgets 0.1,0.2,0.35,0.5,0.7,1
-        --eval-tokens 131072 --ckpt-every 200 --no-progress --depth-init identity)
+        --eval-tokens 131072 --ckpt-every 200 --no-progress --depth-init identity --data-order restart
+        --optimizer-state fresh)
 DEPTHS=${DEPTHS:-2:3}
 # DATA=text:PATH runs the same design on another corpus (#13's second corpus: DATA=text:runs/prose/gcide,
 # made by docs/results/2026-12-02-growth-study/get_corpus.sh), under runs/r8-<corpus folder name>/
@@ -35,6 +37,8 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   run.sh recipe 0.5 0 --depth-init copy --distill 0.5 [--distill-frac 0.15]
 #   DEPTHS=2:4 run.sh recipe 0.5 1 --arms scratch; DEPTHS=2:4 run.sh recipe 0.5 1 (partial)
 #   DEPTHS=2:4 run.sh lr-scratch 0.25 0 (partial)
+#   (part 4, a new machine: earlier runs/ not carried over) DEPTHS=4 run.sh lr-scratch 0.125 0
+#   run.sh recipe 0.5 2 --depth-init copy; run.sh recipe 0.5 2 --depth-init copy --data-order continue --optimizer-state carry
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
