@@ -144,6 +144,7 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
         depths = parse_depths(ns.depths)
         lam, lam_by_depth = parse_per_rung(ns.lam, "lam", words=(EWC,))
         gamma, gamma_by_depth = parse_per_rung(ns.gamma, "gamma")
+        lr_mult, lr_mult_by_depth = parse_per_rung(ns.lr_mult, "lr-mult") if ns.lr_mult is not None else (None, {})
     except ValueError as e:
         p.error(str(e))
     seeds = ns.seeds or [ns.seed]
@@ -152,8 +153,9 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
     if given["optimizer_state"] is None:  # DEFAULTS: carry the moments where there are Adam moments to carry
         given["optimizer_state"] = "carry" if ns.optimizer == "adamw" else "fresh"
     given.update(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], lam=lam, gamma=gamma,
-                 lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth,
-                 train={k: v for k, v in vars(ns).items() if k in TRAIN_SETTINGS and v is not None})
+                 lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth, lr_mult_by_depth=lr_mult_by_depth,
+                 train={k: v for k, v in (vars(ns) | {"lr_mult": lr_mult}).items()
+                        if k in TRAIN_SETTINGS and v is not None})
     configs = []
     for seed in seeds:
         out = Path(ns.out) if len(seeds) == 1 else Path(ns.out) / f"seed{seed}"

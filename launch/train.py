@@ -61,7 +61,11 @@ def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
           help="consecutive steps with a NaN/Inf loss or gradient (each skipped) before the run stops")
     flag("matrix_lr", type=positive_float)
     flag("embedding_lr", type=positive_float)
-    flag("lr_mult", type=positive_float, help="multiply every peak learning rate (LR sweeps)")
+    if rung:
+        flag("lr_mult", type=positive_float, help="multiply every peak learning rate (LR sweeps)")
+    else:  # a ladder tunes its rungs' LRs one by one: the optimum moves with depth (growth study, part 4)
+        flag("lr_mult", help="multiply every peak learning rate (LR sweeps); per rung as VALUE,DEPTH=VALUE: "
+                             "0.5,4=0.25 trains d4 at x0.25 and every other rung at x0.5")
     flag("unembedding_lr", type=positive_float)
     flag("weight_decay", type=float)
     flag("warmdown_frac", type=float)

@@ -205,13 +205,15 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
               f"{lc.schedule}" + (f" (one stable run per rung, each budget a branch cooled over its last "
                                   f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
               f". Growth: {lc.placement} placement, new layers {lc.depth_init}, new channels {lc.width_init}, "
-              f"grown-rung peak LR x{lc.inherit_lr_mult:g}, re-warmup "
+              f"grown-rung peak LR x{lc.inherit_lr_mult:g} of its depth's scratch peak, re-warmup "
               f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
               f"order {lc.data_order}, optimizer state {lc.optimizer_state}, "
               + (f"the parent as a teacher (KL weight {lc.distill:g} decaying to 0 over {lc.distill_frac:g} of the "
                  f"scratch steps, its forward passes counted)" if lc.distill else "no teacher")
               + f". Penalty {_penalty_setup(lc, results)}; "
-              f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}.", "",
+              f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}"
+              + "".join(f"; d{d} at peak-LR multiplier x{m:g}" for d, m in sorted(lc.lr_mult_by_depth.items()))
+              + ".", "",
               f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "
               f"dtype {first.get('dtype')}.", "", "## Iso-loss speedup", ""] + _iso_lines(summary)

@@ -79,6 +79,10 @@ class LadderConfig:
     # per-rung overrides of lam (a number or "ewc") / gamma, keyed by the depth of the rung being trained
     lam_by_depth: dict = field(default_factory=dict)
     gamma_by_depth: dict = field(default_factory=dict)
+    # per-rung peak-LR multipliers (--lr-mult 0.5,4=0.25), keyed by depth, in place of train["lr_mult"]
+    # for that rung's scratch runs and as the base its grown runs multiply by inherit_lr_mult: the
+    # tuned multiplier falls with depth on cpu-tiny (d3 x0.5, d4 x0.25: growth study, part 4)
+    lr_mult_by_depth: dict = field(default_factory=dict)
     # ARS (method.md section 5)
     ars: str = "seed"  # ars.MODES
     # Fisher (method.md section 3)
@@ -142,6 +146,13 @@ class LadderConfig:
             raise ValueError(f"--cooldown-frac must be in (0, 1), got {self.cooldown_frac}")
         if not 0 < self.inherit_lr_mult < math.inf:
             raise ValueError(f"--inherit-lr-mult must be a finite number > 0, got {self.inherit_lr_mult}")
+        lr_mults = {"every rung": self.train.get("lr_mult", 1.0)} | {f"d{d}": v for d, v in self.lr_mult_by_depth.items()}
+        bad_lr = {k: v for k, v in lr_mults.items() if not 0 < v < math.inf}  # NaN fails too
+        if bad_lr:
+            raise ValueError(f"--lr-mult values must be finite numbers > 0, got {bad_lr}")
+        stray_lr = sorted(set(self.lr_mult_by_depth) - set(self.depths))
+        if stray_lr:
+            raise ValueError(f"per-rung --lr-mult given for depth(s) {stray_lr}, which are not rungs of {self.depths}")
         if not 0 <= self.inherit_warmup_frac < 1:
             raise ValueError(f"--inherit-warmup-frac must be in [0, 1), got {self.inherit_warmup_frac}")
         check_choice("--grow-from", self.grow_from, GROW_FROM)

@@ -78,9 +78,11 @@ class RungPlan:
 
 
 def _train_config(lc: LadderConfig, plan: RungPlan, run: Path, steps: int, **kw) -> TrainConfig:
+    rung_lr = {"lr_mult": lc.lr_mult_by_depth[plan.depth]} if plan.depth in lc.lr_mult_by_depth else {}
     cfg = TrainConfig(depth=plan.depth, preset=lc.preset, out=str(run), seed=lc.seed, steps=steps, resume=True,
-                      ars=plan.ars, warmup_steps=plan.warmup, **(dict(lc.train) | kw))
-    # the ladder's --lr-mult (or the preset's tuned one) times the rung's own (a grown rung's re-warm peak)
+                      ars=plan.ars, warmup_steps=plan.warmup, **(dict(lc.train) | rung_lr | kw))
+    # the ladder's --lr-mult for this depth (or the preset's tuned one) times the rung's own (a grown
+    # rung's re-warm peak)
     return replace(cfg, lr_mult=cfg.resolved("lr_mult") * plan.lr_mult)
 
 

@@ -16,6 +16,7 @@ from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
 from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, RUN_FIELDS, TRAIN_SETTINGS,
                                   LadderConfig, arm_dir_name)
+from engine.ladder.run import RungPlan, _train_config
 from engine.runtime.distributed import DEVICES
 from engine.runtime.run_lock import LOCK_FILE, run_lock
 from engine.train.config import TrainConfig
@@ -153,9 +154,30 @@ def test_every_shared_training_flag_reaches_the_rungs():
     (["--seeds", "a,1"], "--seeds: expected a comma list of integer seeds like 0,1, got 'a,1'"),
     (["--depths", "2:4,1"], "--depths must be strictly increasing, got [2, 3, 4, 1]"),
     (["--fisher", "exact"], "invalid choice: 'exact'"),
+    (["--lr-mult", "fast"], "--lr-mult 'fast': expected VALUE or VALUE,DEPTH=VALUE"),
+    (["--lr-mult", "0"], "--lr-mult values must be finite numbers > 0, got {'every rung': 0.0}"),
+    (["--lr-mult", "0.5,3=nan"], "--lr-mult values must be finite numbers > 0, got {'d3': nan}"),
+    (["--lr-mult", "0.5,7=0.25"], "per-rung --lr-mult given for depth(s) [7], which are not rungs of [2, 3]"),
 ])
 def test_bad_miniseries_flags_are_refused_by_name(argv, message, capsys):
     p = miniseries.build_parser()
     with pytest.raises(SystemExit):
         miniseries.ladder_configs(p, p.parse_args(argv))
     assert message in capsys.readouterr().err
+
+
+def test_per_rung_lr_mult_reaches_each_rungs_scratch_and_grown_runs(tmp_path):
+    """--lr-mult 0.5,4=0.25: d4's scratch runs at x0.25, its grown runs at x0.25 times the grown
+    rung's multiplier, every other rung at x0.5 (the tuned LR falls with depth: growth study part 4)."""
+    p = miniseries.build_parser()
+    (lc,) = miniseries.ladder_configs(p, p.parse_args(["--depths", "2:4", "--lr-mult", "0.5,d4=0.25",
+                                                          "--inherit-lr-mult", "2", "--out", str(tmp_path)]))
+    assert (lc.train["lr_mult"], lc.lr_mult_by_depth) == (0.5, {4: 0.25})
+
+    def lr(depth, rung_mult):
+        plan = RungPlan(depth, tmp_path, 100, [1.0], 2, rung_mult, 0, "off")
+        return _train_config(lc, plan, tmp_path / "run", 100).lr_mult
+
+    assert (lr(3, 1.0), lr(4, 1.0), lr(3, lc.inherit_lr_mult), lr(4, lc.inherit_lr_mult)) == (0.5, 0.25, 1.0, 0.5)
+    (plain,) = miniseries.ladder_configs(p, p.parse_args(["--out", str(tmp_path)]))
+    assert "lr_mult" not in plain.train and plain.lr_mult_by_depth == {}  # no flag: the preset's own multiplier
