@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("schedule", choices=list(SCHEDULES),
          help="wsd: one stable run per rung, a cooled branch per budget; nanochat: one run per budget")
     flag("cooldown_frac", type=positive_float, help="WSD cooldown as a fraction of each budget")
-    flag("inherit_lr_mult", type=positive_float, help="a grown rung's peak LR as a multiple of the scratch peak")
+    flag("inherit_lr_mult", default=f"{LadderConfig.inherit_lr_mult:g}",
+         help="a grown rung's peak LR as a multiple of its depth's scratch peak; per rung as VALUE,DEPTH=VALUE "
+              "(1,4=2: d4 grown at twice scratch d4's peak, the other grown rungs at scratch's)")
     flag("grow_from", choices=GROW_FROM,
          help="grow from the parent's cooled budget run or from the stable-phase checkpoint it started from")
     flag("data_order", choices=DATA_ORDERS,
@@ -145,6 +147,7 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
         lam, lam_by_depth = parse_per_rung(ns.lam, "lam", words=(EWC,))
         gamma, gamma_by_depth = parse_per_rung(ns.gamma, "gamma")
         lr_mult, lr_mult_by_depth = parse_per_rung(ns.lr_mult, "lr-mult") if ns.lr_mult is not None else (None, {})
+        inherit_lr_mult, inherit_lr_mult_by_depth = parse_per_rung(ns.inherit_lr_mult, "inherit-lr-mult")
     except ValueError as e:
         p.error(str(e))
     seeds = ns.seeds or [ns.seed]
@@ -154,6 +157,7 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
         given["optimizer_state"] = "carry" if ns.optimizer == "adamw" else "fresh"
     given.update(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], lam=lam, gamma=gamma,
                  lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth, lr_mult_by_depth=lr_mult_by_depth,
+                 inherit_lr_mult=inherit_lr_mult, inherit_lr_mult_by_depth=inherit_lr_mult_by_depth,
                  train={k: v for k, v in (vars(ns) | {"lr_mult": lr_mult}).items()
                         if k in TRAIN_SETTINGS and v is not None})
     configs = []

@@ -213,6 +213,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
               + f". Penalty {_penalty_setup(lc, results)}; "
               f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}"
               + "".join(f"; d{d} at peak-LR multiplier x{m:g}" for d, m in sorted(lc.lr_mult_by_depth.items()))
+              + "".join(f"; grown d{d} at x{m:g} of its scratch peak" for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
               + ".", "",
               f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "

@@ -83,6 +83,9 @@ class LadderConfig:
     # for that rung's scratch runs and as the base its grown runs multiply by inherit_lr_mult: the
     # tuned multiplier falls with depth on cpu-tiny (d3 x0.5, d4 x0.25: growth study, part 4)
     lr_mult_by_depth: dict = field(default_factory=dict)
+    # per-rung overrides of inherit_lr_mult (--inherit-lr-mult 1,4=2), keyed by the grown rung's depth:
+    # a grown d4 wants a hotter peak than the tuned scratch d4 (growth study, part 5)
+    inherit_lr_mult_by_depth: dict = field(default_factory=dict)
     # ARS (method.md section 5)
     ars: str = "seed"  # ars.MODES
     # Fisher (method.md section 3)
@@ -111,6 +114,10 @@ class LadderConfig:
     distill: float = 0.0
     distill_frac: float = 0.5
     train: dict = field(default_factory=dict)  # TRAIN_SETTINGS shared by every rung (TrainConfig fields)
+
+    def inherit_lr_mult_at(self, depth: int) -> float:
+        """A grown rung's peak LR as a multiple of its depth's scratch peak."""
+        return self.inherit_lr_mult_by_depth.get(depth, self.inherit_lr_mult)
 
     def validate(self):
         """Every check that can fail before compute, with a message naming the value."""
@@ -144,8 +151,14 @@ class LadderConfig:
         check_choice("--schedule", self.schedule, SCHEDULES)
         if not 0 < self.cooldown_frac < 1:
             raise ValueError(f"--cooldown-frac must be in (0, 1), got {self.cooldown_frac}")
-        if not 0 < self.inherit_lr_mult < math.inf:
-            raise ValueError(f"--inherit-lr-mult must be a finite number > 0, got {self.inherit_lr_mult}")
+        inherit = {"every grown rung": self.inherit_lr_mult} | {f"d{d}": v for d, v in self.inherit_lr_mult_by_depth.items()}
+        bad_inherit = {k: v for k, v in inherit.items() if not 0 < v < math.inf}  # NaN fails too
+        if bad_inherit:
+            raise ValueError(f"--inherit-lr-mult values must be finite numbers > 0, got {bad_inherit}")
+        stray_inherit = sorted(set(self.inherit_lr_mult_by_depth) - set(self.depths[1:]))
+        if stray_inherit:
+            raise ValueError(f"per-rung --inherit-lr-mult given for depth(s) {stray_inherit}, which are not grown rungs "
+                             f"of {self.depths}")
         lr_mults = {"every rung": self.train.get("lr_mult", 1.0)} | {f"d{d}": v for d, v in self.lr_mult_by_depth.items()}
         bad_lr = {k: v for k, v in lr_mults.items() if not 0 < v < math.inf}  # NaN fails too
         if bad_lr:
@@ -242,4 +255,5 @@ def arm_dir_name(arm: str, lc: LadderConfig) -> str:
         return arm
     tag = "".join(f"+{k}={getattr(lc, k):g}" if isinstance(getattr(lc, k), float) else f"+{k}={getattr(lc, k)}"
                   for k, v in RECIPE_DEFAULTS.items() if getattr(lc, k) != v)
+    tag += "".join(f"+inherit_lr_mult_d{d}={m:g}" for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
     return arm + tag

@@ -220,7 +220,8 @@ def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[i
         reference = twin.get(prev_d) or (parent if prev_d == lc.depths[0] else None)  # the base rung is its own twin
         source = grow_source(lc, parent["runs"], full_budget(reference)["val_loss"] if reference else None)
         plan = RungPlan(d, rung_dir(Path(lc.out), arm, d, lc), scratch_steps[d], list(lc.inherit_budgets),
-                        max(1, round(lc.inherit_warmup_frac * scratch_steps[d])), lc.inherit_lr_mult,
+                        max(1, round(lc.inherit_warmup_frac * scratch_steps[d])),
+                        lc.inherit_lr_mult_at(d),
                         _fisher_steps(lc, d), lc.ars if use_ars else "off")
 
         def make(source=source, prev_d=prev_d, d=d):

@@ -96,8 +96,9 @@ def test_flag_defaults_are_the_dataclass_defaults():
     ns = miniseries.build_parser().parse_args([])
     embedded = set(miniseries.DEFAULTS)
     for f in fields(LadderConfig):
-        if f.name in vars(ns) and f.name not in embedded | {"lam", "gamma", "seed", "preset"}:
+        if f.name in vars(ns) and f.name not in embedded | {"lam", "gamma", "inherit_lr_mult", "seed", "preset"}:
             assert getattr(ns, f.name) == _default(LadderConfig, f.name), f.name
+    assert float(ns.inherit_lr_mult) == _default(LadderConfig, "inherit_lr_mult")  # a string: per rung as --lam
     assert ns.seed == _default(LadderConfig, "seed") == _default(TrainConfig, "seed")
     assert ns.preset == _default(LadderConfig, "preset") == _default(TrainConfig, "preset")
 
@@ -158,6 +159,9 @@ def test_every_shared_training_flag_reaches_the_rungs():
     (["--lr-mult", "0"], "--lr-mult values must be finite numbers > 0, got {'every rung': 0.0}"),
     (["--lr-mult", "0.5,3=nan"], "--lr-mult values must be finite numbers > 0, got {'d3': nan}"),
     (["--lr-mult", "0.5,7=0.25"], "per-rung --lr-mult given for depth(s) [7], which are not rungs of [2, 3]"),
+    (["--inherit-lr-mult", "x2"], "--inherit-lr-mult 'x2': expected VALUE or VALUE,DEPTH=VALUE"),
+    (["--inherit-lr-mult", "1,3=-1"], "--inherit-lr-mult values must be finite numbers > 0, got {'d3': -1.0}"),
+    (["--inherit-lr-mult", "1,2=2"], "per-rung --inherit-lr-mult given for depth(s) [2], which are not grown rungs"),
 ])
 def test_bad_miniseries_flags_are_refused_by_name(argv, message, capsys):
     p = miniseries.build_parser()
@@ -179,5 +183,11 @@ def test_per_rung_lr_mult_reaches_each_rungs_scratch_and_grown_runs(tmp_path):
         return _train_config(lc, plan, tmp_path / "run", 100).lr_mult
 
     assert (lr(3, 1.0), lr(4, 1.0), lr(3, lc.inherit_lr_mult), lr(4, lc.inherit_lr_mult)) == (0.5, 0.25, 1.0, 0.5)
+    (hot,) = miniseries.ladder_configs(p, p.parse_args(["--depths", "2:4", "--lr-mult", "0.5,4=0.25",
+                                                           "--inherit-lr-mult", "1,4=2", "--out", str(tmp_path)]))
+    assert (hot.inherit_lr_mult, hot.inherit_lr_mult_by_depth) == (1.0, {4: 2.0})
+    assert arm_dir_name("grow-only", hot).endswith("+inherit_lr_mult_d4=2")  # its own directory: recipes never mix
+    assert (hot.inherit_lr_mult_at(3), hot.inherit_lr_mult_at(4)) == (1.0, 2.0)
+    assert (lr(3, hot.inherit_lr_mult_at(3)), lr(4, hot.inherit_lr_mult_at(4))) == (0.5, 0.5)
     (plain,) = miniseries.ladder_configs(p, p.parse_args(["--out", str(tmp_path)]))
     assert "lr_mult" not in plain.train and plain.lr_mult_by_depth == {}  # no flag: the preset's own multiplier
