@@ -62,9 +62,11 @@ def test_summary_json_contract(ladder):
     assert math.isclose(lad["saving"], 1 - lad["inherit_flops"] / lad["scratch_flops"])
 
 
-def test_branches_are_finished_wsd_runs(ladder, tmp_path):
+def test_branches_are_finished_wsd_runs(ladder, tmp_path, one_thread):
     """A budget run branched from the stable run equals a standalone run of that budget with the WSD
-    schedule and the same warmup, bitwise (the point of WSD branching)."""
+    schedule and the same warmup, bitwise (the point of WSD branching). One thread, as the ladder's
+    subprocess (OMP_NUM_THREADS=1): with two, CPU reductions split differently and the val loss
+    differs in the 7th digit (measured on the machine of 2026-12-02: 6.5190027 vs 6.5190032)."""
     out, _, _ = ladder
     branch = out / "scratch/d2/b0.5"
     cfg = json.loads((branch / "run.json").read_text())["config"]
