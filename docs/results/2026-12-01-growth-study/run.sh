@@ -39,6 +39,12 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   DEPTHS=2:4 run.sh lr-scratch 0.25 0 (partial)
 #   (part 4, a new machine: earlier runs/ not carried over) DEPTHS=4 run.sh lr-scratch 0.125 0
 #   run.sh recipe 0.5 2 --depth-init copy; run.sh recipe 0.5 2 --depth-init copy --data-order continue --optimizer-state carry
+#   (part 5, a new machine; C="--depth-init copy --data-order continue --optimizer-state carry")
+#   DEPTHS=4 run.sh lr-scratch 0.25 0; run.sh recipe 0.5 0 $C; run.sh recipe 0.5 2 $C; run.sh recipe 0.5 2
+#   (runs/r8-lr/m0.5/seed0/scratch/d4 linked to m0.25/seed0/scratch/d4, each +inherit_lr_mult_d4=K arm's d3 to the
+#   combination's grown d3) DEPTHS=2:4 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25 [--inherit-lr-mult 1,4=<2|4>]
+#   DEPTHS=2:4 run.sh recipe 0.5 1 $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
+#   DATA=text:runs/prose/gcide run.sh recipe 0.5 <0|1> $C
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
