@@ -151,21 +151,10 @@ class LadderConfig:
         check_choice("--schedule", self.schedule, SCHEDULES)
         if not 0 < self.cooldown_frac < 1:
             raise ValueError(f"--cooldown-frac must be in (0, 1), got {self.cooldown_frac}")
-        inherit = {"every grown rung": self.inherit_lr_mult} | {f"d{d}": v for d, v in self.inherit_lr_mult_by_depth.items()}
-        bad_inherit = {k: v for k, v in inherit.items() if not 0 < v < math.inf}  # NaN fails too
-        if bad_inherit:
-            raise ValueError(f"--inherit-lr-mult values must be finite numbers > 0, got {bad_inherit}")
-        stray_inherit = sorted(set(self.inherit_lr_mult_by_depth) - set(self.depths[1:]))
-        if stray_inherit:
-            raise ValueError(f"per-rung --inherit-lr-mult given for depth(s) {stray_inherit}, which are not grown rungs "
-                             f"of {self.depths}")
-        lr_mults = {"every rung": self.train.get("lr_mult", 1.0)} | {f"d{d}": v for d, v in self.lr_mult_by_depth.items()}
-        bad_lr = {k: v for k, v in lr_mults.items() if not 0 < v < math.inf}  # NaN fails too
-        if bad_lr:
-            raise ValueError(f"--lr-mult values must be finite numbers > 0, got {bad_lr}")
-        stray_lr = sorted(set(self.lr_mult_by_depth) - set(self.depths))
-        if stray_lr:
-            raise ValueError(f"per-rung --lr-mult given for depth(s) {stray_lr}, which are not rungs of {self.depths}")
+        _check_multipliers("--inherit-lr-mult", "every grown rung", self.inherit_lr_mult, self.inherit_lr_mult_by_depth,
+                           self.depths, self.depths[1:], "grown rungs")
+        _check_multipliers("--lr-mult", "every rung", self.train.get("lr_mult", 1.0), self.lr_mult_by_depth,
+                           self.depths, self.depths, "rungs")
         if not 0 <= self.inherit_warmup_frac < 1:
             raise ValueError(f"--inherit-warmup-frac must be in [0, 1), got {self.inherit_warmup_frac}")
         check_choice("--grow-from", self.grow_from, GROW_FROM)
@@ -217,6 +206,19 @@ class LadderConfig:
         check_choice("--penalty-form", self.penalty_form, PENALTY_FORMS)
         if self.penalty_form == "decoupled" and self.subspace != "coords":
             raise ValueError(f"--penalty-form decoupled needs --subspace coords, got {self.subspace!r}")
+
+
+def _check_multipliers(flag: str, every: str, default: float, by_depth: dict, depths: list, allowed: list,
+                       what: str) -> None:
+    """A peak-LR multiplier flag: its default and per-rung values finite and > 0 (NaN fails too), its
+    per-rung depths among `allowed` (the ladder's rungs, or its grown rungs)."""
+    values = {every: default} | {f"d{d}": v for d, v in by_depth.items()}
+    bad = {k: v for k, v in values.items() if not 0 < v < math.inf}
+    if bad:
+        raise ValueError(f"{flag} values must be finite numbers > 0, got {bad}")
+    stray = sorted(set(by_depth) - set(allowed))
+    if stray:
+        raise ValueError(f"per-rung {flag} given for depth(s) {stray}, which are not {what} of {depths}")
 
 
 def _weight_ok(v, words=(EWC,)) -> bool:
