@@ -45,6 +45,15 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   combination's grown d3) DEPTHS=2:4 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25 [--inherit-lr-mult 1,4=<2|4>]
 #   DEPTHS=2:4 run.sh recipe 0.5 1 $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
 #   DATA=text:runs/prose/gcide run.sh recipe 0.5 <0|1> $C
+#   (part 6, the same machine as part 5; new arm directories' lower rungs linked to the same recipe's finished rungs)
+#   DEPTHS=2:4 run.sh recipe 0.5 2 $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
+#   DEPTHS=2:4 run.sh recipe 0.5 1 $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=4
+#   DEPTHS=5 run.sh lr-scratch 0.125 0; DEPTHS=5 run.sh lr-scratch 0.25 0
+#   DEPTHS=2:5 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25,5=0.125 --inherit-lr-mult 1,4=4,5=4  (scratch/d5 -> m0.125's)
+#   DEPTHS=2:5 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2   (scratch/d5 -> m0.25's)
+#   DEPTHS=2:4 run.sh recipe 0.5 2 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
+#   (started, not finished) DEPTHS=2:4 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=8
+#   DEPTHS=2:4 run.sh recipe 0.5 1 --depth-init copy --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
