@@ -125,11 +125,11 @@ def _plot_curves(results: dict, summary: dict, out: Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("FLOPs of the run (training + Fisher + penalty)")
         ax.set_ylabel("cooled final val loss (nats/token)")
-        ax.set_title(f"d{d}: final loss against compute, one point per budget (star: match point)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        ax.set_title(f"d{d}: cooled loss against compute, one point per budget (star: match point)", fontsize=10)
+        # below the axes: a recipe's arm name (engine/ladder/config.py arm_dir_name) can be wider than the plot
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
         name = f"curve_d{d}.png"
-        fig.savefig(out / name, dpi=120)
+        fig.savefig(out / name, dpi=120, bbox_inches="tight")
         plt.close(fig)
         made.append(name)
     return made
