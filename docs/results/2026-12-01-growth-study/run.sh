@@ -54,9 +54,15 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   DEPTHS=2:4 run.sh recipe 0.5 2 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
 #   (started, not finished) DEPTHS=2:4 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=8
 #   DEPTHS=2:4 run.sh recipe 0.5 1 --depth-init copy --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
+#   (part 7, the same machine; m0.5/seed1/scratch/d5 -> m0.25/seed1's, the new seed-1 arm's d3 -> the x0.5 arm's,
+#   d4 -> the x1 arm's; seed0-d5x1/scratch -> seed0/scratch, its arm's d3, d4 -> the combination's d3, x1 d4)
+#   DEPTHS=5 run.sh lr-scratch 0.25 1; OUT=runs/r8-lr/m0.5/seed0-scratch-d5 DEPTHS=5 run.sh lr-scratch 0.5 0
+#   DEPTHS=2:5 run.sh recipe 0.5 1 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2
+#   OUT=runs/r8-lr/m0.5/seed0-d5x1 DEPTHS=2:5 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=4
+#   (restarted, see the part 7 report for whether they finished) the two unfinished part-6 runs above
 case "${1:-}" in
-  lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep)
-    mini --arms scratch --lr-mult "$2" --seed "$3" --out "$ROOT/m$2/seed$3" ;;
+  lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep); OUT=DIR when that seed directory holds a recipe
+    mini --arms scratch --lr-mult "$2" --seed "$3" --out "${OUT:-$ROOT/m$2/seed$3}" ;;
   recipe)  # recipe MULT SEED [flags...]: scratch at the tuned MULT plus grow-only with a recipe, one OUT per seed
     m=$2 s=$3; shift 3; out="$ROOT/m$m/seed$s"
     [ "$m" = 1 ] && [ "$DATA" = builtin ] && out="runs/r8/seed$s"  # the untuned preset's runs of the budget-curves report

@@ -71,13 +71,16 @@ def lr_table(preset_out: Path, sweep_out: Path) -> None:
 
 def recipe_rows(seed_dir: Path, d: int) -> dict[str, dict]:
     """Every grown arm of one seed directory against its scratch d<d> and scratch parent."""
+    arms = sorted(p for p in seed_dir.iterdir() if p.name != "scratch" and (p / f"d{d}").is_dir())
     scratch = curve(seed_dir / "scratch" / f"d{d}")
-    if [b for b, _, _ in scratch][-1:] != [1.0]:  # scratch still training: nothing to measure against
+    # a folder of scratch runs only (a sweep point run.sh put beside the recipes with OUT=...), or
+    # scratch still training: nothing to measure
+    if not arms or [b for b, _, _ in scratch][-1:] != [1.0]:
         return {}
     _, s_cost, s_loss = scratch[-1]
     parent = rung_cost(json.loads((seed_dir / "scratch" / f"d{d - 1}" / "b1" / "final.json").read_text()))
     rows = {}
-    for arm in sorted(p for p in seed_dir.iterdir() if p.name != "scratch" and (p / f"d{d}").is_dir()):
+    for arm in arms:
         pts = curve(arm / f"d{d}")
         if [b for b, _, _ in pts][-1:] == [1.0]:  # only finished curves: the largest budget decides a bound
             rows[arm.name] = rung_saving([(c, l) for _, c, l in pts], s_cost, s_loss, parent) | {
