@@ -42,6 +42,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """Every launcher's (stdout, stderr); on a hang, kill them all and fail with every node's tail,
+    so the node that stalled (seen once in a CI run on a loaded 2-core machine: node 0 had finished
+    training and waited at exit) is named, not only the first one waited on."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = [f"node {i} (rc {p.wait()}):\n{o[-1500:]}\n{e[-2500:]}" for i, p in enumerate(procs)
+                 for o, e in [p.communicate()]]
+        pytest.fail(f"the launchers did not finish within {timeout} s\n" + "\n".join(tails))
+
+
 @pytest.mark.distributed
 def test_two_nodes_on_loopback_match_one_rank(tmp_path):
     """Two torchrun launchers (--nnodes 2, one rank each) meeting through a c10d rendezvous on
@@ -59,12 +73,7 @@ def test_two_nodes_on_loopback_match_one_rank(tmp_path):
         procs.append(subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         if node_rank == 0:
             time.sleep(1.0)  # node 0 hosts the rendezvous store
-    try:
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = _communicate_all(procs, timeout=240)
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, f"{o[-2000:]}\n{e[-3000:]}"
     one, two = losses(tmp_path / "one"), losses(out)

@@ -59,7 +59,7 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   DEPTHS=5 run.sh lr-scratch 0.25 1; OUT=runs/r8-lr/m0.5/seed0-scratch-d5 DEPTHS=5 run.sh lr-scratch 0.5 0
 #   DEPTHS=2:5 run.sh recipe 0.5 1 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2
 #   OUT=runs/r8-lr/m0.5/seed0-d5x1 DEPTHS=2:5 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=4
-#   (restarted, see the part 7 report for whether they finished) the two unfinished part-6 runs above
+#   and the two unfinished part-6 runs above (finished in part 7)
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep); OUT=DIR when that seed directory holds a recipe
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "${OUT:-$ROOT/m$2/seed$3}" ;;
