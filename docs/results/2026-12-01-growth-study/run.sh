@@ -60,6 +60,8 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   DEPTHS=2:5 run.sh recipe 0.5 1 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2
 #   OUT=runs/r8-lr/m0.5/seed0-d5x1 DEPTHS=2:5 run.sh recipe 0.5 0 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=4
 #   and the two unfinished part-6 runs above (finished in part 7)
+#   (started at the end of part 7, not finished) DEPTHS=2:4 run.sh recipe 0.5 1 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
+#   DEPTHS=5 run.sh lr-scratch 0.25 2
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep); OUT=DIR when that seed directory holds a recipe
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "${OUT:-$ROOT/m$2/seed$3}" ;;
