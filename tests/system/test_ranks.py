@@ -49,10 +49,11 @@ def _communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[tupl
     try:
         return [p.communicate(timeout=timeout) for p in procs]
     except subprocess.TimeoutExpired:
-        for p in procs:
+        tails = []
+        for node, p in enumerate(procs):
             p.kill()
-        tails = [f"node {i} (rc {p.wait()}):\n{o[-1500:]}\n{e[-2500:]}" for i, p in enumerate(procs)
-                 for o, e in [p.communicate()]]
+            o, e = p.communicate()
+            tails.append(f"node {node} (rc {p.returncode}):\n{o[-1500:]}\n{e[-2500:]}")
         pytest.fail(f"the launchers did not finish within {timeout} s\n" + "\n".join(tails))
 
 

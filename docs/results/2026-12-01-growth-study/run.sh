@@ -63,7 +63,8 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   (started at the end of part 7, not finished) DEPTHS=2:4 run.sh recipe 0.5 1 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
 #   DEPTHS=5 run.sh lr-scratch 0.25 2
 case "${1:-}" in
-  lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep); OUT=DIR when that seed directory holds a recipe
+  lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep);
+    # OUT=DIR puts them elsewhere, when that seed directory holds a recipe whose scratch rungs are links
     mini --arms scratch --lr-mult "$2" --seed "$3" --out "${OUT:-$ROOT/m$2/seed$3}" ;;
   recipe)  # recipe MULT SEED [flags...]: scratch at the tuned MULT plus grow-only with a recipe, one OUT per seed
     m=$2 s=$3; shift 3; out="$ROOT/m$m/seed$s"
