@@ -62,6 +62,12 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   and the two unfinished part-6 runs above (finished in part 7)
 #   (started at the end of part 7, not finished) DEPTHS=2:4 run.sh recipe 0.5 1 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=2
 #   DEPTHS=5 run.sh lr-scratch 0.25 2
+#   (part 8, a new machine: runs/ not carried over; m0.5/seed2/scratch/d5 -> m0.25/seed2's, the new d5 arm's
+#   d3, d4 -> the +inherit_lr_mult_d4=4 arm's) DEPTHS=5 run.sh lr-scratch 0.25 2
+#   DEPTHS=2:4 run.sh recipe 0.5 <2|3> $C --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=4
+#   DEPTHS=2:5 run.sh recipe 0.5 2 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2
+#   DEPTHS=2:5 run.sh recipe 0.5 2 --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2   (plain growth to d5)
+#   DEPTHS=2:4 run.sh recipe 0.5 3 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=4               (plain growth, seed 3)
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep);
     # OUT=DIR puts them elsewhere, when that seed directory holds a recipe whose scratch rungs are links
