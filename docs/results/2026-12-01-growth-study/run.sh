@@ -68,6 +68,7 @@ mini() { OMP_NUM_THREADS=1 .venv/bin/python launch/miniseries.py --depths "$DEPT
 #   DEPTHS=2:5 run.sh recipe 0.5 2 $C --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2
 #   DEPTHS=2:5 run.sh recipe 0.5 2 --lr-mult 0.5,4=0.25,5=0.25 --inherit-lr-mult 1,4=4,5=2   (plain growth to d5)
 #   DEPTHS=2:4 run.sh recipe 0.5 3 --lr-mult 0.5,4=0.25 --inherit-lr-mult 1,4=4               (plain growth, seed 3)
+#   (started at the end of part 8, not finished) DEPTHS=5 run.sh lr-scratch 0.25 3
 case "${1:-}" in
   lr-scratch)  # lr-scratch MULT SEED: the scratch rungs at one global LR multiplier (the baseline's sweep);
     # OUT=DIR puts them elsewhere, when that seed directory holds a recipe whose scratch rungs are links
