@@ -25,8 +25,9 @@ from engine.inherit.ewc import EWC  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
-from engine.ladder.config import (DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
-                                  LadderConfig, parse_per_rung)
+from engine.ladder.config import (ARS_FIELDS, DATA_ORDERS, GROW_FROM, GROWTH_FIELDS, OPTIMIZER_STATES,  # noqa: E402
+                                  PENALTY_FIELDS, TRAIN_SETTINGS, LadderConfig, parse_per_rung)
+from engine.ladder.recipes import MINISERIES_DEFAULTS as DEFAULTS, RECIPES, recipe  # noqa: E402
 from engine.ladder.run import run_ladder  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402
 from engine.runtime.distributed import destroy, init_distributed  # noqa: E402
@@ -34,22 +35,6 @@ from engine.runtime.run_lock import run_lock  # noqa: E402
 from engine.train.config import USER_ERRORS  # noqa: E402
 from engine.train.schedule import SCHEDULES  # noqa: E402
 from models.config import parse_depths  # noqa: E402
-
-# The embedded CPU default: sized so its budget curves finish in about 15 minutes on a 2-core CPU
-# (measured; see the README and docs/results/). Every other default is LadderConfig's or TrainConfig's.
-DEFAULTS = dict(depths="2:3", arms="scratch,grow-only", ratio=2.0, scratch_budgets="0.5,0.75,1",
-                inherit_budgets="0.2,0.35,0.5,0.7,1", out="runs/miniseries",
-                # new layers start as copies of trained ones (G_stack): on the built-in corpus 0.03-0.05 of
-                # scratch's FLOPs fewer to match than exact growth in each of 5 paired runs (d2->d3, ratio 8
-                # and 2); on English prose 0.02 more (2 seeds): docs/results/2026-12-02-growth-study-part3-cpu.md.
-                # LadderConfig keeps the exact growth as the method's default; --depth-init identity restores it here.
-                depth_init="copy",
-                # with copying, reading on in the token stream and carrying the parent's Adam moments match scratch
-                # with 0.052 [0.017, 0.087] of its FLOPs fewer than copying alone at this ratio (9 seeds, paired) and
-                # 0.028 [0.008, 0.047] at ratio 8 (2 seeds): docs/results/2026-12-02-growth-study-part4-cpu.md.
-                # None: carry under AdamW, fresh under Muon (which keeps no Adam moments for the matrices).
-                data_order="continue", optimizer_state=None)
-
 
 def fractions(s: str) -> list[float]:
     """argparse type: comma list of increasing budget fractions in (0, 1]."""
@@ -73,16 +58,25 @@ def seed_list(s: str) -> list[int]:
     return seeds
 
 
+# LadderConfig fields a recipe may set (engine/ladder/config.py): their flags default to "the recipe's"
+RECIPE_FIELDS = GROWTH_FIELDS + PENALTY_FIELDS + ARS_FIELDS
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The miniseries' flags: LadderConfig fields (their defaults its own, or DEFAULTS'), then the
     training settings every rung shares (launch/train.py: add_training_args)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def flag(name, **kw):
-        add_field(p, LadderConfig, name, **({"default": DEFAULTS[name]} if name in DEFAULTS else {}), **kw)
+    def flag(name, **kw):  # a recipe's field defaults to None: the recipe's value, else LadderConfig's
+        add_field(p, LadderConfig, name, **({"default": None} if name in RECIPE_FIELDS else {}), **kw)
 
     p.add_argument("--depths", default=DEFAULTS["depths"], help="LO:HI inclusive (2:5 = 2,3,4,5) or a list 2,3,5")
-    p.add_argument("--arms", default=DEFAULTS["arms"], help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only")
+    p.add_argument("--recipe", default=DEFAULTS["recipe"], choices=sorted(RECIPES),
+                   help="the named growth recipe (engine/ladder/recipes.py; default %(default)s, the best measured): "
+                        "its arm and settings; a flag below overrides one setting")
+    p.add_argument("--arms", default=None,
+                   help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only "
+                        "(default: scratch and the recipe's arm)")
     p.add_argument("--ratio", type=positive_float, default=DEFAULTS["ratio"], help="scratch tokens = ratio x scaling params")
     p.add_argument("--scratch-budgets", dest="scratch_budgets", type=fractions, default=DEFAULTS["scratch_budgets"],
                    help="budgets of scratch rungs, fractions of ratio x N tokens (default %(default)s)")
@@ -91,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("schedule", choices=list(SCHEDULES),
          help="wsd: one stable run per rung, a cooled branch per budget; nanochat: one run per budget")
     flag("cooldown_frac", type=positive_float, help="WSD cooldown as a fraction of each budget")
-    flag("inherit_lr_mult", default=f"{LadderConfig.inherit_lr_mult:g}",
+    flag("inherit_lr_mult",
          help="a grown rung's peak LR as a multiple of its depth's scratch peak; per rung as VALUE,DEPTH=VALUE "
               "(1,4=2: d4 grown at twice scratch d4's peak, the other grown rungs at scratch's)")
     flag("grow_from", choices=GROW_FROM,
@@ -115,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
          help="the teacher's weight decays linearly to 0 over this fraction of the grown rung's scratch budget")
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--seeds", type=seed_list, default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
-    p.add_argument("--lam", default=f"{LadderConfig.lam:g}",
+    p.add_argument("--lam", default=None,
                    help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite); "
                         "per rung: 1e5,4=2e4 (depth 4 gets 2e4); ewc: derived at growth, (D_parent/D_child) x the "
                         "measured per-token/batch Fisher ratio (method.md section 4), e.g. ewc or 1e5,3=ewc")
-    p.add_argument("--gamma", default=f"{LadderConfig.gamma:g}", help="gamma of the subspace term (the seeds' 0.1); per rung as --lam")
+    p.add_argument("--gamma", default=None, help="gamma of the subspace term (the seeds' 0.1); per rung as --lam")
     flag("subspace", choices=SUBSPACES)
     flag("svd_rank", type=positive_int)
     flag("svd_energy", type=positive_float)
@@ -138,24 +132,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recipe_fields(ns) -> dict:
+    """The LadderConfig fields of the recipe: LadderConfig's defaults, then the named recipe's settings
+    (engine/ladder/recipes.py), then every recipe flag given on the command line."""
+    fields_ = {k: getattr(LadderConfig, k) for k in RECIPE_FIELDS}
+    fields_.update(recipe(ns.recipe).fields_for(ns.optimizer))
+    fields_.update({k: v for k, v in vars(ns).items() if k in RECIPE_FIELDS and v is not None})
+    return fields_
+
+
 def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
-    """One validated LadderConfig per seed. The LadderConfig fields come from the flags named like
-    them; the training settings shared by every rung are every given flag named like a TRAIN_SETTINGS
-    field (so a flag added to add_training_args reaches the rungs without a list to keep)."""
+    """One validated LadderConfig per seed. The LadderConfig fields come from the recipe and the flags
+    named like them; the training settings shared by every rung are every given flag named like a
+    TRAIN_SETTINGS field (so a flag added to add_training_args reaches the rungs without a list to keep)."""
+    chosen = recipe_fields(ns)
     try:
         depths = parse_depths(ns.depths)
-        lam, lam_by_depth = parse_per_rung(ns.lam, "lam", words=(EWC,))
-        gamma, gamma_by_depth = parse_per_rung(ns.gamma, "gamma")
+        lam, lam_by_depth = parse_per_rung(_spec(chosen["lam"]), "lam", words=(EWC,))
+        gamma, gamma_by_depth = parse_per_rung(_spec(chosen["gamma"]), "gamma")
         lr_mult, lr_mult_by_depth = parse_per_rung(ns.lr_mult, "lr-mult") if ns.lr_mult is not None else (None, {})
-        inherit_lr_mult, inherit_lr_mult_by_depth = parse_per_rung(ns.inherit_lr_mult, "inherit-lr-mult")
+        inherit_lr_mult, inherit_lr_mult_by_depth = parse_per_rung(_spec(chosen["inherit_lr_mult"]), "inherit-lr-mult")
     except ValueError as e:
         p.error(str(e))
     seeds = ns.seeds or [ns.seed]
     ladder_fields = {f.name for f in fields(LadderConfig)}
-    given = {k: v for k, v in vars(ns).items() if k in ladder_fields}
-    if given["optimizer_state"] is None:  # DEFAULTS: carry the moments where there are Adam moments to carry
-        given["optimizer_state"] = "carry" if ns.optimizer == "adamw" else "fresh"
-    given.update(depths=depths, arms=[a.strip() for a in ns.arms.split(",") if a.strip()], lam=lam, gamma=gamma,
+    given = {k: v for k, v in vars(ns).items() if k in ladder_fields} | chosen
+    arms = ns.arms if ns.arms is not None else f"scratch,{recipe(ns.recipe).arm}"
+    given.update(depths=depths, arms=[a.strip() for a in arms.split(",") if a.strip()], lam=lam, gamma=gamma,
                  lam_by_depth=lam_by_depth, gamma_by_depth=gamma_by_depth, lr_mult_by_depth=lr_mult_by_depth,
                  inherit_lr_mult=inherit_lr_mult, inherit_lr_mult_by_depth=inherit_lr_mult_by_depth,
                  train={k: v for k, v in (vars(ns) | {"lr_mult": lr_mult}).items()
@@ -170,6 +173,11 @@ def ladder_configs(p: argparse.ArgumentParser, ns) -> list[LadderConfig]:
             p.error(str(e))
         configs.append(lc)
     return configs
+
+
+def _spec(value) -> str:
+    """A per-rung flag's text: as given, or a recipe's / LadderConfig's number written out."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def main(argv=None):

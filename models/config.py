@@ -6,8 +6,8 @@ Shape rules follow nanochat (see ../shared/reference/method.md section 1):
 Per-layer settings live in an explicit tuple of `BlockConfig`, so growth can insert a layer
 anywhere without touching the others.
 
-Also here: the preset table (each preset's shape and, in its `train` entry, its training defaults,
-read by engine/train/config.py) and the one grammar of a list of depths (parse_depths).
+Also here: the preset table (each preset's shape) and the one grammar of a list of depths
+(parse_depths).
 """
 from __future__ import annotations
 
@@ -112,21 +112,13 @@ class GPTConfig:
         return GPTConfig(**d)
 
 
-# The presets: one table, a preset's model shape and its training defaults (`train`, the fields of
-# engine/train/config.TrainConfig that default to None) defined together.
-# cpu-tiny keeps nanochat's shape rules at a size a 2-core CPU trains in minutes (method.md suggests
-# aspect 32, head_dim 32, vocab 2048, sequence 256, fp32), with small batches so a few-minute run
-# still takes hundreds of steps. nanochat: its shapes, its ~0.5M-token batch (256 x 2048) and its
-# learning rates (anchors.md). lr_mult scales every peak LR of the preset: cpu-tiny's nanochat-derived
-# LRs are ~2x too high for it (docs/results/2026-12-01-growth-study-cpu.md: of x0.25/0.5/1/2, x0.5
-# gave the lowest val loss at d2 and d3, ratio 8, on both seeds measured), so its default is 0.5.
+# The presets: the model shape of each. cpu-tiny keeps nanochat's shape rules at a size a 2-core CPU
+# trains in minutes (method.md suggests aspect 32, head_dim 32, vocab 2048, sequence 256, fp32);
+# nanochat: its shapes (anchors.md). Each preset's training defaults (batches, learning rates) are
+# the trainer's: engine/train/config.TRAIN_PRESETS, keyed by the same names.
 PRESETS: dict[str, dict] = {
-    "cpu-tiny": dict(aspect_ratio=32, head_dim=32, vocab_size=2048, seq_len=256, dtype="float32",
-                     train=dict(global_batch=8, device_batch=8, eval_tokens=32768, matrix_lr=0.004,
-                                embedding_lr=0.05, unembedding_lr=0.004, lr_mult=0.5)),
-    "nanochat": dict(aspect_ratio=64, head_dim=128, vocab_size=32768, seq_len=2048, dtype="bfloat16",
-                     train=dict(global_batch=256, device_batch=32, eval_tokens=10 * 524288, matrix_lr=0.002,
-                                embedding_lr=0.2, unembedding_lr=0.004, lr_mult=1.0)),
+    "cpu-tiny": dict(aspect_ratio=32, head_dim=32, vocab_size=2048, seq_len=256, dtype="float32"),
+    "nanochat": dict(aspect_ratio=64, head_dim=128, vocab_size=32768, seq_len=2048, dtype="bfloat16"),
 }
 
 
@@ -139,8 +131,7 @@ def model_config(preset: str, depth: int, **overrides) -> GPTConfig:
     check_preset(preset)
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
-    shape = {k: v for k, v in PRESETS[preset].items() if k != "train"}
-    return GPTConfig(depth=depth, **{**shape, **overrides})
+    return GPTConfig(depth=depth, **{**PRESETS[preset], **overrides})
 
 
 def check_depths(depths: list[int]) -> None:

@@ -30,11 +30,21 @@ OPTIMIZER_STATES = ("fresh", "carry")
 RUN_FIELDS = ("depth", "preset", "out", "seed", "steps", "tokens", "ratio", "resume", "ars", "warmup_steps",
               "init_from", "keep_ckpt_steps", "fisher_online_steps")
 TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_FIELDS)
-# recipe knobs that name a grown arm's directory when they differ from these defaults, so recipes
-# share one OUT (and its scratch rungs) without overwriting each other
-RECIPE_DEFAULTS = dict(inherit_lr_mult=1.0, grow_from="cooled", data_order="restart", inherit_warmup_frac=0.05,
-                       optimizer_state="fresh", depth_init="identity", width_init="zero", distill=0.0,
-                       distill_frac=0.5)
+# A run's identity is every setting that changes its numbers (engine/ladder/run.py checks it against
+# the rung's identity.json). Settings by who uses them; the directory of a rung names those that
+# differ from LadderConfig's defaults, so recipes, sweeps and tuned values share one OUT (and its
+# scratch rungs) without overwriting each other. The TrainConfig settings are checked per run.
+GROWTH_FIELDS = ("inherit_lr_mult", "grow_from", "data_order", "inherit_warmup_frac", "optimizer_state", "depth_init",
+                 "width_init", "placement", "distill", "distill_frac")
+PENALTY_FIELDS = ("lam", "gamma", "subspace", "svd_rank", "svd_energy", "penalty_schedule", "penalty_form",
+                  "penalty_decay_frac", "fisher", "fisher_batches")
+ARS_FIELDS = ("ars",)
+# per-rung values, keyed by depth: (field, prefix in a directory name, who uses them)
+PER_DEPTH_FIELDS = (("lr_mult_by_depth", "lr_mult", "every"), ("inherit_lr_mult_by_depth", "inherit_lr_mult", "grows"),
+                    ("lam_by_depth", "lam", "penalty"), ("gamma_by_depth", "gamma", "penalty"))
+# the decoupled pull is lambda per unit of learning rate (engine/inherit/penalty.py): at a peak LR of
+# 1e-3..1e-2 a lambda of this size already pins an average-Fisher coordinate at the anchor each step
+DECOUPLED_LAM_MAX = 100.0
 
 ARMS = {
     # arm: (grows, penalty, ars)
@@ -167,7 +177,7 @@ class LadderConfig:
             raise ValueError(f"--distill must be a weight in [0, 1], got {self.distill}")
         if not 0 < self.distill_frac <= 1:
             raise ValueError(f"--distill-frac must be in (0, 1], got {self.distill_frac}")
-        if self.distill == 0 and self.distill_frac != RECIPE_DEFAULTS["distill_frac"]:
+        if self.distill == 0 and self.distill_frac != LadderConfig.distill_frac:
             raise ValueError(f"--distill-frac {self.distill_frac} without --distill: give the teacher a weight > 0")
         if self.optimizer_state == "carry" and self.train.get("optimizer", TrainConfig.optimizer) != "adamw":
             raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
@@ -206,6 +216,18 @@ class LadderConfig:
         check_choice("--penalty-form", self.penalty_form, PENALTY_FORMS)
         if self.penalty_form == "decoupled" and self.subspace != "coords":
             raise ValueError(f"--penalty-form decoupled needs --subspace coords, got {self.subspace!r}")
+        if self.penalty_form == "decoupled":
+            self._check_decoupled_scale()
+
+    def _check_decoupled_scale(self):
+        """The decoupled pull's lambda is a dimensionless pull per unit of learning rate; a coupled-scale
+        lambda (~1e5, for Omega ~1e-7) there clamps ~99% of the inherited coordinates to the anchor."""
+        lams = {"--lam": self.lam} | {f"--lam d{d}": v for d, v in self.lam_by_depth.items()}
+        bad = {k: v for k, v in lams.items() if v == EWC or v > DECOUPLED_LAM_MAX}
+        if bad:
+            raise ValueError(f"--penalty-form decoupled takes lambda as a pull per unit of learning rate, on the "
+                             f"scale of AdamW's weight decay (e.g. --lam 1; at most {DECOUPLED_LAM_MAX:g}); got {bad}, "
+                             f"a coupled-scale value (the coupled default is {LadderConfig.lam:g}; 'ewc' derives one)")
 
 
 def _check_multipliers(flag: str, every: str, default: float, by_depth: dict, depths: list, allowed: list,
@@ -251,11 +273,32 @@ def parse_per_rung(spec: str, name: str, words: tuple = ()) -> tuple[float | str
     return default, per
 
 
-def arm_dir_name(arm: str, lc: LadderConfig) -> str:
-    """A grown arm's directory: its name plus the recipe knobs that differ from RECIPE_DEFAULTS."""
-    if not ARMS[arm][0]:
-        return arm
-    tag = "".join(f"+{k}={getattr(lc, k):g}" if isinstance(getattr(lc, k), float) else f"+{k}={getattr(lc, k)}"
-                  for k, v in RECIPE_DEFAULTS.items() if getattr(lc, k) != v)
-    tag += "".join(f"+inherit_lr_mult_d{d}={m:g}" for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
+def rung_identity(arm: str, lc: LadderConfig, depth: int) -> dict:
+    """Every ladder setting that changes the numbers of `arm`'s rung at `depth`: the growth recipe of a
+    grown arm, the penalty and Fisher settings of an arm with the penalty, the ARS mode of an arm with
+    ARS, and the per-rung values of this rung and, for a grown rung, of every rung of the chain below
+    it (its parent's LR changed the parent it grew from). A scratch rung: its own per-rung LR only."""
+    grows, use_penalty, use_ars = ARMS[arm]
+    names = (GROWTH_FIELDS if grows else ()) + (PENALTY_FIELDS if use_penalty else ()) + (ARS_FIELDS if use_ars else ())
+    ident = {"arm": arm, **{k: getattr(lc, k) for k in names}}
+    users = {"every": True, "grows": grows, "penalty": use_penalty}
+    for name, prefix, who in PER_DEPTH_FIELDS:
+        values = getattr(lc, name)
+        chain = [d for d in sorted(values) if (d <= depth if grows else d == depth)]
+        ident.update({f"{prefix}_d{d}": values[d] for d in chain if users[who]})
+    return ident
+
+
+def arm_dir_name(arm: str, lc: LadderConfig, depth: int | None = None) -> str:
+    """A rung's directory under OUT: the arm's name plus the settings of its identity that differ from
+    LadderConfig's defaults (every per-rung value is named); `depth` None: the arm's top rung."""
+    depth = lc.depths[-1] if depth is None else depth
+    ident = rung_identity(arm, lc, depth)
+    defaults = LadderConfig(depths=lc.depths, arms=lc.arms, out=lc.out)
+    tag = "".join(f"+{k}={_fmt(v)}" for k, v in ident.items()
+                  if k != "arm" and (not hasattr(defaults, k) or getattr(defaults, k) != v))
     return arm + tag
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

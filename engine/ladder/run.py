@@ -28,10 +28,12 @@ rung (_train_grown_arm). Each rung's runs are trained, or skipped when finished,
 Layout of OUT (one seed):   OUT/<arm>/d<depth>/stable/      the WSD stable run
                             OUT/<arm>/d<depth>/b<frac>/     one budget run each (a train run dir)
                             OUT/base/d<lo>/                 the shared lowest rung when `scratch` is not an arm
-A grown arm's directory carries the recipe knobs that differ from RECIPE_DEFAULTS
-(e.g. grow-only+data_order=continue), so recipes share one OUT and its scratch rungs.
-Rerunning the same command skips finished runs (after checking they were made by the same
-configuration) and resumes an interrupted one.
+                            OUT/<arm>/d<depth>/identity.json  the ladder settings of the rung's runs
+A rung's directory names the settings of its identity (engine/ladder/config.rung_identity) that
+differ from LadderConfig's defaults, per-rung values included (grow-only+data_order=continue/d3,
+scratch+lr_mult_d4=0.25/d4), so recipes, sweeps and tuned LRs share one OUT and its scratch rungs.
+Rerunning the same command skips finished runs (after checking they were made by the same training
+configuration and the same ladder settings, each difference named) and resumes an interrupted one.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.analysis.runs import last_eval, rung_cost, full_budget
-from engine.ladder.config import ARMS, LadderConfig, arm_dir_name
+from engine.ladder.config import ARMS, LadderConfig, arm_dir_name, rung_identity
 from engine.ladder.grow import build_inheritance
 from engine.runtime.distributed import DistEnv, barrier
 from engine.train import checkpoint as ckpt
@@ -48,12 +50,41 @@ from engine.train.config import TrainConfig, total_steps_for
 from engine.train.schedule import branch_step
 from engine.train.trainer import train_rung
 
+IDENTITY_FILE = "identity.json"  # in a rung directory: the ladder settings its runs were trained with
+
 
 def rung_dir(out: Path, arm: str, depth: int, lc: LadderConfig) -> Path:
-    """The directory of one rung of one arm: its budget runs live below it (stable/, b<frac>/)."""
+    """The directory of one rung of one arm: its budget runs live below it (stable/, b<frac>/). The
+    lowest rung is the scratch arm's (base/ when `scratch` is not an arm), shared by every arm."""
     if depth == lc.depths[0] and arm != "scratch":
-        return out / ("scratch" if "scratch" in lc.arms else "base") / f"d{depth}"
-    return out / arm_dir_name(arm, lc) / f"d{depth}"
+        name = arm_dir_name("scratch", lc, depth)
+        return out / (name if "scratch" in lc.arms else "base" + name[len("scratch"):]) / f"d{depth}"
+    return out / arm_dir_name(arm, lc, depth) / f"d{depth}"
+
+
+def arm_label(arm: str, lc: LadderConfig) -> str:
+    """An arm's name in results and reports: `scratch`, or a grown arm's top-rung directory name, which
+    carries its whole recipe, so reports of two recipes never mix."""
+    return arm if arm == "scratch" else arm_dir_name(arm, lc)
+
+
+def check_identity(root: Path, identity: dict, env: DistEnv) -> None:
+    """A rung directory holds the runs of one identity (engine/ladder/config.rung_identity): record it
+    on first use; refuse, naming each setting, a rung whose recorded identity differs (a setting the
+    directory name does not show, or a directory made by hand). A key the record lacks (a setting added
+    since) reads as LadderConfig's default, as _finished reads a TrainConfig field."""
+    path = root / IDENTITY_FILE
+    if path.exists():
+        have = json.loads(path.read_text())
+        defaults = {k: getattr(LadderConfig, k) for k in identity if hasattr(LadderConfig, k)}
+        diff = sorted(k for k in identity if have.get(k, defaults.get(k)) != identity[k])
+        if diff:
+            shown = {k: (have.get(k, defaults.get(k)), identity[k]) for k in diff}
+            said = ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in shown.items())
+            raise ValueError(f"{root} holds runs of a different setting ({said}); use another --out or remove {root}")
+    elif env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json_atomic(path, identity)
 
 
 def budget_name(frac: float) -> str:
@@ -72,6 +103,7 @@ class RungPlan:
     lr_mult: float
     fisher_k: int  # online-Fisher steps at the end of each budget run (0: off)
     ars: str
+    identity: dict  # engine/ladder/config.rung_identity: checked against the rung's identity.json
 
     def budget_steps(self, frac: float) -> int:
         return max(1, round(frac * self.scratch_steps))
@@ -143,6 +175,8 @@ def _train_rung_curve(lc: LadderConfig, plan: RungPlan, env: DistEnv, log, inher
     each with its budget fraction and run dir. `inherit_fn()` builds the Inheritance of a grown
     rung, once, and only if some run still has to train."""
     inherit, finals = None, []
+    check_identity(plan.root, plan.identity, env)
+    barrier(env)
     for frac, run, cfg in _runs_of(lc, plan):
         final = _finished(run, cfg) if env.is_main else None
         final = ckpt.broadcast_object(final, env) if env.distributed else final  # every rank skips, or none
@@ -202,11 +236,11 @@ def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: D
     for d in lc.depths if "scratch" in lc.arms else [lo]:
         root = rung_dir(Path(lc.out), "scratch" if "scratch" in lc.arms else growers[0], d, lc)
         plan = RungPlan(d, root, scratch_steps[d], list(lc.scratch_budgets), max(1, round(0.02 * scratch_steps[d])),
-                        1.0, _fisher_steps(lc, d) if d == lo else 0, "off")
+                        1.0, _fisher_steps(lc, d) if d == lo else 0, "off", rung_identity("scratch", lc, d))
         rung = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log), "grown_from": None,
                 "scratch_steps": scratch_steps[d]}
         for arm in (["scratch"] if "scratch" in lc.arms else []) + (growers if d == lo else []):
-            results.setdefault(arm_dir_name(arm, lc), []).append(rung)
+            results.setdefault(arm_label(arm, lc), []).append(rung)
     return results
 
 
@@ -222,7 +256,7 @@ def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[i
         plan = RungPlan(d, rung_dir(Path(lc.out), arm, d, lc), scratch_steps[d], list(lc.inherit_budgets),
                         max(1, round(lc.inherit_warmup_frac * scratch_steps[d])),
                         lc.inherit_lr_mult_at(d),
-                        _fisher_steps(lc, d), lc.ars if use_ars else "off")
+                        _fisher_steps(lc, d), lc.ars if use_ars else "off", rung_identity(arm, lc, d))
 
         def make(source=source, prev_d=prev_d, d=d):
             inherit = build_inheritance(Path(source["checkpoint"]), prev_d, d, lc, env, use_penalty, scratch_steps[d])
@@ -238,12 +272,11 @@ def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[i
 def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
     """Train every run of every rung of every arm that is not finished yet. Returns
     {arm label: [rung]} with rung = {"depth", "runs": [final dicts, one per budget], "grown_from",
-    "scratch_steps"}; a grown arm's label carries its recipe (arm_dir_name), so reports of two
-    recipes never mix."""
+    "scratch_steps"}, labelled by arm_label."""
     lc.validate()
     scratch_steps = _scratch_steps(lc)
     results = _train_scratch_rungs(lc, scratch_steps, env, log)  # 1. the shared lowest rung, the scratch arm
     twin = {r["depth"]: r for r in results.get("scratch", [])}
     for arm in (a for a in lc.arms if ARMS[a][0]):  # 2. the growing arms, rung by rung
-        _train_grown_arm(lc, arm, results[arm_dir_name(arm, lc)], twin, scratch_steps, env, log)
+        _train_grown_arm(lc, arm, results[arm_label(arm, lc)], twin, scratch_steps, env, log)
     return results

@@ -23,9 +23,19 @@ from engine.train.guard import resolve_host_sync
 from engine.train.optim import OPTIMIZERS, check_adamw_impl
 from models.config import GPTConfig, PRESETS, check_preset, model_config
 
-# Training defaults per preset: the `train` part of each entry of the one preset table. They fill
-# the TrainConfig fields left None (TrainConfig.resolved).
-TRAIN_PRESETS = {name: preset["train"] for name, preset in PRESETS.items()}
+# Training defaults per preset (models/config.PRESETS holds each preset's shape; the model layer knows
+# nothing of training). They fill the TrainConfig fields left None (TrainConfig.resolved).
+TRAIN_PRESETS: dict[str, dict] = {
+    # small batches so a few-minute run still takes hundreds of steps; nanochat's learning rates, times
+    # lr_mult 0.5: they are ~2x too high for cpu-tiny (of x0.25/0.5/1/2, x0.5 gave the lowest val loss
+    # at d2 and d3, ratio 8, both seeds: docs/results/2026-12-01-growth-study-cpu.md)
+    "cpu-tiny": dict(global_batch=8, device_batch=8, eval_tokens=32768, matrix_lr=0.004, embedding_lr=0.05,
+                     unembedding_lr=0.004, lr_mult=0.5),
+    # nanochat's ~0.5M-token batch (256 x 2048) and its learning rates (anchors.md)
+    "nanochat": dict(global_batch=256, device_batch=32, eval_tokens=10 * 524288, matrix_lr=0.002, embedding_lr=0.2,
+                     unembedding_lr=0.004, lr_mult=1.0),
+}
+assert set(TRAIN_PRESETS) == set(PRESETS), "every model preset has its training defaults"
 MUON_MATRIX_LR = 0.02  # nanochat's Muon lr for block matrices
 
 

@@ -23,6 +23,7 @@ from engine.train.config import TrainConfig
 from engine.train.guard import HOST_SYNC_MODES
 from engine.train.optim import ADAMW_IMPLS, OPTIMIZERS
 from engine.train.schedule import SCHEDULES
+from engine.ladder.recipes import MINISERIES_DEFAULTS, RECIPES
 from launch import miniseries, train
 from models.config import PRESETS
 from tests.helpers import ROOT
@@ -84,7 +85,8 @@ def test_every_choice_is_the_owners_constant():
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in want.items()}
     want_ladder = {"schedule": SCHEDULES, "grow_from": GROW_FROM, "data_order": DATA_ORDERS, "depth_init": DEPTH_INITS,
                    "width_init": WIDTH_INITS, "optimizer_state": OPTIMIZER_STATES, "subspace": SUBSPACES,
-                   "penalty_schedule": PENALTY_SCHEDULES, "ars": ARS_MODES, "fisher": FISHER_MODES, "placement": PLACEMENTS}
+                   "penalty_schedule": PENALTY_SCHEDULES, "ars": ARS_MODES, "fisher": FISHER_MODES, "placement": PLACEMENTS,
+                   "recipe": sorted(RECIPES)}
     got = {k: a.choices for k, a in _actions(miniseries.build_parser()).items() if a.choices is not None}
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in {**want, **want_ladder}.items()}
 
@@ -94,11 +96,12 @@ def test_flag_defaults_are_the_dataclass_defaults():
         if dest in {f.name for f in fields(TrainConfig)} and not a.required and dest not in ("steps", "tokens", "ratio"):
             assert a.default == _default(TrainConfig, dest), dest
     ns = miniseries.build_parser().parse_args([])
-    embedded = set(miniseries.DEFAULTS)
-    for f in fields(LadderConfig):
-        if f.name in vars(ns) and f.name not in embedded | {"lam", "gamma", "inherit_lr_mult", "seed", "preset"}:
-            assert getattr(ns, f.name) == _default(LadderConfig, f.name), f.name
-    assert float(ns.inherit_lr_mult) == _default(LadderConfig, "inherit_lr_mult")  # a string: per rung as --lam
+    for f in fields(LadderConfig):  # a recipe's field is "the recipe's" (None) until given
+        skip = {"lam", "gamma", "inherit_lr_mult", "seed", "preset", "depths", "arms"} | set(MINISERIES_DEFAULTS)
+        if f.name in vars(ns) and f.name not in skip:
+            want = None if f.name in miniseries.RECIPE_FIELDS else _default(LadderConfig, f.name)
+            assert getattr(ns, f.name) == want, f.name
+    assert ns.lam is ns.gamma is ns.inherit_lr_mult is None  # strings when given: per rung as --lam
     assert ns.seed == _default(LadderConfig, "seed") == _default(TrainConfig, "seed")
     assert ns.preset == _default(LadderConfig, "preset") == _default(TrainConfig, "preset")
 
@@ -179,7 +182,7 @@ def test_per_rung_lr_mult_reaches_each_rungs_scratch_and_grown_runs(tmp_path):
     assert (lc.train["lr_mult"], lc.lr_mult_by_depth) == (0.5, {4: 0.25})
 
     def lr(depth, rung_mult):
-        plan = RungPlan(depth, tmp_path, 100, [1.0], 2, rung_mult, 0, "off")
+        plan = RungPlan(depth, tmp_path, 100, [1.0], 2, rung_mult, 0, "off", {})
         return _train_config(lc, plan, tmp_path / "run", 100).lr_mult
 
     assert (lr(3, 1.0), lr(4, 1.0), lr(3, lc.inherit_lr_mult), lr(4, lc.inherit_lr_mult)) == (0.5, 0.25, 1.0, 0.5)

@@ -43,12 +43,13 @@ def test_unknown_preset():
         model_config("gpt5", 2)
 
 
-def test_one_preset_table():
+def test_one_preset_table_per_layer():
+    """The model's shapes in models/config.PRESETS, the trainer's defaults in TRAIN_PRESETS, same names."""
+    assert set(TRAIN_PRESETS) == set(PRESETS)
     for name, preset in PRESETS.items():
-        assert TRAIN_PRESETS[name] is preset["train"]
-        assert set(preset["train"]) <= {f.name for f in fields(TrainConfig) if f.default is None}
+        assert set(TRAIN_PRESETS[name]) <= {f.name for f in fields(TrainConfig) if f.default is None}
         c = model_config(name, 2)
-        assert {k: getattr(c, k) for k in preset if k != "train"} == {k: v for k, v in preset.items() if k != "train"}
+        assert {k: getattr(c, k) for k in preset} == preset
 
 
 @pytest.mark.parametrize("spec,depths", [("2:5", [2, 3, 4, 5]), ("2,3,5", [2, 3, 5]), ("2:4,8", [2, 3, 4, 8]),

@@ -13,7 +13,7 @@ import pytest
 from engine.runtime.distributed import init_distributed
 from engine.train.config import TrainConfig
 from engine.train.trainer import train_rung
-from models.config import PRESETS
+from engine.train.config import TRAIN_PRESETS
 from tests.helpers.runs import run_miniseries
 
 
@@ -168,7 +168,7 @@ def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
     first_ckpt = sorted((arm / "d2/stable/ckpt").iterdir())[0]
     extra = json.loads((first_ckpt / "extra.json").read_text())
     assert extra["loader"]["seq_consumed"] == parent_stream + extra["step"] * 4  # read on: global batch 4
-    assert run["config"]["lr_mult"] == 2.0 * PRESETS["cpu-tiny"]["train"]["lr_mult"]  # x2 of the rung's preset LR
+    assert run["config"]["lr_mult"] == 2.0 * TRAIN_PRESETS["cpu-tiny"]["lr_mult"]  # x2 of the rung's preset LR
     assert extra["optim_step"] == parent["optim_step"] + extra["step"]  # Adam's step count carried with its moments
     m = [json.loads(l) for l in (arm / "d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in l]
     scratch_m = [json.loads(l) for l in (out / "scratch/d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in l]

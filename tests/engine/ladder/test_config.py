@@ -182,7 +182,19 @@ def test_penalty_form_bad_values_are_named():
     with pytest.raises(ValueError, match=r"--penalty-form decoupled needs --subspace coords, got 'svd'"):
         LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", subspace="svd",
                      svd_rank=2).validate()
-    LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", gamma=0.0).validate()
+    LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", lam=1.0, gamma=0.0).validate()
+
+
+@pytest.mark.parametrize("lam, lam_by_depth, named", [(1e5, {}, "{'--lam': 100000.0}"), (1.0, {2: 2e4}, "'--lam d2': 20000.0"),
+                                                      ("ewc", {}, "'--lam': 'ewc'")])
+def test_decoupled_penalty_refuses_a_coupled_scale_lambda(lam, lam_by_depth, named):
+    """The decoupled pull is lambda per unit of LR: the coupled default 1e5 there would pin the inherited
+    weights at the anchor, so it is refused with the scale that fits (before: silently kept)."""
+    with pytest.raises(ValueError, match=r"--penalty-form decoupled takes lambda as a pull per unit of learning rate.*"
+                                         r"e\.g\. --lam 1") as e:
+        LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", lam=lam,
+                     lam_by_depth=lam_by_depth).validate()
+    assert named in str(e.value)
 
 
 def test_width_init_flag_names_the_arm_and_bad_values():
