@@ -45,3 +45,25 @@ def token_count(s: str) -> int:
     if v < 1 or v != int(v):
         raise argparse.ArgumentTypeError(f"expected a positive whole token count, got {s!r}")
     return int(v)
+
+
+def fractions(s: str) -> list[float]:
+    """argparse type: comma list of increasing budget fractions in (0, 1]."""
+    try:
+        vals = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(not 0 < v <= 1 for v in vals) or sorted(set(vals)) != vals:
+        raise argparse.ArgumentTypeError(f"expected increasing fractions in (0, 1] like 0.25,0.5,1, got {s!r}")
+    return vals
+
+
+def seed_list(s: str) -> list[int]:
+    """argparse type: comma list of integer seeds."""
+    try:
+        seeds = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integer seeds like 0,1, got {s!r}")
+    return seeds

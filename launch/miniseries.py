@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.argtypes import positive_float, positive_int  # noqa: E402
+from launch.argtypes import fractions, positive_float, positive_int, seed_list  # noqa: E402
 from launch.train import add_field, add_training_args  # noqa: E402
 from engine.analysis.report import write_ladder_report, write_multiseed_summary  # noqa: E402
 from engine.inherit.ars import MODES as ARS_MODES  # noqa: E402
@@ -35,28 +35,6 @@ from engine.runtime.run_lock import run_lock  # noqa: E402
 from engine.train.config import USER_ERRORS  # noqa: E402
 from engine.train.schedule import SCHEDULES  # noqa: E402
 from models.config import parse_depths  # noqa: E402
-
-def fractions(s: str) -> list[float]:
-    """argparse type: comma list of increasing budget fractions in (0, 1]."""
-    try:
-        vals = [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        vals = []
-    if not vals or any(not 0 < v <= 1 for v in vals) or sorted(set(vals)) != vals:
-        raise argparse.ArgumentTypeError(f"expected increasing fractions in (0, 1] like 0.25,0.5,1, got {s!r}")
-    return vals
-
-
-def seed_list(s: str) -> list[int]:
-    """argparse type: comma list of integer seeds."""
-    try:
-        seeds = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integer seeds like 0,1, got {s!r}")
-    return seeds
-
 
 # LadderConfig fields a recipe may set (engine/ladder/config.py): their flags default to "the recipe's"
 RECIPE_FIELDS = GROWTH_FIELDS + PENALTY_FIELDS + ARS_FIELDS

@@ -1,0 +1,149 @@
+"""The answer as one command: tune on a seed it never reports, freeze the protocol, measure fresh seeds,
+report the saving three ways (per rung, per ladder, per chain). The phases: engine/ladder/study.py.
+
+    python launch/study.py                                    # the CPU default: d2:3, ratio 2, plain vs the best recipe
+    python launch/study.py --depths 2:4 --ratio 8 --seeds 1001,1002,1003,1004 --out runs/study-r8
+    torchrun --standalone --nproc_per_node=8 launch/study.py --preset nanochat --depths 10:14 --ratio 8 --jobs 1
+
+Writes OUT/protocol.json (every setting and tuned value, before any measured run), OUT/report.md,
+OUT/summary.json and plots; training runs under OUT/tune/ and OUT/seed<k>/. Rerunning the same command
+skips finished runs and resumes an interrupted one; a different setting asked of the same OUT is
+refused, by name (a new protocol needs a new --out); more measured seeds may be added later.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch.argtypes import fractions, positive_float, positive_int, seed_list  # noqa: E402
+from launch.train import add_training_args  # noqa: E402
+from engine.analysis.study_report import write_study_report  # noqa: E402
+from engine.data import prepare_data  # noqa: E402
+from engine.ladder.config import TRAIN_SETTINGS  # noqa: E402
+from engine.ladder.protocol import freeze, note_measured, open_protocol, protocol_settings  # noqa: E402
+from engine.ladder.recipes import STUDY_DEFAULTS as DEFAULTS, recipe_names  # noqa: E402
+from engine.ladder.study import BASELINE, StudyConfig, labels, measure, tune, tuned_values  # noqa: E402
+from engine.runtime.diskspace import storage_guard  # noqa: E402
+from engine.runtime.distributed import destroy, init_distributed  # noqa: E402
+from engine.runtime.run_lock import run_lock  # noqa: E402
+from engine.train.config import USER_ERRORS, TrainConfig  # noqa: E402
+from models.config import model_config, parse_depths  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--depths", default=d["depths"], help="LO:HI inclusive or a list (default %(default)s)")
+    p.add_argument("--recipes", default=d["recipes"],
+                   help=f"comma list of named recipes (engine/ladder/recipes.py); {BASELINE!r} is added when "
+                        f"missing: every recipe is paired against it (default %(default)s)")
+    p.add_argument("--ratio", type=positive_float, default=d["ratio"], help="scratch tokens = ratio x scaling params")
+    p.add_argument("--scratch-budgets", dest="scratch_budgets", type=fractions, default=d["scratch_budgets"],
+                   help="measured scratch rungs' budgets, fractions of ratio x N tokens (default %(default)s)")
+    p.add_argument("--inherit-budgets", dest="inherit_budgets", type=fractions, default=d["inherit_budgets"],
+                   help="grown rungs' budgets, fractions of their scratch budget (default %(default)s)")
+    p.add_argument("--tune-seed", dest="tune_seed", type=int, default=d["tune_seed"],
+                   help="the one seed every tuned value is chosen on; never reported (default %(default)s)")
+    p.add_argument("--seeds", type=seed_list, default=d["seeds"], help="measured seeds (default %(default)s)")
+    p.add_argument("--bracket-points", dest="bracket_points", type=positive_int, default=d["bracket_points"],
+                   help="first LR grid of each bracket, odd, factors of 2 apart (default %(default)s)")
+    p.add_argument("--max-extend", dest="max_extend", type=int, default=d["max_extend"],
+                   help="steps a bracket may extend past an edge before it stops the study (default %(default)s)")
+    p.add_argument("--refine", action="store_true", help="one more LR each side of a bracketed best, at half steps")
+    p.add_argument("--accept-edge", dest="accept_edge", action="store_true",
+                   help="go on with a bracket still at its edge (the report says so) instead of stopping")
+    p.add_argument("--jobs", type=positive_int, default=None,
+                   help="training processes at once (default: 2 on a CPU with >= 2 cores, 1 under torchrun)")
+    p.add_argument("--out", default=d["out"])
+    add_training_args(p, rung=False)
+    return p
+
+
+def study_config(p: argparse.ArgumentParser, ns) -> StudyConfig:
+    """The validated StudyConfig, or one sentence naming the bad value (argparse's exit 2)."""
+    if ns.seed != TrainConfig.seed:
+        p.error("--seed: a study's seeds are --tune-seed (tuning, never reported) and --seeds (measured)")
+    try:
+        names = recipe_names(ns.recipes)
+        names = names if BASELINE in names else [BASELINE, *names]
+        jobs = ns.jobs or (2 if (os.cpu_count() or 1) >= 2 and "WORLD_SIZE" not in os.environ else 1)
+        sc = StudyConfig(depths=parse_depths(ns.depths), recipes=names, out=ns.out, tune_seed=ns.tune_seed,
+                         seeds=ns.seeds, preset=ns.preset, ratio=ns.ratio, scratch_budgets=ns.scratch_budgets,
+                         inherit_budgets=ns.inherit_budgets, bracket_points=ns.bracket_points,
+                         max_extend=ns.max_extend, refine=ns.refine, accept_edge=ns.accept_edge, jobs=jobs,
+                         train={k: v for k, v in vars(ns).items() if k in TRAIN_SETTINGS and v is not None})
+        sc.validate()
+    except ValueError as e:
+        p.error(str(e))
+    return sc
+
+
+def corpus_key(sc: StudyConfig) -> dict:
+    """The corpus by its content: the token cache's key (a hash of the source's bytes and of every
+    setting that changes the tokens), its tokenizer and token counts."""
+    vocab = sc.train.get("vocab_size") or model_config(sc.preset, sc.depths[0]).vocab_size
+    bundle = prepare_data(sc.train.get("data", TrainConfig.data), vocab, sc.train.get("cache_dir"))
+    m = bundle.manifest
+    return {"data": sc.train.get("data", TrainConfig.data), "cache_key": bundle.directory.name,
+            "tokenizer_hash": m.get("tokenizer_hash"), "tokens": m.get("tokens")}
+
+
+def commit() -> str:
+    """The code's commit, '+dirty' when the work tree has changes (recorded in the protocol)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run_study(sc: StudyConfig, env, log=print) -> Path | None:
+    """The four phases; returns the report's path (on the main rank)."""
+    out = Path(sc.out)
+    protocol = open_protocol(out, protocol_settings(sc, corpus_key(sc)), commit()) if env.is_main else None
+    protocol = _shared(protocol, env)
+    if protocol["status"] != "frozen":
+        log("[study] tuning on seed", sc.tune_seed, "(never reported)")
+        tuned = tuned_values(tune(sc, env, log))
+        protocol = freeze(out, protocol, tuned, commit()) if env.is_main else None
+        protocol = _shared(protocol, env)
+        log(f"[study] protocol frozen: {out / 'protocol.json'}")
+    measured = measure(sc, protocol["tuned"], env, log)
+    if not env.is_main:
+        return None
+    protocol = note_measured(out, protocol, commit())
+    return write_study_report(sc, protocol, measured, labels(sc, measured), BASELINE)
+
+
+def _shared(obj, env):
+    from engine.train.checkpoint import broadcast_object
+
+    return broadcast_object(obj, env) if env.distributed else obj
+
+
+def main(argv=None):
+    p = build_parser()
+    ns = p.parse_args(argv)
+    sc = study_config(p, ns)
+    env = init_distributed(ns.device)
+    try:
+        with run_lock(sc.out, env), storage_guard(sc.out):
+            path = run_study(sc, env, log=print if env.is_main else (lambda *a: None))
+            if path is not None:
+                print(f"[study] report: {path}\n")
+                print("\n".join(path.read_text().splitlines()[:30]))
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+    finally:
+        destroy(env)
+
+
+if __name__ == "__main__":
+    main()
