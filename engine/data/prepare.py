@@ -1,9 +1,12 @@
 """prepare_data: source -> (tokenizer, memmapped train/val token arrays), cached on disk.
 
-Cache layout: <cache_dir>/<kind>-<fingerprint[:16]>-v<vocab>/ holding tokenizer.json,
+Cache layout: <cache_dir>/<kind>-<key[:16]>-v<vocab>/ holding tokenizer.json,
 train.bin, val.bin (raw little-endian uint16/uint32, documents each prefixed with <|bos|>) and
 manifest.json. The manifest is written last (temp file + os.replace): a directory without a
-valid manifest is a half-built cache and is rebuilt. Builders serialise on an fcntl lock
+valid manifest is a half-built cache and is rebuilt. The key is a hash of the source's bytes
+(engine/data/digests.py), the tokenizer trainer and every setting that changes what gets built;
+the manifest records them (`source_fingerprint`, `tokenizer_trainer` and its version, and for the
+built-in corpus the Python whose stdlib it is). Builders serialise on an fcntl lock
 (<cache_dir>/<key>.lock), so when several torchrun ranks call prepare_data at once exactly one
 builds and the others wait, then load.
 
@@ -33,11 +36,15 @@ from tqdm import tqdm
 
 from engine.runtime.diskspace import is_write_error, remove_quietly, write_failure
 
+from .digests import content_fingerprint
 from .integrity import CacheCorruptError, check_range, checksum, verify
 from .sources import BUILTIN_MIN_VAL_BYTES, VAL_EVERY, Source, iter_sample, resolve_source
-from .tokenizer import SPLIT_PATTERN, TOKENIZER_FILE, Tokenizer, encode_threads, train_tokenizer
+from .tokenizer import (SPLIT_PATTERN, TOKENIZER_FILE, TRAINERS, Tokenizer, encode_threads,
+                        require_trainer, tokenizer_trainer, train_tokenizer, trainer_version)
 
-FORMAT_VERSION = 1
+# 2: content-keyed caches with a `tokenizer_trainer`. A version-1 cache (keyed on mtimes and the
+# interpreter version) lies under another key and, if met, is not read (_read_manifest).
+FORMAT_VERSION = 2
 TOKENIZER_SAMPLE_CHARS = 8_000_000   # tokenizer trains on the first ~8 MB of train text
 FLUSH_CHARS = 4_000_000              # characters per encode_ordinary_batch call
 MANIFEST = "manifest.json"
@@ -90,6 +97,8 @@ def _read_manifest(directory: Path) -> dict | None:
         np.dtype(manifest["dtype"])
         [int(manifest["tokens"][split]) for split in SPLITS]
         manifest["tokenizer_hash"], manifest["vocab_size"]
+        if manifest["tokenizer_trainer"] not in TRAINERS:
+            return None
     except (AttributeError, KeyError, TypeError, ValueError):
         return None  # not a manifest this version wrote: rebuild
     return manifest
@@ -206,50 +215,81 @@ def _tokenize_split(src: Source, split: str, tok: Tokenizer, out: Path, progress
     return {"tokens": n_tokens, "documents": n_docs, "chars": n_chars}
 
 
-def _build(src: Source, vocab_size: int, directory: Path, progress: bool) -> None:
+@dataclass(frozen=True)
+class CacheKey:
+    """What names a cache: its directory's name, the fingerprint of the source's bytes and the
+    tokenizer trainer, both of which the name covers."""
+    name: str
+    fingerprint: str
+    trainer: str
+
+
+def cache_key(src: Source, vocab_size: int, trainer: str, memo_dir: Path) -> CacheKey:
+    """The key covers the source's bytes and every setting that changes what gets built.
+
+    The trainer is in the key, not only in the manifest: rustbpe and tokenizers learn different
+    rankings of the same corpus (ties broken differently), i.e. different token ids, so a cache one
+    made must never stand in for the other's. A machine without rustbpe thus builds its own cache
+    beside a copied rustbpe one; LADDER_TOKENIZER_TRAINER=rustbpe makes it read the copy instead
+    (loading needs no trainer)."""
+    fingerprint = content_fingerprint(src.kind, src.content, memo_dir)
+    settings = {"fingerprint": fingerprint, "format": FORMAT_VERSION, "pattern": SPLIT_PATTERN,
+                "sample_chars": TOKENIZER_SAMPLE_CHARS, "val_every": VAL_EVERY,
+                "builtin_min_val_bytes": BUILTIN_MIN_VAL_BYTES, "trainer": trainer}
+    key_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return CacheKey(f"{src.kind}-{key_hash[:16]}-v{vocab_size}", fingerprint, trainer)
+
+
+def _manifest(src: Source, key: CacheKey, tok: Tokenizer, stats: dict, directory: Path) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": src.spec,
+        "source_kind": src.kind,
+        "source_fingerprint": key.fingerprint,
+        "cache_key": key.name,
+        "source_info": src.info,
+        "tokenizer_trainer": key.trainer,
+        "tokenizer_trainer_version": trainer_version(key.trainer),
+        "tokenizer_hash": tok.hash,
+        "vocab_size": tok.vocab_size,
+        "merges_learned": tok.n_learned - 256,
+        "bos_id": tok.bos_id,
+        "dtype": token_dtype(tok.vocab_size).name,
+        "tokens": {s: stats[s]["tokens"] for s in SPLITS},
+        "documents": {s: stats[s]["documents"] for s in SPLITS},
+        "chars": {s: stats[s]["chars"] for s in SPLITS},
+        "files": {s: src.files(s) for s in SPLITS},
+        "build_id": uuid.uuid4().hex,
+        "built_by": f"{socket.gethostname()}:{os.getpid()}",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checksums": _file_sums(directory),
+    }
+
+
+def _build(src: Source, vocab_size: int, directory: Path, key: CacheKey, progress: bool) -> None:
     t0 = time.time()
     for name in (MANIFEST, TOKENIZER_FILE, "train.bin", "val.bin"):
         (directory / name).unlink(missing_ok=True)
     sample = list(iter_sample(src.train, TOKENIZER_SAMPLE_CHARS))
     if not any(s.strip() for s in sample):
         raise ValueError(f"source {src.spec!r}: the training text is empty")
-    tok = train_tokenizer(sample, vocab_size)
+    tok = train_tokenizer(sample, vocab_size, trainer=key.trainer)
     sample_chars = sum(len(s) for s in sample)
     del sample
     tok.save(directory)
     t_tok = time.time() - t0
     stats = {split: _tokenize_split(src, split, tok, directory / f"{split}.bin", progress)
              for split in SPLITS}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "source": src.spec,
-        "source_kind": src.kind,
-        "source_fingerprint": src.fingerprint,
-        "cache_key": directory.name,
-        "source_info": src.info,
-        "tokenizer_hash": tok.hash,
-        "vocab_size": vocab_size,
-        "merges_learned": tok.n_learned - 256,
-        "bos_id": tok.bos_id,
-        "dtype": token_dtype(vocab_size).name,
-        "tokens": {s: stats[s]["tokens"] for s in SPLITS},
-        "documents": {s: stats[s]["documents"] for s in SPLITS},
-        "chars": {s: stats[s]["chars"] for s in SPLITS},
-        "files": {s: src.files(s) for s in SPLITS},
-        "tokenizer_sample_chars": sample_chars,
-        "build_seconds": {"tokenizer": round(t_tok, 3), "total": round(time.time() - t0, 3)},
-        "build_id": uuid.uuid4().hex,
-        "built_by": f"{socket.gethostname()}:{os.getpid()}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checksums": _file_sums(directory),
-    }
+    manifest = _manifest(src, key, tok, stats, directory)
+    manifest["tokenizer_sample_chars"] = sample_chars
+    manifest["build_seconds"] = {"tokenizer": round(t_tok, 3), "total": round(time.time() - t0, 3)}
     _write_manifest(directory, manifest)
 
 
-def _build_or_explain(src: Source, vocab_size: int, directory: Path, progress: bool) -> None:
+def _build_or_explain(src: Source, vocab_size: int, directory: Path, key: CacheKey, progress: bool) -> None:
     """_build; a write error (a full disk) removes the partial files and becomes one message."""
     try:
-        _build(src, vocab_size, directory, progress)
+        _build(src, vocab_size, directory, key, progress)
     except (OSError, RuntimeError) as e:
         if not is_write_error(e):
             raise
@@ -260,7 +300,7 @@ def _build_or_explain(src: Source, vocab_size: int, directory: Path, progress: b
                             "LADDER_CACHE) at a disk with room, then rerun.") from e
 
 
-def _open_or_build(src: Source, vocab_size: int, directory: Path, progress: bool) -> DataBundle:
+def _open_or_build(src: Source, vocab_size: int, directory: Path, key: CacheKey, progress: bool) -> DataBundle:
     """Under the cache lock: open the cache, repairing it (checksums added, or a damaged cache
     rebuilt from the source) or building it as needed."""
     try:
@@ -271,7 +311,7 @@ def _open_or_build(src: Source, vocab_size: int, directory: Path, progress: bool
         print(f"warning: {e}; rebuilding the cache {directory} from {src.spec!r}", file=sys.stderr, flush=True)
         bundle = None
     if bundle is None:
-        _build_or_explain(src, vocab_size, directory, progress)
+        _build_or_explain(src, vocab_size, directory, key, progress)
         bundle = _load(directory)
         assert bundle is not None, f"cache {directory} unreadable right after building it"
     return bundle
@@ -281,29 +321,28 @@ def prepare_data(source: str = "builtin", vocab_size: int = 2048, cache_dir: str
                  *, progress: bool = True) -> DataBundle:
     """Tokenize `source` once into a cache and return memmapped train/val token arrays.
 
-    The first call trains the tokenizer and writes the cache; later calls (any process) load it
-    in well under a second. Safe to call from every torchrun rank at once.
+    The first call trains the tokenizer (tokenizer_trainer(): rustbpe, else tokenizers; the
+    bundle's manifest["tokenizer_trainer"] says which made it) and writes the cache; later calls
+    (any process, any machine with the same bytes) load it in well under a second. Safe to call
+    from every torchrun rank at once.
     """
     if not isinstance(vocab_size, (int, np.integer)) or isinstance(vocab_size, bool) \
             or not 257 <= vocab_size <= 2**32:
         raise ValueError(f"vocab_size={vocab_size!r}: expected an int in [257, 2**32] "
                          f"(256 byte tokens + the <|bos|> special token at least)")
     vocab_size = int(vocab_size)
+    trainer = tokenizer_trainer()  # validates LADDER_TOKENIZER_TRAINER
     src = resolve_source(source)  # validates; cheap (names, sizes, metadata)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    # The key covers the data and every setting that changes what gets built.
-    settings = {"fingerprint": src.fingerprint, "format": FORMAT_VERSION, "pattern": SPLIT_PATTERN,
-                "sample_chars": TOKENIZER_SAMPLE_CHARS, "val_every": VAL_EVERY,
-                "builtin_min_val_bytes": BUILTIN_MIN_VAL_BYTES}
-    key_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    key = f"{src.kind}-{key_hash[:16]}-v{vocab_size}"
-    directory = root / key
+    key = cache_key(src, vocab_size, trainer, root)
+    directory = root / key.name
     try:
         bundle = _load(directory)
     except CacheCorruptError:
         bundle = None  # named and repaired under the lock
     if bundle is not None:
         return bundle
+    require_trainer(trainer)  # before any directory is made: building needs the trainer installed
     directory.mkdir(parents=True, exist_ok=True)
-    with _FileLock(root / f"{key}.lock"):
-        return _open_or_build(src, vocab_size, directory, progress)
+    with _FileLock(root / f"{key.name}.lock"):
+        return _open_or_build(src, vocab_size, directory, key, progress)

@@ -6,17 +6,17 @@ Three forms:
   parquet:GLOB   parquet shards with a `text` column (FineWeb-Edu / ClimbMix shard format)
 
 `resolve_source` only looks at file names, sizes and parquet metadata, so bad input fails fast
-(ValueError naming the value and what was expected) and a warm cache costs milliseconds. The
-fingerprint identifies the data (names, sizes, and mtimes for user data) and keys the cache.
+(ValueError naming the value and what was expected). A source lists the files whose bytes decide
+what gets built (`content`); engine/data/digests.py hashes them into the fingerprint that keys the
+cache, so the same bytes give the same cache at any path, on any machine.
 """
 from __future__ import annotations
 
 import glob as globmod
 import hashlib
-import json
 import os
+import platform
 import stat
-import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,9 @@ class Unit:
 class Source:
     kind: str
     spec: str
-    fingerprint: str
+    # (label, path) of every file whose bytes decide what is built, in an order that matters; the
+    # label is the file's name where the name decides the train/val split, else "".
+    content: list[tuple[str, str]]
     train: list[Unit]
     val: list[Unit]
     info: dict = field(default_factory=dict)   # goes into the manifest
@@ -49,10 +51,6 @@ class Source:
     def files(self, split: str) -> list[str]:
         units = self.train if split == "train" else self.val
         return sorted({u.file or u.name for u in units})
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _path_hash(rel: str) -> int:
@@ -108,16 +106,17 @@ def _builtin() -> Source:
     if not rels:
         raise ValueError(f"source 'builtin': no .py files under {root}")
     val = split_by_file(rels, sizes, BUILTIN_MIN_VAL_BYTES)
-    # Names and sizes identify a stdlib (content hashing 30 MB would cost the warm path ~0.3 s).
-    fp = _digest({"kind": "builtin", "python": sys.version, "files": list(zip(rels, sizes))})
     base = str(root)  # plain strings: 1800 pathlib joins cost ~0.1 s on the warm path
+    content = [(r, os.path.join(base, r)) for r in rels]
     train = [_file_unit(os.path.join(base, r), r) for r in rels if r not in val]
     vals = [_file_unit(os.path.join(base, r), r) for r in rels if r in val]
-    info = {"root": str(root), "python": sys.version.split()[0], "n_files": len(rels),
+    # The cache is keyed on these files' bytes, not on the interpreter's version; the manifest
+    # records the version whose stdlib it is (and the fingerprint of its bytes).
+    info = {"root": str(root), "python": platform.python_version(), "n_files": len(rels),
             "bytes": sum(sizes), "included": "every .py file under the stdlib root",
             "excluded": "site-packages, dist-packages, __pycache__, non-.py files; empty files "
                         "contribute no document"}
-    return Source("builtin", "builtin", fp, train, vals, info)
+    return Source("builtin", "builtin", content, train, vals, info)
 
 
 # -- text:PATH -------------------------------------------------------------------------------
@@ -157,7 +156,8 @@ def _text(spec: str, arg: str) -> Source:
     sizes = [s.st_size for s in stats]
     if sum(sizes) == 0:
         raise ValueError(f"source {spec!r}: the text is empty ({len(files)} file(s), 0 bytes)")
-    fp = _digest({"kind": "text", "files": [(r, s.st_size, s.st_mtime_ns) for r, s in zip(rels, stats)]})
+    # A given file's name decides nothing; in a directory the relative names decide the split.
+    content = [("", str(path))] if path.is_file() else [(r, str(p)) for r, p in zip(rels, files)]
     info = {"path": str(path.resolve()), "n_files": len(files), "bytes": sum(sizes)}
     nonempty = [(p, r) for p, r, s in zip(files, rels, sizes) if s > 0]
     if len(nonempty) == 1:  # one file: split by paragraph blocks
@@ -171,11 +171,11 @@ def _text(spec: str, arg: str) -> Source:
         if p.stat().st_size <= EAGER_CHECK_BYTES:
             blocks(0)  # small file: validate now, before any cache directory is touched
         info["split"] = f"one file: up to {VAL_EVERY} paragraph blocks, the last is validation"
-        return Source("text", spec, fp, [Unit(r + "#train", lambda: blocks(0), r)],
+        return Source("text", spec, content, [Unit(r + "#train", lambda: blocks(0), r)],
                       [Unit(r + "#val", lambda: blocks(1), r)], info)
     val = split_by_file(rels, sizes)
     info["split"] = f"by file: hash of the relative path, ~1 in {VAL_EVERY} to validation"
-    return Source("text", spec, fp, [_file_unit(p, r) for p, r in zip(files, rels) if r not in val],
+    return Source("text", spec, content, [_file_unit(p, r) for p, r in zip(files, rels) if r not in val],
                   [_file_unit(p, r) for p, r in zip(files, rels) if r in val], info)
 
 
@@ -208,7 +208,7 @@ def _parquet(spec: str, pattern: str) -> Source:
     if not files:
         raise ValueError(f"source {spec!r}: no files match {pattern!r} (expected parquet shards "
                          f"with a 'text' column)")
-    rows, finger = [], []
+    rows = []
     for f in files:
         try:
             pf = pq.ParquetFile(f)
@@ -222,11 +222,9 @@ def _parquet(spec: str, pattern: str) -> Source:
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
             raise ValueError(f"source {spec!r}: column 'text' of {f} has type {t}, expected string")
         rows.append(pf.metadata.num_rows)
-        st = f.stat()
-        finger.append((f.name, st.st_size, st.st_mtime_ns))
     if sum(rows) == 0:
         raise ValueError(f"source {spec!r}: the text is empty (0 rows in {len(files)} file(s))")
-    fp = _digest({"kind": "parquet", "files": finger})
+    content = [("", str(f)) for f in files]  # names decide nothing but the order (the last is val)
     info = {"glob": pattern, "n_files": len(files), "rows": sum(rows)}
     if len(files) == 1:  # one file: the last ~1/50 of its rows is validation
         n = rows[0]
@@ -235,11 +233,11 @@ def _parquet(spec: str, pattern: str) -> Source:
                              f"into train/val, {files[0]} has {n}")
         n_val = max(1, n // VAL_EVERY)
         info["split"] = f"one file: the last {n_val} of {n} rows are validation"
-        return Source("parquet", spec, fp, _parquet_units(files[0], files[0].name, 0, n - n_val),
+        return Source("parquet", spec, content, _parquet_units(files[0], files[0].name, 0, n - n_val),
                       _parquet_units(files[0], files[0].name, n - n_val, n), info)
     info["split"] = "the last file in sorted order is validation"
     train = [u for f in files[:-1] for u in _parquet_units(f, f.name)]
-    return Source("parquet", spec, fp, train, _parquet_units(files[-1], files[-1].name), info)
+    return Source("parquet", spec, content, train, _parquet_units(files[-1], files[-1].name), info)
 
 
 def resolve_source(source: str) -> Source:

@@ -1,7 +1,13 @@
-"""BPE tokenizer: trained with rustbpe, run with tiktoken.
+"""BPE tokenizer: trained with rustbpe (or HF `tokenizers` where rustbpe is missing), run with tiktoken.
 
-rustbpe learns the merges (fast, Rust, parallel); tiktoken encodes and decodes with them
-(fast, threaded batch API). The tokenizer is fully described by three things: the mergeable
+A trainer learns the merges; tiktoken encodes and decodes with them (fast, threaded batch API),
+whichever trainer learned them. rustbpe is the first choice (nanochat's; ~4x faster on one
+core); a machine without it trains a byte-level BPE with `tokenizers` on the same split regex,
+and its merges convert to tiktoken's mergeable ranks (TRAINERS, tokenizer_trainer(); LADDER_TOKENIZER_TRAINER
+forces one). On the built-in corpus both learn the same set of tokens, ranked differently where
+pair counts tie, so they are different tokenizers (different hashes and ids).
+
+The tokenizer is fully described by three things: the mergeable
 ranks (token bytes in rank order), the split regex and the special tokens. Its `hash` is a
 sha256 over exactly those, so two machines that trained the same tokenizer agree on it and a
 cache built with one tokenizer is never silently read with another.
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -136,18 +144,116 @@ class Tokenizer:
         return tok
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN) -> Tokenizer:
-    """Train a byte-level BPE with rustbpe; vocab_size counts the 256 byte tokens and the specials."""
-    import rustbpe  # needed only to train a tokenizer; a cached one runs on tiktoken alone
+# -- training ----------------------------------------------------------------------------------
+TRAINERS = ("rustbpe", "tokenizers")   # first choice first
+TRAINER_ENV = "LADDER_TOKENIZER_TRAINER"
 
+
+def trainer_installed(trainer: str) -> bool:
+    """Whether `trainer`'s package imports here (a broken install counts as missing)."""
+    try:
+        importlib.import_module(trainer)
+    except ImportError:
+        return False
+    return True
+
+
+def tokenizer_trainer() -> str:
+    """The trainer a new tokenizer is trained with: LADDER_TOKENIZER_TRAINER when set, else rustbpe
+    where it imports, else tokenizers. A forced trainer need not be installed here: a cache it
+    built elsewhere still loads (require_trainer is checked only when training)."""
+    forced = os.environ.get(TRAINER_ENV, "")
+    if forced:
+        if forced not in TRAINERS:
+            raise ValueError(f"{TRAINER_ENV}={forced!r}: expected one of {', '.join(TRAINERS)} "
+                             f"(or unset: rustbpe where installed, else tokenizers)")
+        return forced
+    return "rustbpe" if trainer_installed("rustbpe") else "tokenizers"
+
+
+def require_trainer(trainer: str) -> None:
+    """Raise, naming the trainer and the fix, unless `trainer` can train here."""
+    if trainer not in TRAINERS:
+        raise ValueError(f"tokenizer trainer {trainer!r}: expected one of {', '.join(TRAINERS)}")
+    if not trainer_installed(trainer):
+        forced = f" ({TRAINER_ENV}={os.environ[TRAINER_ENV]})" if os.environ.get(TRAINER_ENV) else ""
+        raise ValueError(f"tokenizer trainer {trainer!r}{forced} is not installed: expected "
+                         f"`pip install {trainer}`, or {TRAINER_ENV} set to an installed one of "
+                         f"{', '.join(TRAINERS)}")
+
+
+def trainer_version(trainer: str) -> str:
+    """The installed version of a trainer's package (recorded in the cache manifest)."""
+    try:
+        return importlib.metadata.version(trainer)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _train_rustbpe(texts: Iterable[str], n_tokens: int, pattern: str) -> tuple[list[bytes], str]:
+    import rustbpe
+
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(iter(texts), n_tokens, pattern=pattern)
+    ranks = sorted(((bytes(t), r) for t, r in bpe.get_mergeable_ranks()), key=lambda p: p[1])
+    if [r for _, r in ranks] != list(range(len(ranks))):
+        raise RuntimeError("rustbpe returned non-contiguous ranks")
+    return [t for t, _ in ranks], bpe.get_pattern()
+
+
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: byte-level BPE (tokenizers' ByteLevel) spells each
+    byte as one printable character, the printable latin-1 bytes as themselves."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # "!".."~", "¡".."¬", "®".."ÿ"
+    moved = [b for b in range(256) if b not in keep]
+    table = {chr(b): b for b in keep}
+    table.update({chr(256 + i): b for i, b in enumerate(moved)})
+    return table
+
+
+def _train_tokenizers(texts: Iterable[str], n_tokens: int, pattern: str) -> tuple[list[bytes], str]:
+    from tokenizers import Regex, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer(models.BPE())
+    # Split with our regex (oniguruma accepts it and splits as tiktoken's fancy-regex does: tested),
+    # then spell bytes as characters; the initial alphabet holds all 256, so every merge is bytes.
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=n_tokens, show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(texts, trainer)
+    merges = json.loads(hf.to_str())["model"]["merges"]
+    # Rank = merge order (a merge's token outranks its parts), bytes via the byte-to-unicode
+    # table. tiktoken ranks tokens, not pairs, so a merge whose token an earlier merge already
+    # made adds nothing and is skipped: tiktoken then reaches that token by either pair, as it
+    # does for rustbpe's ranks too.
+    byte_of = _byte_of_char()
+    ranked = [bytes([b]) for b in range(256)]
+    seen = set(ranked)
+    for m in merges:
+        a, b = m.split(" ") if isinstance(m, str) else m   # "a b" before tokenizers 0.20
+        tok = bytes(byte_of[c] for c in a + b)
+        if tok not in seen:
+            seen.add(tok)
+            ranked.append(tok)
+    return ranked, pattern
+
+
+_TRAIN = {"rustbpe": _train_rustbpe, "tokenizers": _train_tokenizers}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN,
+                    trainer: str | None = None) -> Tokenizer:
+    """Train a byte-level BPE; vocab_size counts the 256 byte tokens and the specials. `trainer`:
+    one of TRAINERS, default tokenizer_trainer()."""
     min_vocab = 256 + len(SPECIAL_TOKENS)
     if not isinstance(vocab_size, (int, np.integer)) or not min_vocab <= vocab_size <= 2**31 - 1:
         raise ValueError(f"vocab_size={vocab_size!r}: expected an int >= {min_vocab} "
                          f"(256 byte tokens + {len(SPECIAL_TOKENS)} special)")
+    trainer = tokenizer_trainer() if trainer is None else trainer
+    require_trainer(trainer)
     vocab_size = int(vocab_size)
-    bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(iter(texts), vocab_size - len(SPECIAL_TOKENS), pattern=pattern)
-    ranks = sorted(((bytes(t), r) for t, r in bpe.get_mergeable_ranks()), key=lambda p: p[1])
-    if [r for _, r in ranks] != list(range(len(ranks))):
-        raise RuntimeError("rustbpe returned non-contiguous ranks")
-    return Tokenizer([t for t, _ in ranks], bpe.get_pattern(), vocab_size)
+    ranked, pattern = _TRAIN[trainer](texts, vocab_size - len(SPECIAL_TOKENS), pattern)
+    return Tokenizer(ranked, pattern, vocab_size)

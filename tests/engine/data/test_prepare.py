@@ -1,9 +1,13 @@
 """The token cache (engine/data/prepare.py): reused, rebuilt when changed, interrupted or damaged
 (a corrupted, truncated or out-of-range shard, a damaged tokenizer, each named), built once by
-concurrent ranks, partial files removed on a full disk."""
+concurrent ranks, partial files removed on a full disk; keyed on the source's bytes and the
+tokenizer trainer (reused at another path, never across trainers), an old layout rebuilt."""
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +16,8 @@ import numpy as np
 import pytest
 
 from engine.data import prepare as prepare_mod
-from engine.data import prepare_data
+from engine.data import TRAINERS, prepare_data, resolve_source
+from engine.data.tokenizer import TRAINER_ENV, trainer_installed
 from engine.runtime.diskspace import StorageError
 from tests.helpers import ROOT
 from tests.helpers.faults import enospc, overwrite_tokens
@@ -139,3 +144,69 @@ def test_full_disk_while_building_the_cache_removes_partial_files(corpus, tmp_pa
     assert not list(d.glob("*.tmp*")) and not (d / "manifest.json").exists()
     monkeypatch.undo()
     assert len(prepare_data(corpus, 512, tmp_path / "cache", progress=False).train) > 0
+
+
+# -- the key: the source's bytes and the trainer --------------------------------------------------
+def test_same_bytes_elsewhere_reuse_the_cache_one_changed_byte_does_not(text_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    b = prepare_data(f"text:{text_dir}", 512, cache, progress=False)
+    copy = tmp_path / "moved" / "corpus_copy"
+    shutil.copytree(text_dir, copy)
+    for p in copy.rglob("*"):
+        os.utime(p, ns=(10**18, 10**18))  # other mtimes too
+    with monkeypatch.context() as mp:
+        mp.setattr(prepare_mod, "train_tokenizer", lambda *a, **k: pytest.fail("rebuilt for the same bytes"))
+        b2 = prepare_data(f"text:{copy}", 512, cache, progress=False)
+    assert b2.directory == b.directory and b2.manifest["build_id"] == b.manifest["build_id"]
+    doc = next(copy.rglob("doc03.txt"))
+    raw = bytearray(doc.read_bytes())
+    raw[10] ^= 1
+    doc.write_bytes(raw)
+    b3 = prepare_data(f"text:{copy}", 512, cache, progress=False)
+    assert b3.directory != b.directory
+    assert b3.manifest["source_fingerprint"] != b.manifest["source_fingerprint"]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_manifest_records_the_trainer_and_the_trainer_is_in_the_key(trainer, corpus, tmp_path, monkeypatch):
+    if not trainer_installed(trainer):
+        pytest.skip(f"{trainer} is not installed")
+    monkeypatch.setenv(TRAINER_ENV, trainer)
+    b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
+    assert b.manifest["tokenizer_trainer"] == trainer and b.manifest["tokenizer_trainer_version"] != "unknown"
+    other = [t for t in TRAINERS if t != trainer][0]
+    src = resolve_source(corpus)
+    assert prepare_mod.cache_key(src, 512, other, tmp_path / "cache").name != b.directory.name
+    # forced but not installed: a cache it built still loads, a new one is refused before any work
+    monkeypatch.setitem(sys.modules, trainer, None)
+    assert prepare_data(corpus, 512, tmp_path / "cache", progress=False).manifest == b.manifest
+    with pytest.raises(ValueError, match=rf"^tokenizer trainer '{trainer}' \({TRAINER_ENV}={trainer}\) is not "
+                                         rf"installed: expected `pip install {trainer}`"):
+        prepare_data(corpus, 600, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*-v600"))
+
+
+def test_builtin_key_is_its_stdlib_bytes_and_the_manifest_names_the_python(tmp_path, monkeypatch):
+    src = resolve_source("builtin")
+    assert src.info["python"] == platform.python_version()
+    key = prepare_mod.cache_key(src, 2048, "tokenizers", tmp_path / "m1")
+    monkeypatch.setattr(sys, "version", sys.version.replace(platform.python_version(), "3.99.0"))
+    assert prepare_mod.cache_key(resolve_source("builtin"), 2048, "tokenizers", tmp_path / "m2") == key
+    assert resolve_source("builtin").info["python"] == "3.99.0"
+
+
+@pytest.mark.parametrize("change", ["format_version", "no_trainer", "unknown_trainer"])
+def test_a_cache_of_another_layout_is_rebuilt_not_misread(change, corpus, tmp_path):
+    b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
+    m = json.loads((b.directory / "manifest.json").read_text())
+    if change == "format_version":
+        m["format_version"] = 1
+    elif change == "no_trainer":
+        del m["tokenizer_trainer"]
+    else:
+        m["tokenizer_trainer"] = "sentencepiece"
+    (b.directory / "manifest.json").write_text(json.dumps(m))
+    b2 = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
+    assert b2.manifest["build_id"] != b.manifest["build_id"]
+    assert b2.manifest["format_version"] == prepare_mod.FORMAT_VERSION
+    assert np.array_equal(b2.train, b.train)  # the build is deterministic

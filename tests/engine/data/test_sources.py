@@ -39,7 +39,7 @@ def check_bundle(b: DataBundle, vocab_size: int):
     assert len(b.val) > 0 and len(b.train) > len(b.val)
     assert b.train[0] == b.tokenizer.bos_id and b.val[0] == b.tokenizer.bos_id
     assert int(b.train.max()) < vocab_size
-    for key in ("source", "source_fingerprint", "dtype", "files", "created_at"):
+    for key in ("source", "source_fingerprint", "tokenizer_trainer", "dtype", "files", "created_at"):
         assert key in m
 
 
