@@ -1,8 +1,10 @@
-"""Soak test (not in CI): a small CPU miniseries under random SIGKILLs, restarted with the same command
-until it finishes, again and again for --minutes; every finished round must equal an uninterrupted
-run of the same command, bitwise (val losses, FLOPs, every metrics.jsonl line but its wall time).
+"""Soak test (not in CI): a small CPU miniseries (or study: --target study) under random SIGKILLs,
+restarted with the same command until it finishes, again and again for --minutes; every finished round
+must equal an uninterrupted run of the same command, bitwise (val losses, FLOPs, tuned values, every
+metrics.jsonl line but its wall time).
 
     python launch/soak.py --minutes 30                  # the committed result: docs/results/soak-<date>.{json,md}
+    python launch/soak.py --minutes 30 --target study --depths 1:2    # docs/results/soak-<date>-study.{json,md}
     python launch/soak.py --minutes 2 --results /tmp    # a quick look
 
 1. the reference: the miniseries once, uninterrupted, in OUT/reference (its wall time T sets the kill clock);
@@ -45,11 +47,25 @@ def miniseries_args(a) -> list[str]:
             "--no-progress", "--no-profile", "--host-sync", a.host_sync]
 
 
+def study_args(a) -> list[str]:
+    """The study's phases at the miniseries' size: tuning (3-point brackets, one extension, an edge
+    accepted) on seed+100, then two measured seeds, each phase two training processes at once."""
+    return ["--depths", a.depths, "--ratio", str(a.ratio), "--preset", "cpu-tiny", "--seq-len", str(a.seq_len),
+            "--global-batch", str(a.global_batch), "--eval-tokens", "1024", "--ckpt-every", str(a.ckpt_every),
+            "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1", "--tune-seed", str(a.seed + 100),
+            "--seeds", f"{a.seed},{a.seed + 1}", "--max-extend", "1", "--accept-edge", "--no-progress",
+            "--no-profile", "--host-sync", a.host_sync]
+
+
+TARGETS = {"miniseries": ("launch/miniseries.py", miniseries_args), "study": ("launch/study.py", study_args)}
+
+
 def command(a, out: Path) -> list[str]:
-    script = str(ROOT / "launch/miniseries.py")
+    script, args = TARGETS[a.target]
+    script = str(ROOT / script)
     head = [sys.executable, script] if a.nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}", script]
-    return head + miniseries_args(a) + ["--out", str(out)]
+    return head + args(a) + ["--out", str(out)]
 
 
 def start(a, out: Path, log) -> subprocess.Popen:
@@ -68,14 +84,27 @@ def kill(proc: subprocess.Popen):
 
 
 def differences(got: Path, ref: Path) -> list[str]:
-    """What differs between two finished miniseries (empty: bitwise equal but for wall times)."""
-    diffs = []
+    """What differs between two finished miniseries or studies (empty: bitwise equal but for wall times)."""
     try:
         sg, sr = (json.loads((d / "summary.json").read_text()) for d in (got, ref))
     except FileNotFoundError as e:
         return [f"missing {e.filename}"]
+    diffs = _summary_differences(sg, sr) if "arms" in sr else _study_differences(got, ref, sg, sr)
+    return diffs + _metrics_differences(got, ref)
+
+
+def _study_differences(got: Path, ref: Path, sg: dict, sr: dict) -> list[str]:
+    """A study: the tuned values (and every tuning point's objective) and the answer table."""
+    pg, pr = (json.loads((d / "protocol.json").read_text()) for d in (got, ref))
+    diffs = [] if pg["tuned"] == pr["tuned"] else ["protocol.json tuned values differ"]
+    return diffs + ([] if sg["answer"] == sr["answer"] else ["summary.json answer table differs"])
+
+
+def _summary_differences(sg: dict, sr: dict) -> list[str]:
+    """A miniseries: every run row's and ladder entry's numbers that do not measure time."""
     if set(sg["arms"]) != set(sr["arms"]):
         return [f"arms {sorted(sg['arms'])} vs {sorted(sr['arms'])}"]
+    diffs = []
     for arm in sr["arms"]:
         if len(sg["arms"][arm]) != len(sr["arms"][arm]):
             diffs.append(f"{arm}: {len(sg['arms'][arm])} rungs vs {len(sr['arms'][arm])}")
@@ -88,7 +117,12 @@ def differences(got: Path, ref: Path) -> list[str]:
         for k in LADDER_KEYS:
             if sg["ladder"].get(arm, {}).get(k) != sr["ladder"][arm].get(k):
                 diffs.append(f"ladder {arm} {k}: {sg['ladder'].get(arm, {}).get(k)!r} vs {sr['ladder'][arm].get(k)!r}")
-    runs = sorted(str(f.parent.relative_to(ref)) for f in ref.glob("*/d*/*/metrics.jsonl"))
+    return diffs
+
+
+def _metrics_differences(got: Path, ref: Path) -> list[str]:
+    diffs = []
+    runs = sorted(str(f.parent.relative_to(ref)) for f in ref.glob("**/metrics.jsonl"))
     for run in runs:
         def lines(d):
             f = d / run / "metrics.jsonl"
@@ -107,6 +141,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="time for the killed rounds (the reference is extra)")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill times and the miniseries")
+    p.add_argument("--target", default="miniseries", choices=sorted(TARGETS), help="what is killed and restarted")
     p.add_argument("--depths", default="1:3")
     p.add_argument("--arms", default="scratch,inherit")
     p.add_argument("--ratio", type=float, default=0.1)
@@ -198,20 +233,23 @@ def main(argv=None):
     result = {
         "date": date, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t_begin)),
         "minutes": a.minutes, "wall_s": time.time() - t_begin, "reference_s": t_ref, "seed": a.seed,
-        "command": " ".join(["python", "launch/miniseries.py"] + miniseries_args(a) + ["--out", "OUT"]),
+        "command": " ".join(["python", TARGETS[a.target][0]] + TARGETS[a.target][1](a) + ["--out", "OUT"]),
         "commit": commit, "nproc": a.nproc, "threads": a.threads, "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                                                           "python": platform.python_version(), "torch": torch.__version__},
         "rounds": rounds, "total_kills": sum(len(r["kills"]) for r in rounds),
         "rounds_finished": sum(r["finished"] for r in rounds),
         "rounds_equal": sum(bool(r.get("equal")) for r in rounds), "all_equal": ok,
-        "compared": "summary.json (every field but wall times) and every metrics.jsonl line but 'dt', bitwise",
+        "compared": ("summary.json (every field but wall times)" if a.target == "miniseries" else
+                     "protocol.json's tuned values and every tuning point, summary.json's answer table")
+                    + " and every metrics.jsonl line but 'dt', bitwise",
     }
     res_dir = Path(a.results)
     res_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"soak-{date}" + ("" if a.host_sync == "auto" else f"-{a.host_sync}")
+    stem = f"soak-{date}" + ("" if a.target == "miniseries" else f"-{a.target}") + (
+        "" if a.host_sync == "auto" else f"-{a.host_sync}")
     jpath, mpath = res_dir / f"{stem}.json", res_dir / f"{stem}.md"
     jpath.write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"# Soak: random SIGKILLs during a CPU miniseries ({date})", "",
+    lines = [f"# Soak: random SIGKILLs during a CPU {a.target} ({date})", "",
              f"Command (each start, in a fresh `OUT` per round): `{result['command']}`"
              + (f" under torchrun with {a.nproc} ranks" if a.nproc > 1 else "") + f", OMP_NUM_THREADS={a.threads}.", "",
              f"- {a.minutes:g} minutes of killed rounds after an uninterrupted reference run ({t_ref:.1f} s), "
