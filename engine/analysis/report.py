@@ -22,7 +22,7 @@ from engine.analysis.report_scaling import core_section, scaling_section
 from engine.analysis.runs import full_budget, rung_cost
 from engine.analysis.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
 from engine.train.checkpoint import write_json_atomic
-from profiling.report import write_report as write_profile_report
+from engine.analysis.profile_report import write_report as write_profile_report
 
 
 def curve(rung: dict) -> list[tuple[float, float]]:
@@ -226,7 +226,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
 
 
 def _profile(out: Path, summary: dict) -> str | None:
-    """profiling.report over the miniseries (it reads summary.json, so it runs after it is written);
+    """The profile report (engine/analysis/profile_report.py) over the miniseries (it reads summary.json, so it runs after it is written);
     the profile is an addition to the report, never a reason to lose it."""
     try:
         summary["profile"] = Path(write_profile_report(out)).name
