@@ -25,7 +25,7 @@ from engine.inherit.ewc import EWC  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
-from engine.ladder.config import (DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
+from engine.ladder.config import (ARMS, DATA_ORDERS, GROW_FROM, OPTIMIZER_STATES, TRAIN_SETTINGS,  # noqa: E402
                                   LadderConfig, parse_per_rung)
 from engine.ladder.run import run_ladder  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402
@@ -182,7 +182,7 @@ def main(argv=None):
             for lc in configs:
                 results = run_ladder(lc, env, log=print if env.is_main else (lambda *a: None))
                 if env.is_main:
-                    path = write_ladder_report(lc, results, core_bundle=ns.core_bundle)
+                    path = write_ladder_report(lc, results, core_bundle=ns.core_bundle, arm_terms=ARMS)
                     print(f"[miniseries] report: {path}")
             if env.is_main and len(configs) > 1:
                 print(f"[miniseries] seeds summary: {write_multiseed_summary(Path(ns.out), configs)}")
