@@ -273,7 +273,8 @@ def reference_point(evals: Sequence[tuple[float, float]], parent_loss: float, fu
     """The fraction of scratch d's full-budget FLOPs at which its stable (constant-LR) run first
     evaluates at or below its parent's full-budget loss: what a grown rung that starts where its
     parent ended and then learns at scratch's pace would save. `evals`: (FLOPs, val loss) of the
-    stable run's evaluations in step order; linear between the two around the crossing. None when
+    stable run's evaluations in step order (engine.analysis.runs.eval_records of scratch d's
+    stable/ run); linear between the two around the crossing. None when
     it never gets there."""
     if full_flops <= 0:
         raise ValueError(f"full_flops must be positive, got {full_flops}")
