@@ -25,7 +25,7 @@ from engine.inherit.ewc import EWC  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
-from engine.ladder.config import (ARS_FIELDS, DATA_ORDERS, GROW_FROM, GROWTH_FIELDS, OPTIMIZER_STATES,  # noqa: E402
+from engine.ladder.config import (ARMS, ARS_FIELDS, DATA_ORDERS, GROW_FROM, GROWTH_FIELDS, OPTIMIZER_STATES,  # noqa: E402
                                   PENALTY_FIELDS, TRAIN_SETTINGS, LadderConfig, parse_per_rung)
 from engine.ladder.recipes import MINISERIES_DEFAULTS as DEFAULTS, RECIPES, recipe  # noqa: E402
 from engine.ladder.run import run_ladder  # noqa: E402
@@ -168,7 +168,7 @@ def main(argv=None):
             for lc in configs:
                 results = run_ladder(lc, env, log=print if env.is_main else (lambda *a: None))
                 if env.is_main:
-                    path = write_ladder_report(lc, results, core_bundle=ns.core_bundle)
+                    path = write_ladder_report(lc, results, core_bundle=ns.core_bundle, arm_terms=ARMS)
                     print(f"[miniseries] report: {path}")
             if env.is_main and len(configs) > 1:
                 print(f"[miniseries] seeds summary: {write_multiseed_summary(Path(ns.out), configs)}")

@@ -5,9 +5,9 @@
 - profiling/timers.py: nested inclusive/exclusive stage timers (host clock, CUDA events).
 - profiling/nvml.py: background samplers (NVML on GPUs; CPU time, RSS, RAPL otherwise).
 - profiling/cost.py: FLOPs, MFU, peak FLOP/s, GPU-hours, dollars, kWh, ladder projections.
-- profiling/report.py: `python -m profiling.report RUN_DIR` -> profile.json, profile.md, PNG;
-  `build_profile(run_dir)` and `write_report(run_dir)`. It reads finished runs and sits in the
-  analysis layer, above the trainer, so this package does not import it: import profiling.report.
+This package is a low layer the trainer uses: it imports nothing above engine/runtime. The
+report that reads finished runs' profile files lives with the analysis, above the trainer:
+engine/analysis/profile_report.py (`python -m engine.analysis.profile_report RUN_DIR`).
 """
 from profiling.profiler import META_FILE, WINDOWS_FILE, Profiler
 

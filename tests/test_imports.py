@@ -18,11 +18,11 @@ PACKAGES = ("kernels", "models", "profiling", "engine", "launch")
 LAYERS: list[tuple[str, ...]] = [
     ("kernels", "models"),
     ("engine.runtime",),
-    ("profiling.profiler", "profiling.timers", "profiling.nvml", "profiling.cost", "profiling"),
+    ("profiling",),
     ("engine.data",),
     ("engine.inherit",),
     ("engine.train",),
-    ("engine.analysis", "profiling.report"),
+    ("engine.analysis",),
     ("engine.ladder",),
     ("launch",),
 ]

@@ -8,21 +8,24 @@ Accounting (method.md section 6; the math is engine/analysis/savings.py):
   as a fraction of that scratch run's FLOPs; marginal counts the rung's own FLOPs, standalone adds
   the FLOPs of the parent run it grew from; a rung that never reaches it is a bound, never dropped;
 - the ladder saving charges the base rung (the budget run the chain grew from) and each grown rung
-  its FLOPs-to-match, against the scratch rungs' full budgets.
+  its FLOPs-to-match, against the scratch rungs' full budgets;
+- the whole-chain saving of rung d charges every rung below it the budget run its child grew from,
+  plus rung d's FLOPs-to-match, against scratch d's full budget alone (the top model's answer).
 The report's first lines are that answer; the per-arm tables follow.
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from engine.analysis.report_scaling import core_section, scaling_section
 from engine.analysis.runs import full_budget, rung_cost
-from engine.analysis.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving
+from engine.analysis.savings import REACHED, Reach, iso_loss, ladder_saving, mean_ci, rung_saving, whole_chain_saving
 from engine.train.checkpoint import write_json_atomic
-from profiling.report import write_report as write_profile_report
+from engine.analysis.profile_report import write_report as write_profile_report
 
 
 def curve(rung: dict) -> list[tuple[float, float]]:
@@ -40,16 +43,10 @@ def summarize(lc, results: dict[str, list[dict]]) -> dict:
         if arm == "scratch" or not scratch:
             continue
         per_rung, reaches = {}, []
-        for parent, r in zip(rungs, rungs[1:]):
-            if r["depth"] not in scratch:
-                continue
-            twin = full_budget(scratch[r["depth"]])
-            s = rung_saving(curve(r), rung_cost(twin), twin["val_loss"], r["grown_from"]["cost"])
-            s["iso_loss"] = iso_loss(curve(r), curve(scratch[r["depth"]]))
-            s["grown_from"] = r["grown_from"]
-            s["growth_factor"] = r["runs"][0]["scaling_params"] / parent["runs"][0]["scaling_params"]
-            per_rung[f"d{r['depth']}"] = s
-            reaches.append(Reach(s["status"], s["flops_to_match"]))
+        for top, r in enumerate(rungs[1:], start=2):
+            if r["depth"] in scratch:
+                s = per_rung[f"d{r['depth']}"] = _grown_rung_answer(rungs[:top], scratch[r["depth"]])
+                reaches.append(Reach(s["status"], s["flops_to_match"]))
         rungs_out[arm] = per_rung
         first_grown = next((r for r in rungs if r["depth"] != lo), None)
         if reaches and first_grown is not None:
@@ -60,6 +57,22 @@ def summarize(lc, results: dict[str, list[dict]]) -> dict:
     return {"config": asdict(lc), "answer": rungs_out, "ladder": ladder, "arms": arms, "grown_from": grown_from,
             "val_loss_se_max": max(se) if se else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def _grown_rung_answer(chain: list[dict], scratch_rung: dict) -> dict:
+    """The answer for the grown rung chain[-1], `chain` its arm's rungs from the lowest up to it,
+    against `scratch_rung`, its scratch twin: FLOPs-to-match, marginal, standalone and whole-chain
+    savings, the iso-loss table, what it grew from, and its growth factor in scaling params."""
+    parent, rung = chain[-2], chain[-1]
+    twin = full_budget(scratch_rung)
+    s = rung_saving(curve(rung), rung_cost(twin), twin["val_loss"], rung["grown_from"]["cost"])
+    s["iso_loss"] = iso_loss(curve(rung), curve(scratch_rung))
+    s["grown_from"] = rung["grown_from"]
+    s["growth_factor"] = rung["runs"][0]["scaling_params"] / parent["runs"][0]["scaling_params"]
+    # each rung below it is charged the run its child actually grew from
+    chain_costs = [r["grown_from"]["cost"] for r in chain[1:]]
+    s.update(whole_chain_saving(chain_costs, Reach(s["status"], s["flops_to_match"]), rung_cost(twin)))
+    return s
 
 
 def _run_row(r: dict) -> dict:
@@ -78,14 +91,7 @@ def answer_lines(summary: dict) -> list[str]:
     """The report's first lines: per grown rung, FLOPs-to-match and the savings; the ladder."""
     lines = []
     for arm, per_rung in summary["answer"].items():
-        for d, s in per_rung.items():
-            frac = Reach(s["status"], s["fraction"]).describe()
-            lines.append(f"- **{arm} {d}** (growth x{s['growth_factor']:.2f} in scaling params, grown from the parent's "
-                         f"budget {s['grown_from']['budget_frac']:g} {s['grown_from']['kind']} run): reaches scratch "
-                         f"{d}'s full-budget val loss {s['target_loss']:.4f} at **{frac}** of scratch's FLOPs"
-                         + (f": marginal saving **{_pct(s['marginal_saving'])}**, standalone (parent's FLOPs added) "
-                            f"**{_pct(s['standalone_saving'])}**." if s["status"] == REACHED else
-                            f" ({s['status']}; standalone fraction {s['standalone_fraction']:.3g})."))
+        lines += [_rung_line(arm, d, s) for d, s in per_rung.items()]
         lad = summary["ladder"].get(arm)
         if lad:
             kind = "" if lad["kind"] == "exact" else f" ({lad['kind']}: a bound, some rung is known only by a bound)"
@@ -97,6 +103,21 @@ def answer_lines(summary: dict) -> list[str]:
                      f"strided validation windows) is {se:.4f} nats; arms share the set, so their differences are "
                      f"less noisy than that.")
     return lines or ["- No grown rung with a scratch twin in this ladder: nothing to compare."]
+
+
+def _rung_line(arm: str, d: str, s: dict) -> str:
+    """One grown rung's answer: FLOPs-to-match, marginal, standalone and whole-chain savings."""
+    frac = Reach(s["status"], s["fraction"]).describe()
+    head = (f"- **{arm} {d}** (growth x{s['growth_factor']:.2f} in scaling params, grown from the parent's budget "
+            f"{s['grown_from']['budget_frac']:g} {s['grown_from']['kind']} run): reaches scratch {d}'s full-budget val "
+            f"loss {s['target_loss']:.4f} at **{frac}** of scratch's FLOPs")
+    kind = s["whole_chain_kind"]
+    chain = (f"whole chain (every rung below it charged the run it was grown from) "
+             f"{'' if kind == 'exact' else kind + ' '}**{_pct(s['whole_chain_saving'])}**")
+    if s["status"] == REACHED:
+        return (f"{head}: marginal saving **{_pct(s['marginal_saving'])}**, standalone (parent's FLOPs added) "
+                f"**{_pct(s['standalone_saving'])}**, {chain}.")
+    return f"{head} ({s['status']}; standalone fraction {s['standalone_fraction']:.3g}; {chain})."
 
 
 def _plot_curves(results: dict, summary: dict, out: Path) -> list[str]:
@@ -184,7 +205,44 @@ def _penalty_setup(lc, results: dict[str, list[dict]]) -> str:
     return text
 
 
-def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | None = None) -> Path:
+def setup_paragraph(lc, results: dict[str, list[dict]], arm_terms: Mapping[str, Sequence[bool]]) -> str:
+    """The report's setup: budgets, schedule, the growth recipe, and the method's terms that some
+    arm of this ladder uses (`_method_setup`)."""
+    return (f"Scratch budget: ratio {lc.ratio:g} tokens per scaling parameter. "
+            f"Budgets (fractions of it): scratch {lc.scratch_budgets}, grown rungs {lc.inherit_budgets}; schedule "
+            f"{lc.schedule}" + (f" (one stable run per rung, each budget a branch cooled over its last "
+                                f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
+            f". Growth: {lc.placement} placement, new layers {lc.depth_init}, new channels {lc.width_init}, "
+            f"grown-rung peak LR x{lc.inherit_lr_mult:g} of its depth's scratch peak, re-warmup "
+            f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
+            f"order {lc.data_order}, optimizer state {lc.optimizer_state}, "
+            + (f"the parent as a teacher (KL weight {lc.distill:g} decaying to 0 over {lc.distill_frac:g} of the "
+               f"scratch steps, its forward passes counted)" if lc.distill else "no teacher")
+            + f". {_method_setup(lc, results, arm_terms)}; seed {lc.seed}"
+            + "".join(f"; d{d} at peak-LR multiplier x{m:g}" for d, m in sorted(lc.lr_mult_by_depth.items()))
+            + "".join(f"; grown d{d} at x{m:g} of its scratch peak" for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
+            + ".")
+
+
+def _method_setup(lc, results: dict[str, list[dict]], arm_terms: Mapping[str, Sequence[bool]]) -> str:
+    """The penalty (with the Fisher it weighs by) and ARS settings, each only when some arm of
+    `lc.arms` uses it: a grow-only ladder trains with neither, and printing their defaults would say
+    it did. `arm_terms` maps each arm to (grows, penalty, ars): engine.ladder.config.ARMS, passed in
+    by the caller because the ladder's layer sits above this one."""
+    unknown = [a for a in lc.arms if a not in arm_terms]
+    if unknown:
+        raise ValueError(f"arm(s) {unknown} of the ladder are not in arm_terms (known: {sorted(arm_terms)})")
+    penalty = any(arm_terms[a][1] for a in lc.arms)
+    ars = any(arm_terms[a][2] for a in lc.arms)
+    parts = ([f"Penalty {_penalty_setup(lc, results)}; Fisher={lc.fisher} over {lc.fisher_batches} batches"]
+             if penalty else []) + ([f"ARS={lc.ars}"] if ars else [])
+    return "; ".join(parts) if parts else "No arm uses the penalty or ARS"
+
+
+def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | None = None, *,
+                        arm_terms: Mapping[str, Sequence[bool]]) -> Path:
+    """summary.json, report.md and the plots of one seed's ladder. `arm_terms`: each arm's
+    (grows, penalty, ars), engine.ladder.config.ARMS, so the setup names only the terms in use."""
     out = Path(lc.out)
     summary = summarize(lc, results)
     plots = _plot_curves(results, summary, out)
@@ -199,22 +257,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
     first = next(iter(results.values()))[0]["runs"][0]
     lines = [f"# Miniseries report: {lc.preset}, depths {lc.depths}, arms {', '.join(results)}", "",
              "## The answer", ""] + answer_lines(summary) + [""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += ["## Setup", "",
-              f"Created {summary['created']}. Scratch budget: ratio {lc.ratio:g} tokens per scaling parameter. "
-              f"Budgets (fractions of it): scratch {lc.scratch_budgets}, grown rungs {lc.inherit_budgets}; schedule "
-              f"{lc.schedule}" + (f" (one stable run per rung, each budget a branch cooled over its last "
-                                  f"{lc.cooldown_frac:g})" if lc.schedule == "wsd" else " (one run per budget)") +
-              f". Growth: {lc.placement} placement, new layers {lc.depth_init}, new channels {lc.width_init}, "
-              f"grown-rung peak LR x{lc.inherit_lr_mult:g} of its depth's scratch peak, re-warmup "
-              f"{lc.inherit_warmup_frac:g} of the scratch steps, grown from the parent's {lc.grow_from} run, data "
-              f"order {lc.data_order}, optimizer state {lc.optimizer_state}, "
-              + (f"the parent as a teacher (KL weight {lc.distill:g} decaying to 0 over {lc.distill_frac:g} of the "
-                 f"scratch steps, its forward passes counted)" if lc.distill else "no teacher")
-              + f". Penalty {_penalty_setup(lc, results)}; "
-              f"ARS={lc.ars}; Fisher={lc.fisher} over {lc.fisher_batches} batches; seed {lc.seed}"
-              + "".join(f"; d{d} at peak-LR multiplier x{m:g}" for d, m in sorted(lc.lr_mult_by_depth.items()))
-              + "".join(f"; grown d{d} at x{m:g} of its scratch peak" for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
-              + ".", "",
+    lines += ["## Setup", "", f"Created {summary['created']}. " + setup_paragraph(lc, results, arm_terms), "",
               f"Device: {first.get('device')} ({first.get('device_name', '')}), world size {first.get('world_size')}, "
               f"attention {first.get('attention_backend')}, optimizer kernel {first.get('kernel_backend')}, "
               f"dtype {first.get('dtype')}.", "", "## Iso-loss speedup", ""] + _iso_lines(summary)
@@ -226,7 +269,7 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
 
 
 def _profile(out: Path, summary: dict) -> str | None:
-    """profiling.report over the miniseries (it reads summary.json, so it runs after it is written);
+    """The profile report (engine/analysis/profile_report.py) over the miniseries (it reads summary.json, so it runs after it is written);
     the profile is an addition to the report, never a reason to lose it."""
     try:
         summary["profile"] = Path(write_profile_report(out)).name
@@ -242,6 +285,10 @@ def _core(lc, results, bundle):
     return core_section(lc, finals, lambda arm, d: runs[(arm, d)], bundle)
 
 
+# the per-rung numbers averaged over seeds
+SEED_KEYS = ("fraction", "marginal_saving", "standalone_saving", "whole_chain_saving")
+
+
 def write_multiseed_summary(out: Path, configs) -> Path:
     """Mean and a Student-t interval over seeds of every saving; a rung that is a bound in any seed
     is reported as such (its interval would be meaningless)."""
@@ -254,8 +301,8 @@ def write_multiseed_summary(out: Path, configs) -> Path:
             exact = all(s["status"] == REACHED for s in ss)
             agg["rungs"][f"{arm} {d}"] = {
                 "statuses": [s["status"] for s in ss], "all_reached": exact,
-                **{k: mean_ci([s[k] for s in ss]) for k in ("fraction", "marginal_saving", "standalone_saving")},
-                "values": {k: [s[k] for s in ss] for k in ("fraction", "marginal_saving", "standalone_saving")}}
+                **{k: mean_ci([s[k] for s in ss]) for k in SEED_KEYS},
+                "values": {k: [s[k] for s in ss] for k in SEED_KEYS}}
         lads = [s["ladder"][arm] for s in per_seed if arm in s["ladder"]]
         if lads:
             agg["ladder"][arm] = {"kinds": [l["kind"] for l in lads], **mean_ci([l["saving"] for l in lads]),
@@ -263,10 +310,10 @@ def write_multiseed_summary(out: Path, configs) -> Path:
     write_json_atomic(out / "summary.json", agg)
     lines = [f"# Miniseries over seeds {agg['seeds']}", "", "## The answer (mean and 95% Student-t interval over seeds)", ""]
     for key, r in agg["rungs"].items():
-        f, m, st = r["fraction"], r["marginal_saving"], r["standalone_saving"]
+        f, m, st, wc = (r[k] for k in SEED_KEYS)
         note = "" if r["all_reached"] else f" — in some seed only a bound ({', '.join(r['statuses'])})"
         lines.append(f"- **{key}**: FLOPs-to-match {_ci(f)} of scratch; marginal saving {_ci(m, pct=True)}, "
-                     f"standalone {_ci(st, pct=True)}{note}. Per seed: "
+                     f"standalone {_ci(st, pct=True)}, whole chain {_ci(wc, pct=True)}{note}. Per seed: "
                      + ", ".join(f"{v:.3f}" for v in r["values"]["fraction"]) + ".")
     for arm, l in agg["ladder"].items():
         lines.append(f"- **{arm} ladder**: saving {_ci(l, pct=True)} (per seed {', '.join(_pct(v) for v in l['values'])}; "

@@ -21,7 +21,13 @@ def rung_cost(final: dict) -> float:
     return final["flops"] + (final.get("fisher_flops") or 0.0) + (final.get("penalty_flops") or 0.0)
 
 
+def eval_records(run: Path) -> list[dict]:
+    """Every metrics.jsonl line of a run that carries an evaluation, in step order (a torn last
+    line, from a run killed mid-write, is skipped by the reader)."""
+    return [rec for rec in read_jsonl(Path(run) / "metrics.jsonl") if "val_loss" in rec]
+
+
 def last_eval(run: Path) -> dict:
     """The last metrics.jsonl line of a run that carries an evaluation, or {} when none does."""
-    evals = [rec for rec in read_jsonl(run / "metrics.jsonl") if "val_loss" in rec]
+    evals = eval_records(run)
     return evals[-1] if evals else {}

@@ -14,6 +14,9 @@ Fisher and penalty work), loss the run's cooled final val loss.
 - `iso_loss`: for each scratch budget point, the FLOPs the inheriting arm needs for that loss.
 - `ladder_saving`: 1 - inherit_total / scratch_total over every rung, each grown rung charged its
   FLOPs-to-match; a rung known only by a bound makes the ladder's answer a bound.
+- `whole_chain_saving`: what the top model alone cost by growth: every rung of the chain below it
+  charged the budget run it was actually grown from, plus its own FLOPs-to-match, against scratch's
+  full budget of that rung alone; a bound when the rung's FLOPs-to-match is.
 - `mean_ci`: the mean over seeds with a Student-t confidence interval.
 """
 from __future__ import annotations
@@ -100,11 +103,31 @@ def ladder_saving(scratch_costs: list[float], base_cost: float, reaches: list[Re
     at its smallest budget; "unbounded" when both happen."""
     inherit = base_cost + sum(r.cost for r in reaches)
     saving = 1.0 - inherit / sum(scratch_costs)
+    return {"saving": saving, "kind": bound_kind(reaches), "inherit_flops": inherit, "scratch_flops": sum(scratch_costs),
+            "rungs": [asdict(r) for r in reaches]}
+
+
+def bound_kind(reaches: list[Reach]) -> str:
+    """What a saving that charges these reaches is: "exact"; "at most" when some rung was not
+    reached (its cost is a lower bound, so the saving an upper bound); "at least" when some rung was
+    reached at its smallest budget already; "unbounded" when both happen."""
     low = any(r.status == BELOW_SMALLEST for r in reaches)
     high = any(r.status == NOT_REACHED for r in reaches)
-    kind = "unbounded" if (low and high) else "at least" if low else "at most" if high else "exact"
-    return {"saving": saving, "kind": kind, "inherit_flops": inherit, "scratch_flops": sum(scratch_costs),
-            "rungs": [asdict(r) for r in reaches]}
+    return "unbounded" if (low and high) else "at least" if low else "at most" if high else "exact"
+
+
+def whole_chain_saving(grown_from_costs: list[float], reach: Reach, scratch_cost: float) -> dict:
+    """The whole-chain saving of a grown rung d (method.md section 6): 1 - (sum of the FLOPs of the
+    budget runs its chain was grown from, rungs d_lo .. d-1, + rung d's FLOPs-to-match) / scratch d's
+    full-budget FLOPs. The chain's runs are charged what they actually cost (they ran whether or
+    not they matched), so only rung d's own reach can make the answer a bound."""
+    if not grown_from_costs:
+        raise ValueError("whole_chain_saving needs the cost of at least the parent run the rung grew from")
+    if scratch_cost <= 0:
+        raise ValueError(f"scratch_cost must be positive, got {scratch_cost}")
+    chain = sum(grown_from_costs) + reach.cost
+    return {"whole_chain_fraction": chain / scratch_cost, "whole_chain_saving": 1.0 - chain / scratch_cost,
+            "chain_flops": chain, "whole_chain_kind": bound_kind([reach])}
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> dict:

@@ -1,10 +1,13 @@
-"""The miniseries report's headline numbers (engine/analysis/report.py: summarize, answer_lines) on a
-small synthetic ladder whose every number is computed by hand below."""
+"""The miniseries report's headline numbers (engine/analysis/report.py: summarize, answer_lines) on
+small synthetic ladders whose every number is computed by hand below, and its setup paragraph."""
 import math
 from dataclasses import dataclass, field
 
-from engine.analysis.report import answer_lines, curve, summarize
-from engine.analysis.savings import BELOW_SMALLEST, REACHED
+import pytest
+
+from engine.analysis.report import answer_lines, curve, setup_paragraph, summarize
+from engine.analysis.savings import BELOW_SMALLEST, NOT_REACHED, REACHED
+from engine.ladder.config import ARMS, LadderConfig
 
 SQRT2 = math.sqrt(2.0)
 
@@ -84,3 +87,64 @@ def test_without_a_scratch_arm_there_is_nothing_to_compare():
     assert summary["answer"] == {} and summary["ladder"] == {}
     assert answer_lines({**summary, "val_loss_se_max": None}) == [
         "- No grown rung with a scratch twin in this ladder: nothing to compare."]
+
+
+# A third rung. Scratch d4: loss 2.8 at its full budget, 8e12. The grown d4 grew from the grown d3's
+# budget-0.5 run (cost 2e12: 1.8e12 + 0.2e12 Fisher); its curve (2e12, 3.0) -> (4e12, 2.6) crosses
+# 2.8 halfway in loss, so at sqrt(2e12 * 4e12) = 2 sqrt(2) e12.
+D3_GROWN_FROM = {"cost": 2e12, "budget_frac": 0.5, "kind": "cooled", "checkpoint": "/runs/d3/ckpt",
+                 "reached_target": True, "val_loss": 3.0}
+SCRATCH_D4 = {"depth": 4, "grown_from": None, "runs": [run(0.5, 4e12, 3.0, 4000), run(1.0, 8e12, 2.8, 4000)]}
+
+
+def three_rungs(d4_last_loss: float) -> dict:
+    grown_d4 = {"depth": 4, "grown_from": D3_GROWN_FROM,
+                "runs": [run(0.25, 2e12, 3.0, 4000), run(0.5, 4e12, d4_last_loss, 4000)]}
+    return {"scratch": RESULTS["scratch"] + [SCRATCH_D4], "inherit": RESULTS["inherit"] + [grown_d4]}
+
+
+def test_whole_chain_saving_charges_every_run_the_chain_grew_from():
+    summary = summarize(Ladder([2, 3, 4]), three_rungs(2.6))
+    d3, d4 = summary["answer"]["inherit"]["d3"], summary["answer"]["inherit"]["d4"]
+    # d3: its chain is the d2 run it grew from (1e12): the same as standalone, (1 + sqrt 2) / 4
+    assert math.isclose(d3["whole_chain_fraction"], (1 + SQRT2) / 4) and d3["whole_chain_kind"] == "exact"
+    # d4: the d2 run d3 grew from (1e12) + the d3 run d4 grew from (2e12) + d4's 2 sqrt(2) e12, of
+    # scratch d4's 8e12: (3 + 2 sqrt 2) / 8 = 0.7286, saving 27.1%; standalone only adds the 2e12 parent
+    assert math.isclose(d4["fraction"], SQRT2 / 4)
+    assert math.isclose(d4["standalone_fraction"], (2 + 2 * SQRT2) / 8)
+    assert math.isclose(d4["chain_flops"], (3 + 2 * SQRT2) * 1e12)
+    assert math.isclose(d4["whole_chain_fraction"], (3 + 2 * SQRT2) / 8)
+    assert math.isclose(d4["whole_chain_saving"], 1 - (3 + 2 * SQRT2) / 8) and d4["whole_chain_kind"] == "exact"
+    # the ladder: scratch 1 + 4 + 8 = 13e12 against 1 + sqrt 2 + 2 sqrt 2 = (1 + 3 sqrt 2) e12
+    assert math.isclose(summary["ladder"]["inherit"]["saving"], 1 - (1 + 3 * SQRT2) / 13)
+    line = answer_lines(summary)[1]
+    assert line.startswith("- **inherit d4**") and "whole chain (every rung below it charged the run it was " \
+        "grown from) **27.1%**" in line
+
+
+def test_whole_chain_of_an_unreached_rung_is_a_bound():
+    # d4's curve ends at 2.9 > 2.8: not reached at <= 4e12, so the chain costs at least 1 + 2 + 4 of 8
+    summary = summarize(Ladder([2, 3, 4]), three_rungs(2.9))
+    d4 = summary["answer"]["inherit"]["d4"]
+    assert d4["status"] == NOT_REACHED and d4["whole_chain_kind"] == "at most"
+    assert math.isclose(d4["whole_chain_saving"], 1 - 7 / 8)
+    assert "whole chain (every rung below it charged the run it was grown from) at most **12.5%**)." in \
+        answer_lines(summary)[1]
+
+
+@pytest.mark.parametrize("arm, penalty, ars", [("grow-only", False, False), ("inherit-noars", True, False),
+                                               ("inherit-nopenalty", False, True), ("inherit", True, True)])
+def test_setup_names_only_the_terms_some_arm_uses(arm, penalty, ars):
+    lc = LadderConfig(depths=[2, 3], arms=["scratch", arm], out="/runs")
+    text = setup_paragraph(lc, RESULTS, ARMS)
+    assert ("Penalty lambda=100000, gamma=0.1, subspace=coords" in text) == penalty
+    assert ("Fisher=online over 20 batches" in text) == penalty  # the Fisher weighs the penalty only
+    assert ("ARS=seed" in text) == ars
+    assert ("No arm uses the penalty or ARS" in text) == (not penalty and not ars)
+    assert "seed 0" in text and "data order restart" in text
+
+
+def test_setup_refuses_an_arm_it_cannot_place():
+    lc = LadderConfig(depths=[2, 3], arms=["scratch", "grow-only"], out="/runs")
+    with pytest.raises(ValueError, match=r"arm\(s\) \['grow-only'\] of the ladder are not in arm_terms"):
+        setup_paragraph(lc, RESULTS, {"scratch": (False, False, False)})

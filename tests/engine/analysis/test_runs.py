@@ -2,7 +2,7 @@
 tests/engine/runtime/test_jsonl.py."""
 import json
 
-from engine.analysis.runs import full_budget, last_eval, rung_cost
+from engine.analysis.runs import eval_records, full_budget, last_eval, rung_cost
 
 
 def test_last_eval_skips_a_torn_evaluation_line(tmp_path):
@@ -10,6 +10,7 @@ def test_last_eval_skips_a_torn_evaluation_line(tmp_path):
     text = "".join(json.dumps(r) + "\n" for r in lines)
     (tmp_path / "metrics.jsonl").write_text(text + '{"step": 4, "val_loss": 3.')
     assert last_eval(tmp_path) == lines[1]
+    assert eval_records(tmp_path) == [lines[1]]
     (tmp_path / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n")
     assert last_eval(tmp_path) == {}
 

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from engine.analysis.savings import (BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, cost_to_reach, iso_loss, ladder_saving,
-                            mean_ci, monotone_envelope, rung_saving)
+                                     mean_ci, monotone_envelope, rung_saving, whole_chain_saving)
 
 
 def test_envelope_pools_violators():
@@ -71,3 +71,17 @@ def test_rung_saving_not_reached_is_a_bound():
     assert s["status"] == NOT_REACHED and s["flops_to_match"] == 4e12 and s["fraction"] == 0.5
     assert s["marginal_saving"] == 0.5 and s["standalone_fraction"] == 0.75 and s["standalone_saving"] == 0.25
     assert Reach(s["status"], s["fraction"]).describe() == "not reached at <= 0.5"
+
+
+def test_whole_chain_saving_charges_the_runs_grown_from():
+    # d2 run grown from 1, d3 run grown from 3, d4's FLOPs-to-match 4, against scratch d4's 16:
+    # (1 + 3 + 4) / 16 = 0.5
+    out = whole_chain_saving([1.0, 3.0], Reach(REACHED, 4.0), 16.0)
+    assert out == {"whole_chain_fraction": 0.5, "whole_chain_saving": 0.5, "chain_flops": 8.0, "whole_chain_kind": "exact"}
+    # only the top rung's reach can be a bound: not reached at <= 4 makes the saving at most 0.5
+    assert whole_chain_saving([1.0, 3.0], Reach(NOT_REACHED, 4.0), 16.0)["whole_chain_kind"] == "at most"
+    assert whole_chain_saving([1.0], Reach(BELOW_SMALLEST, 1.0), 4.0)["whole_chain_kind"] == "at least"
+    with pytest.raises(ValueError, match="at least the parent run"):
+        whole_chain_saving([], Reach(REACHED, 1.0), 4.0)
+    with pytest.raises(ValueError, match="scratch_cost must be positive, got 0"):
+        whole_chain_saving([1.0], Reach(REACHED, 1.0), 0.0)

@@ -1,6 +1,6 @@
 """Where the time, FLOPs, energy and money of a run (or a miniseries) go, against the seeds' claims.
 
-    python -m profiling.report RUN_DIR [--price-per-gpu-hour 3.0] [--assumed-mfu 0.4]
+    python -m engine.analysis.profile_report RUN_DIR [--price-per-gpu-hour 3.0] [--assumed-mfu 0.4]
 
 RUN_DIR is either
   (a) a train run dir: final.json (depth, params, scaling_params, tokens, flops, val_loss, wall_s,
@@ -448,7 +448,7 @@ def write_report(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GPU
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m profiling.report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m engine.analysis.profile_report", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--price-per-gpu-hour", type=float, default=cost.DEFAULT_PRICE_PER_GPU_HOUR)
     ap.add_argument("--assumed-mfu", type=float, default=0.4)

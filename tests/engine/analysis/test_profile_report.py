@@ -1,4 +1,4 @@
-"""The profile report (profiling/report.py): from a tiny real training run and a miniseries of two
+"""The profile report (engine/analysis/profile_report.py): from a tiny real training run and a miniseries of two
 through the CLI, and from hand-made run directories (a shared base rung, GPU numbers, budget
 branches charged their own work)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from profiling import Profiler
 from profiling.profiler import META_FILE, WINDOWS_FILE
-from profiling.report import build_profile, main as profile_report_main, write_report
+from engine.analysis.profile_report import build_profile, main as profile_report_main, write_report
 from tests.helpers.profiling import read_profile_windows
 
 
