@@ -226,7 +226,7 @@ def tuned_values(found: dict) -> dict:
         if res.edge:
             edges.append(f"{name or 'scratch'} d{d}: best x{res.best:g} at the {res.edge} edge")
         for m, obj in res.tried.items():
-            row = {"phase": phase, "recipe": name, "depth": d, "lr_mult": m, "chosen": m == res.best}
+            row = {"phase": phase, "recipe": name or "scratch", "depth": d, "lr_mult": m, "chosen": m == res.best}
             if phase == "scratch":
                 row["val_loss"] = obj
             else:
