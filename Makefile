@@ -20,6 +20,7 @@ $(VENV)/.installed: requirements.txt setup.py
 include mk/kernels.mk
 include mk/bench.mk
 include mk/gpu.mk
+include mk/compat.mk
 
 test: venv native
 	$(PY) -m pytest -q tests --benchmark-disable --durations=15 $(PYTEST_ARGS)

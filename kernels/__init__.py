@@ -15,7 +15,9 @@ last_backend() -> str | None        (the backend used by the most recent call)
 Semantics: see kernels/reference.py (the ground truth). Three backends, dispatched by device:
 ``reference`` (PyTorch), ``native`` (C++/OpenMP CPU op, built with ``make native``) and
 ``triton`` (CUDA; also runs under TRITON_INTERPRET=1). ``LADDER_KERNEL=reference|native|triton``
-forces one; forcing one that cannot run is an error.
+forces one; forcing one that cannot run is an error. Without a forced backend, a device whose
+fast backend is missing (the CPU without the native library, CUDA without Triton) runs the
+reference and warns once.
 
 Name collision: the PyPI distribution ``kernels`` (Hugging Face's kernel hub) also provides a
 top-level package ``kernels``. This project runs from the repository root and is *not* installed
@@ -46,6 +48,7 @@ BACKENDS = ("reference", "native", "triton")
 _HERE = Path(__file__).resolve().parent
 _last_backend: Optional[str] = None
 _warned_native_missing = False
+_warned_triton_missing = False
 _collision_warned = False
 
 
@@ -111,6 +114,20 @@ def available_backends() -> list:
     return out
 
 
+def _warn_once_triton_missing() -> None:
+    """CUDA without an importable Triton: the step still runs, on the slower reference (like the
+    CPU without the native library), and says so once."""
+    global _warned_triton_missing
+    if _warned_triton_missing:
+        return
+    _warned_triton_missing = True
+    from . import triton_adamw
+    warnings.warn("kernels: Triton is not importable here "
+                  f"({triton_adamw.import_error()}); the CUDA optimizer step uses the slower "
+                  "PyTorch reference. Install it with `pip install triton` (a CUDA build of "
+                  "torch normally brings its own).", RuntimeWarning, stacklevel=4)
+
+
 def backend_for(device) -> str:
     """Backend that a call with tensors on ``device`` would use (honours LADDER_KERNEL)."""
     global _warned_native_missing
@@ -134,7 +151,10 @@ def backend_for(device) -> str:
                                "for CPU tensors)")
         return forced
     if dev.type == "cuda":
-        return "triton" if _triton_ok("cuda") else "reference"
+        if _triton_ok("cuda"):
+            return "triton"
+        _warn_once_triton_missing()
+        return "reference"
     if dev.type == "cpu":
         if _native_ok():
             return "native"

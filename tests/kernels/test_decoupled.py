@@ -128,13 +128,84 @@ _TRITON_SCRIPT = textwrap.dedent(r"""
 """)
 
 
-def test_triton_decoupled_under_the_interpreter_matches_reference():
+# Several tensors of two kinds (fp32 g and kappa; bf16 g and kappa) in one call: each kind is one
+# launch of the multi-tensor kernel (address table), which the one-tensor `multi=True` case above
+# never reaches (a kind with one tensor goes to the single-tensor kernel). Sizes: below a block, one
+# full block, full blocks plus a tail.
+_TRITON_MULTI_SCRIPT = textwrap.dedent(r"""
+    import json, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    import kernels
+    from kernels import triton_adamw
+    from tests.helpers.kernel_steps import HP, make_inputs
+    SPECS = [(5, torch.float32), (1024, torch.float32), (1500, torch.float32), (2049, torch.float32),
+             (7, torch.bfloat16), (1031, torch.bfloat16), (3000, torch.bfloat16)]
+    tables, singles = [], []
+    group_tables, single_step = triton_adamw._group_tables, triton_adamw.fused_adamw_step
+    def counting_tables(dev, addrs, numels):
+        tables.append(list(numels))
+        return group_tables(dev, addrs, numels)
+    def counting_single(p, *a, **k):
+        singles.append(p.numel())
+        return single_step(p, *a, **k)
+    triton_adamw._group_tables, triton_adamw.fused_adamw_step = counting_tables, counting_single
+    def run(backend, step_tensor):
+        ts = []
+        for j, (n, dt) in enumerate(SPECS):
+            t = make_inputs(n, dt, dt, seed=j)
+            t["kappa"] = t["kappa"] * 300.0  # lr*kappa in [0, 3]: the clamp is exercised too
+            ts.append(t)
+        pen = torch.zeros(1)
+        col = lambda k: [t[k] for t in ts]
+        for s in (1, 2):
+            kernels.fused_adamw_multi(col("p"), col("g"), col("m"), col("v"), **HP,
+                                      step=torch.tensor(s) if step_tensor else s,
+                                      anchors=col("anchor"), kappas=col("kappa"),
+                                      extra_grads=col("extra_grad"), damping=0.7,
+                                      fishers=col("fisher"), fisher_scale=0.5, penalty_out=pen,
+                                      decoupled=True, backend=backend)
+        return ts, pen
+    errs = []
+    for step_tensor in (False, True):
+        ref, pr = run("reference", step_tensor)
+        del tables[:], singles[:]
+        out, po = run("triton", step_tensor)
+        want = [[n for n, dt in SPECS if dt == d] for d in (torch.float32, torch.bfloat16)] * 2
+        if sorted(tables) != sorted(want) or singles:
+            errs.append(f"step_tensor={step_tensor}: tables {tables}, single-kernel calls {singles}; "
+                        f"expected tables {want} and no single-kernel call")
+        for j, (o, r) in enumerate(zip(out, ref)):
+            for k in ("p", "m", "v", "fisher"):
+                try:
+                    torch.testing.assert_close(o[k], r[k], rtol=2e-4, atol=1e-5)
+                except AssertionError as e:
+                    errs.append(f"step_tensor={step_tensor} tensor {j} (n={SPECS[j][0]}) {k}: {str(e)[:300]}")
+        try:
+            torch.testing.assert_close(po, pr, rtol=2e-5, atol=1e-5)
+        except AssertionError as e:
+            errs.append(f"step_tensor={step_tensor} penalty: {str(e)[:300]}")
+    print("RESULT" + json.dumps(errs))
+""")
+
+
+def _interpreted_errors(script):
+    """Run a test script under TRITON_INTERPRET=1 in a fresh interpreter (the mode is chosen when
+    kernels.triton_adamw is imported); returns the mismatches it reports."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("LADDER_KERNEL", None)
-    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT, str(ROOT)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT)], env=env, capture_output=True, text=True,
                           timeout=300, cwd=str(ROOT))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    errs = json.loads(lines[-1][len("RESULT"):])
+    return json.loads(lines[-1][len("RESULT"):])
+
+
+def test_triton_decoupled_under_the_interpreter_matches_reference():
+    errs = _interpreted_errors(_TRITON_SCRIPT)
+    assert not errs, "\n".join(errs[:10])
+
+
+def test_triton_multi_tensor_decoupled_under_the_interpreter_matches_reference():
+    errs = _interpreted_errors(_TRITON_MULTI_SCRIPT)
     assert not errs, "\n".join(errs[:10])

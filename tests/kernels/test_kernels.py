@@ -214,6 +214,34 @@ def test_forcing_missing_native_is_an_error_and_default_warns_once(monkeypatch):
         assert kernels.backend_for("cpu") == "reference"  # no second warning
 
 
+def test_cuda_without_triton_warns_once_and_uses_the_reference(monkeypatch):
+    """CUDA without Triton falls back like the CPU without the native library: to the reference,
+    with one warning naming why (no GPU needed: dispatch only looks at the device type)."""
+    from kernels import triton_adamw
+    monkeypatch.delenv("LADDER_KERNEL", raising=False)
+    monkeypatch.setattr(triton_adamw, "triton", None)
+    monkeypatch.setattr(triton_adamw, "_import_error", "ModuleNotFoundError: fake: no triton")
+    monkeypatch.setattr(kernels, "_warned_triton_missing", False)
+    monkeypatch.setattr(kernels, "_warned_native_missing", True)  # only Triton's warning is looked for
+    with pytest.warns(RuntimeWarning, match=r"Triton is not importable here \(ModuleNotFoundError: "
+                      r"fake: no triton\); the CUDA optimizer step uses the slower PyTorch reference"):
+        assert kernels.backend_for("cuda") == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.backend_for("cuda") == "reference"  # no second warning
+        assert kernels.backend_for("cpu") in ("native", "reference")  # the CPU path is not affected
+    monkeypatch.setenv("LADDER_KERNEL", "triton")
+    with pytest.raises(RuntimeError, match="LADDER_KERNEL=triton"):
+        kernels.backend_for("cuda")
+    # with Triton there, CUDA takes it and nothing is said
+    monkeypatch.delenv("LADDER_KERNEL")
+    monkeypatch.setattr(triton_adamw, "triton", object())
+    monkeypatch.setattr(kernels, "_warned_triton_missing", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.backend_for("cuda") == "triton"
+
+
 # ----------------------------------------------------------------------------------------------
 # Name collision with the PyPI distribution `kernels`
 # ----------------------------------------------------------------------------------------------

@@ -132,6 +132,43 @@ def test_triton_interpreter_vs_reference():
     assert not errs, "\n".join(errs[:10])
 
 
+_NO_TRITON_SCRIPT = textwrap.dedent(r"""
+    import json, sys, warnings
+    sys.modules["triton"] = None  # `import triton` now raises, as where it is not installed
+    sys.path.insert(0, sys.argv[1])
+    import torch, kernels
+    from kernels import triton_adamw
+    out = {"importable": triton_adamw.is_importable(), "error": triton_adamw.import_error()}
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out["cuda_backend"] = kernels.backend_for("cuda")
+    out["warnings"] = [str(w.message) for w in rec]
+    p = torch.zeros(4)
+    try:
+        triton_adamw.fused_adamw_step(p, p.clone(), p.clone(), p.clone(), lr=1e-3, beta1=0.9,
+                                      beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+        out["launch"] = "no error"
+    except RuntimeError as e:
+        out["launch"] = str(e)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_module_imports_and_refuses_clearly_without_triton():
+    """Triton is optional: without it kernels.triton_adamw imports, says why it cannot run, CUDA
+    dispatch falls back to the reference with one warning, and a direct launch names the cause."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LADDER_KERNEL", "TRITON_INTERPRET")}
+    proc = subprocess.run([sys.executable, "-c", _NO_TRITON_SCRIPT, str(ROOT)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT"):])
+    assert out["importable"] is False and out["error"].startswith("ModuleNotFoundError"), out
+    assert out["cuda_backend"] == "reference", out
+    assert len(out["warnings"]) == 1 and "Triton is not importable here" in out["warnings"][0], out
+    assert out["launch"].startswith("triton backend: triton is not importable here (ModuleNotFoundError"), out
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not _triton_importable(),
                     reason="needs CUDA and triton")
 @pytest.mark.parametrize("gdtype", [torch.float32, torch.bfloat16], ids=["g32", "gbf16"])

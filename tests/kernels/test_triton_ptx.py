@@ -1,7 +1,7 @@
 """The compiled GPU code of the Triton optimizer step, checked on a machine without a GPU.
 
 Every kernel variant the optimizer launches (single and multi-tensor; fp32/bf16 gradients and
-kappa; each optional-term flag on and off) is compiled for sm_90 (H100/H200) by Triton's own
+kappa; each optional-term flag on and off; the decoupled penalty) is compiled for sm_90 (H100/H200) by Triton's own
 compiler, and the PTX is checked for what makes the step fast on the device:
 - on the hot path (a full block) every operand moves in 16-byte ld/st.global.v4 accesses: the
   bytes per thread of the v4 loads and stores equal the bytes the step reads and writes;
@@ -27,8 +27,11 @@ except Exception as exc:  # no triton, or a build without the NVIDIA backend
     pytestmark = pytest.mark.skip(reason=f"Triton cannot compile for CUDA here: {exc!r}")
 
 SM = 90
-FLAGS = ("HAS_ANCHOR", "HAS_EXTRA", "HAS_FISHER", "HAS_PEN", "STEP_TENSOR", "DAMP_TENSOR", "HAS_SKIP")
-ON_CUDA = dict.fromkeys(FLAGS, True)  # the trainer's CUDA step: tensor step, device damping and skip
+# Each optional term is switched off in turn; DECOUPLED moves the same bytes as the coupled form,
+# so it gets one variant per kernel of its own (see _variants).
+FLAGS = tuple(f for f in triton_adamw.Flags._fields if f != "DECOUPLED")
+# the trainer's CUDA step: tensor step, device damping and skip, the coupled penalty
+ON_CUDA = {**dict.fromkeys(FLAGS, True), "DECOUPLED": False}
 ELEMS_PER_THREAD = triton_adamw.BLOCK // (32 * triton_adamw.NUM_WARPS)
 SIZE = {"fp32": 4, "bf16": 2}
 INDEX_ARGS = {"table_ptr": "*i64", "numel_ptr": "*i64", "blk_start_ptr": "*i64", "blk_tensor_ptr": "*i32"}
@@ -41,14 +44,16 @@ def _variants():
            for g in ("fp32", "bf16") for k in ("fp32", "bf16")]
     for kern in ("single", "multi"):
         out += [(kern, "fp32", "fp32", {**ON_CUDA, flag: False}) for flag in FLAGS]
-        out.append((kern, "fp32", "fp32", dict.fromkeys(FLAGS, False)))
+        out.append((kern, "fp32", "fp32", {**dict.fromkeys(FLAGS, False), "DECOUPLED": False}))
+        out.append((kern, "fp32", "fp32", {**ON_CUDA, "DECOUPLED": True}))
     return out
 
 
 def _variant_id(v):
     kern, g, k, flags = v
     off = [f for f in FLAGS if not flags[f]]
-    return f"{kern}-g{g}-k{k}-" + ("all-on" if not off else "off-" + "+".join(off) if len(off) < 7 else "all-off")
+    name = "all-on" if not off else "off-" + "+".join(off) if len(off) < len(FLAGS) else "all-off"
+    return f"{kern}-g{g}-k{k}-{name}" + ("-decoupled" if flags["DECOUPLED"] else "")
 
 
 def _signature(fn, g, k):
@@ -58,6 +63,8 @@ def _signature(fn, g, k):
     for name, param in zip(fn.arg_names, fn.params):
         if param.is_constexpr:
             sig[name] = "constexpr"
+        elif name == "hp":  # the float hyperparameters, one tuple argument
+            sig[name] = triton_adamw.Hyper(*["fp32"] * len(triton_adamw.Hyper._fields))
         elif name in INDEX_ARGS:
             sig[name] = INDEX_ARGS[name]
         elif name.endswith("_ptr"):
@@ -72,12 +79,12 @@ def _signature(fn, g, k):
 @lru_cache(maxsize=None)
 def compile_variant(kern, g, k, flags_items, aligned=True):
     """(PTX, ptxas -v log) of one variant for sm_90."""
-    fn = triton_adamw._kernel()[0 if kern == "single" else 1]
+    fn = triton_adamw._fused_adamw_kernel if kern == "single" else triton_adamw._fused_adamw_multi_kernel
     sig = _signature(fn, g, k)
-    consts = dict(flags_items, BLOCK_SIZE=triton_adamw.BLOCK)
+    consts = dict(F=triton_adamw.Flags(**dict(flags_items)), BLOCK_SIZE=triton_adamw.BLOCK)
     if kern == "multi":
         consts.update(G_BF16=g == "bf16", K_BF16=k == "bf16", ALIGNED=aligned)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if str(sig[n]).startswith("*")}
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", SM, 32),
                               options=dict(num_warps=triton_adamw.NUM_WARPS))
     ptx = compiled.asm["ptx"]
