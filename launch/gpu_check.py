@@ -421,7 +421,8 @@ def headline(name: str, res: dict) -> str:
     if name.startswith("train"):
         hs = res.get("host_syncs") or {}
         zero = hs.get("zero")
-        syncs = ("n/a" if zero is None else "0" if zero else f"NOT zero at steps {sorted(hs.get('steps_with_syncs', {}))}")
+        at = sorted(int(k) for k in hs.get("steps_with_syncs") or {})  # JSON keys: strings
+        syncs = "n/a" if zero is None else "0" if zero else f"NOT zero at steps {at}"
         if res.get("tokens_per_s") is None and res.get("phase") != "done":
             return f"stopped in {res.get('phase', 'setup')}, {res.get('steps_started', 0)} steps started"
         return (f"{_fmt(res.get('tokens_per_s'))} tokens/s, MFU {_fmt(res.get('mfu'))}, "

@@ -439,6 +439,8 @@ def test_step_sync_counter_attributes_syncs_to_steps_and_excludes_the_lagged_rea
     clean = gs.summarize_syncs({s: (5 if s == 1 else 0) for s in range(1, 11)}, total_steps=10, warmup=1)
     assert clean["zero"] is True and clean["warmup_steps"] == {1: 5}
     assert gs.summarize_syncs({1: 0}, total_steps=10, warmup=3)["zero"] is None
+    as_read = json.loads(json.dumps({"host_syncs": v, "tokens_per_s": 1000.0, "phase": "done"}))  # the parent's view
+    assert "host syncs per lagged step: NOT zero at steps [4, 9] (6 steps)" in gc.headline("train-eager", as_read)
 
 
 def test_tokens_per_s_is_steady_state_from_step_entry_times():
