@@ -464,8 +464,9 @@ def render_report(rep: dict) -> str:
              f"{_fmt(rep.get('budget_s'), '{:.0f}')} s budget{' (--quick)' if rep.get('quick') else ''}.", "",
              "What ran: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in what_ran(rep).items()) + ".",
              "", "## Sections", ""]
-    lines += _table(secs, ["section", "status", "seconds", "timeout s", "budget s", "min s", "what it found"],
-                    ["name", "status", "seconds", "timeout_s", "budget_s", "min_s", "headline"])
+    rows = [{**x, "found": "; ".join(filter(None, (x.get("note"), x.get("headline")))) or None} for x in secs]
+    lines += _table(rows, ["section", "status", "seconds", "timeout s", "budget s", "min s", "what it found"],
+                    ["name", "status", "seconds", "timeout_s", "budget_s", "min_s", "found"])
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in env.items() if k != "packages"]
     lines += [f"- package {k}: {_fmt(v)}" for k, v in (env.get("packages") or {}).items()]
@@ -641,9 +642,16 @@ def run_sections(check: Check, s: Settings, work: Path, cache_dir: Path) -> None
         pf, rf = params("data", {"source": s.data, "vocabs": list(s.vocabs), "cache_dir": str(cache_dir)})
         data = Child(section_argv("data", pf, rf), logs / "data.log", rf)
         data_deadline = time.monotonic() + s.limits["data"][0]
+    def imports(timeout):
+        out = child("imports", "imports", {})(timeout)
+        failed = (out.get("result") or {}).get("failed")
+        if out["status"] == "ok" and failed:
+            out.update(status="failed", note=f"{len(failed)} module(s) failed to import")
+        return out
+
     try:
         for name, fn in (
-                ("imports", child("imports", "imports", {})),
+                ("imports", imports),
                 ("tests", lambda timeout: _run_tests(s.tests, logs / "tests.log", cache_dir, timeout)),
                 ("bandwidth", child("bandwidth", "bandwidth", {"n_params": s.n_params, "reps": s.reps, "depth": s.depth}))):
             if name in s.skip:
