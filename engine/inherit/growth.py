@@ -213,59 +213,14 @@ def grow(
     new.set_attention(model.attention)
     new_params = dict(new.named_parameters())
 
-    # what is carried into the new shapes, per old parameter: (name, tensor, power of c where rescaled)
-    # d/d(W/c) = c * d/dW: a rescaled weight's gradient is c times, its square (Omega, v) c^2 times
-    sources = {}
-    if fisher is not None:
-        sources["fisher"] = ({n: fisher.get(n) for n, _ in model.named_parameters()}, 2)
-    if moments is not None:
-        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
-            sources[key] = ({n: (moments.get(n) or {}).get(key) for n, _ in model.named_parameters()}, power)
-    for key, (src, _) in sources.items():
-        missing = [n for n, t in src.items() if t is None]
-        if missing:
-            raise KeyError(f"{'fisher' if key == 'fisher' else 'moments'} lacks entries for "
-                           f"{missing[:4]}{'...' if len(missing) > 4 else ''}")
-
-    mask = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
-    carried = {key: {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
-               for key in sources}
-
-    for old_name, old_p in model.named_parameters():
-        name = _new_name(old_name, old_to_new)
-        p = new_params[name]
-        region = _inherited_region(name, old_p.shape)
-        # Write-out weights must be zero outside the inherited block (new rows write new stream
-        # coordinates, new columns carry new heads / hidden units / would-be channels). The
-        # scratch model already has zero c_proj; wte's new columns are normal(0,1) there.
-        if name == "wte.weight":
-            p.zero_()
-        elif name.endswith("c_proj.weight"):
-            p.zero_()
-        if _is_rescaled(name):
-            p[region] = (old_p.detach().double() / c).to(p.dtype)
-        else:
-            p[region] = old_p.detach().to(p.dtype)
-        mask[name][region] = 1.0
-        for key, (src, power) in sources.items():
-            t = src[old_name].detach().to(device=p.device, dtype=torch.float32)
-            if t.shape != old_p.shape:
-                raise ValueError(f"{key}[{old_name!r}] has shape {tuple(t.shape)}, expected {tuple(old_p.shape)}")
-            carried[key][name][region] = t * (c * c if power == 2 else c) if _is_rescaled(name) else t
+    sources = _carried_sources(model, fisher, moments)
+    mask, carried = _inherit_into(model, new_params, old_to_new, sources, c)
 
     if width_init == "split":
         powers = {key: power for key, (_, power) in sources.items()}
         _split_width(new, old_cfg, old_to_new, carried, powers, seed, split_noise)
     if copy_src is not None:
-        src = new.blocks[old_to_new[copy_src]]
-        for j in new_layers:
-            dst = new.blocks[j]
-            for a, b in ((dst.attn.c_q, src.attn.c_q), (dst.attn.c_k, src.attn.c_k),
-                         (dst.attn.c_v, src.attn.c_v), (dst.mlp.c_fc, src.mlp.c_fc)):
-                a.weight.copy_(b.weight)
-            dst.attn.c_proj.weight.zero_()  # zero write-out keeps the copy an identity map
-            dst.mlp.c_proj.weight.zero_()
-
+        _copy_middle(new, old_to_new, new_layers, copy_src)
     if depth_init == "copy" and new_layers:
         _copy_neighbours(new, old_to_new, new_layers, copy_src)
     anchor = {n: p.detach().clone() for n, p in new_params.items()}
@@ -354,6 +309,66 @@ def _copy_neighbours(new: GPT, old_to_new: list[int], new_layers: list[int], cop
 
 
 @torch.no_grad()
+
+def _carried_sources(model: GPT, fisher: dict | None, moments: dict | None) -> dict:
+    """What is carried into the new shapes, per old parameter: {key: ({old name: tensor}, power of c
+    where rescaled)}. d/d(W/c) = c * d/dW: a rescaled weight's gradient is c times, its square
+    (Omega, v) c^2 times. Every parameter must have an entry."""
+    sources = {}
+    if fisher is not None:
+        sources["fisher"] = ({n: fisher.get(n) for n, _ in model.named_parameters()}, 2)
+    if moments is not None:
+        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+            sources[key] = ({n: (moments.get(n) or {}).get(key) for n, _ in model.named_parameters()}, power)
+    for key, (src, _) in sources.items():
+        missing = [n for n, t in src.items() if t is None]
+        if missing:
+            raise KeyError(f"{'fisher' if key == 'fisher' else 'moments'} lacks entries for "
+                           f"{missing[:4]}{'...' if len(missing) > 4 else ''}")
+    return sources
+
+
+def _inherit_into(model: GPT, new_params: dict, old_to_new: dict, sources: dict, c: float) -> tuple[dict, dict]:
+    """Write every old parameter (rescaled by 1/c where the width grows) and its carried Fisher and
+    moments into the inherited block of the new ones; return (mask of inherited coordinates, carried)."""
+    mask = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
+    carried = {key: {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in new_params.items()}
+               for key in sources}
+    for old_name, old_p in model.named_parameters():
+        name = _new_name(old_name, old_to_new)
+        p = new_params[name]
+        region = _inherited_region(name, old_p.shape)
+        # Write-out weights must be zero outside the inherited block (new rows write new stream
+        # coordinates, new columns carry new heads / hidden units / would-be channels). The
+        # scratch model already has zero c_proj; wte's new columns are normal(0,1) there.
+        if name == "wte.weight" or name.endswith("c_proj.weight"):
+            p.zero_()
+        if _is_rescaled(name):
+            p[region] = (old_p.detach().double() / c).to(p.dtype)
+        else:
+            p[region] = old_p.detach().to(p.dtype)
+        mask[name][region] = 1.0
+        for key, (src, power) in sources.items():
+            t = src[old_name].detach().to(device=p.device, dtype=torch.float32)
+            if t.shape != old_p.shape:
+                raise ValueError(f"{key}[{old_name!r}] has shape {tuple(t.shape)}, expected {tuple(old_p.shape)}")
+            carried[key][name][region] = t * (c * c if power == 2 else c) if _is_rescaled(name) else t
+    return mask, carried
+
+
+def _copy_middle(new: GPT, old_to_new: dict, new_layers: list[int], copy_src: int) -> None:
+    """placement copy-middle: each new layer reads like the trained layer `copy_src` but writes
+    nothing (zero write-out), so the copy starts as an identity map."""
+    src = new.blocks[old_to_new[copy_src]]
+    for j in new_layers:
+        dst = new.blocks[j]
+        for a, b in ((dst.attn.c_q, src.attn.c_q), (dst.attn.c_k, src.attn.c_k),
+                     (dst.attn.c_v, src.attn.c_v), (dst.mlp.c_fc, src.mlp.c_fc)):
+            a.weight.copy_(b.weight)
+        dst.attn.c_proj.weight.zero_()
+        dst.mlp.c_proj.weight.zero_()
+
+
 def growth_logit_error(
     old: GPT,
     new: GPT,
