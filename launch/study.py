@@ -104,7 +104,7 @@ def commit() -> str:
     return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def run_study(sc: StudyConfig, env, log=print) -> Path | None:
+def run_study(sc: StudyConfig, env, command: str, log=print) -> Path | None:
     """The four phases; returns the report's path (on the main rank)."""
     out = Path(sc.out)
     protocol = open_protocol(out, protocol_settings(sc, corpus_key(sc)), commit()) if env.is_main else None
@@ -119,7 +119,7 @@ def run_study(sc: StudyConfig, env, log=print) -> Path | None:
     if not env.is_main:
         return None
     protocol = note_measured(out, protocol, commit())
-    return write_study_report(sc, protocol, measured, labels(sc, measured), BASELINE)
+    return write_study_report(sc, protocol, measured, labels(sc, measured), BASELINE, command)
 
 
 def _shared(obj, env):
@@ -135,7 +135,8 @@ def main(argv=None):
     env = init_distributed(ns.device)
     try:
         with run_lock(sc.out, env), storage_guard(sc.out):
-            path = run_study(sc, env, log=print if env.is_main else (lambda *a: None))
+            command = " ".join(["python", "launch/study.py", *(sys.argv[1:] if argv is None else argv)])
+            path = run_study(sc, env, command, log=print if env.is_main else (lambda *a: None))
             if path is not None:
                 print(f"[study] report: {path}\n")
                 print("\n".join(path.read_text().splitlines()[:30]))

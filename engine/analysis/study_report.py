@@ -16,8 +16,10 @@ from engine.analysis.study import (answer_table, growth_factor_fit, nanochat_gro
                                    plot_growth_factor_fit, render_study_markdown, saving_points)
 from engine.train.checkpoint import write_json_atomic
 
-def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str], baseline: str) -> Path:
-    """Write the report files; return report.md's path. Every recipe but `baseline` is paired against it."""
+def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str], baseline: str,
+                       command: str) -> Path:
+    """Write the report files; return report.md's path. Every recipe but `baseline` is paired against it;
+    `command` is the command line that regenerates the report (rerunning it trains nothing new)."""
     out = Path(sc.out)
     per_seed = {seed: {r: summarize(lc, results) for r, (lc, results) in by_recipe.items()}
                 for seed, by_recipe in measured.items()}
@@ -33,10 +35,10 @@ def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str
         plots.append(name)
     tuning = [{**row, "seed": sc.tune_seed} for row in protocol["tuned"]["tried"]]
     lines = render_study_markdown(table, paired, fits, tuning, title=_title(sc))
-    lines[2:2] = _preamble(sc, protocol)
+    lines[2:2] = _preamble(sc, protocol) + [f"Regenerate: `{command}`", ""]
     lines += [f"![{p}]({p})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    write_json_atomic(out / "summary.json", {"answer": table, "paired": paired, "fits": fits, "protocol": protocol,
+    write_json_atomic(out / "summary.json", {"command": command, "answer": table, "paired": paired, "fits": fits, "protocol": protocol,
                                              "per_seed": per_seed, "labels": labels,
                                              "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     return out / "report.md"
