@@ -23,6 +23,7 @@ include mk/gpu.mk
 include mk/compat.mk
 
 test: venv native
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests --benchmark-disable --durations=15 $(PYTEST_ARGS)
 
 miniseries: venv native

@@ -416,7 +416,8 @@ def headline(name: str, res: dict) -> str:
                 f"{_fmt(r.get('vs torch fused AdamW'))}x torch's fused AdamW")
     if name == "data":
         caches = res.get("caches", [])
-        return (f"tokenizer trainer {res.get('tokenizer_trainer') or ', '.join(c['tokenizer_trainer'] for c in caches) or 'n/a'}; "
+        return ("tokenizer trainer "
+                f"{res.get('tokenizer_trainer') or ', '.join(c['tokenizer_trainer'] for c in caches) or 'n/a'}; "
                 + ", ".join(f"vocab {c['vocab']}: {_fmt(c.get('train_tokens'))} train tokens" for c in caches))
     if name.startswith("train"):
         hs = res.get("host_syncs") or {}
@@ -505,7 +506,8 @@ def render_report(rep: dict) -> str:
                          f"{len(hs.get('warmup_steps', {}))} warm-up steps; steps with syncs "
                          f"{hs.get('steps_with_syncs') or 'none'}; warm-up {hs.get('warmup_steps')}; "
                          f"last step {hs.get('last_step')}")
-    lines += ["", "## Energy per section (NVML)", ""] + _table(rep.get("energy") or [], ["window", "seconds", "joules", "watts"])
+    lines += ["", "## Energy per section (NVML)", ""] + _table(rep.get("energy") or [],
+                                                               ["window", "seconds", "joules", "watts"])
     bad = [s for s in secs if s.get("status") in ("failed", "cut") and (s.get("note") or s.get("log_tail"))]
     if bad:
         lines += ["", "## Failures", ""]
@@ -561,7 +563,8 @@ class Check:
         if timeout is None:
             return self.skip(name, f"skipped: needs at least {min_s:.0f} s and {max(0.0, self.budget.usable()):.0f} s "
                                    f"of the budget are left", limits)
-        entry = {"name": name, "status": "running", "budget_s": budget_s, "min_s": min_s, "timeout_s": round(timeout, 1)}
+        entry = {"name": name, "status": "running", "budget_s": budget_s, "min_s": min_s,
+                 "timeout_s": round(timeout, 1)}
         self.rep["sections"].append(entry)
         self.write()  # a run killed now still says which section it was in
         t0 = time.monotonic()
@@ -617,7 +620,8 @@ def parse_args(argv=None):
 def _sections(s: str) -> frozenset:
     names = frozenset(filter(None, (x.strip() for x in s.split(","))))
     if names - set(SECTIONS):
-        raise argparse.ArgumentTypeError(f"unknown section(s) {sorted(names - set(SECTIONS))}; expected some of {list(SECTIONS)}")
+        raise argparse.ArgumentTypeError(f"unknown section(s) {sorted(names - set(SECTIONS))}; expected some of "
+                                         f"{list(SECTIONS)}")
     return names
 
 
@@ -653,7 +657,8 @@ def run_sections(check: Check, s: Settings, work: Path, cache_dir: Path) -> None
         for name, fn in (
                 ("imports", imports),
                 ("tests", lambda timeout: _run_tests(s.tests, logs / "tests.log", cache_dir, timeout)),
-                ("bandwidth", child("bandwidth", "bandwidth", {"n_params": s.n_params, "reps": s.reps, "depth": s.depth}))):
+                ("bandwidth",
+                 child("bandwidth", "bandwidth", {"n_params": s.n_params, "reps": s.reps, "depth": s.depth}))):
             if name in s.skip:
                 check.skip(name, "skipped: --skip")
             else:
@@ -673,7 +678,8 @@ def run_sections(check: Check, s: Settings, work: Path, cache_dir: Path) -> None
                 check.skip(name, "skipped: not part of --quick")
             elif data_entry is not None and data_entry["status"] != "ok":
                 check.skip(name, f"skipped: needs the token cache, and the data section was {data_entry['status']}"
-                                 f" ({data_entry.get('note') or 'see its log'})"[:400], s.limits.get(name, (None, None)))
+                                 f" ({data_entry.get('note') or 'see its log'})"[:400],
+                           s.limits.get(name, (None, None)))
             else:
                 out = work / name
                 shutil.rmtree(out, ignore_errors=True)
@@ -712,7 +718,8 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    rep = {"date": date, "command": "python launch/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    rep = {"date": date,
+           "command": "python launch/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "quick": args.quick, "environment": env, "cache_dir": str(cache_dir), "sections": []}
     check = Check(out_path, budget, rep, meter=EnergyMeter())
     print(f"gpu-check: report -> {out_path} (+ .json), rewritten after every section", flush=True)

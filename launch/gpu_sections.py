@@ -17,6 +17,7 @@ unit-tested on CPU (tests/launch/test_gpu_check.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -183,7 +184,7 @@ def section_bandwidth(params: dict, emit) -> dict:
     skip = torch.zeros(1, device=dev)
     n = params["n_params"]
     x, y = torch.randn(n, device=dev), torch.empty(n, device=dev)
-    copy_gbs = 8 * n / _time_ms(lambda: y.copy_(x), reps) / 1e6
+    copy_gbs = 8 * n / _time_ms(functools.partial(y.copy_, x), reps) / 1e6
     del x, y
     res = {"kernel_backend": kernels.backend_for(dev), "copy_GBs": copy_gbs, "rows": []}
     res["rows"].append({"case": "device copy", "params": n, "GB/s": copy_gbs, "vs copy": 1.0})
@@ -193,21 +194,22 @@ def section_bandwidth(params: dict, emit) -> dict:
         p, g, m, v, a, k, f = ([torch.randn(s, device=dev) for s in sizes] for _ in range(7))
         for t in (*v, *k, *f):
             t.abs_()
-        plain = lambda: kernels.fused_adamw_multi(p, g, m, v, **hp, step=step, found_inf=skip)  # noqa: E731
-        inherited = lambda: kernels.fused_adamw_multi(p, g, m, v, **hp, step=step, anchors=a, kappas=k,  # noqa: E731
-                                                      fishers=f, found_inf=skip)
+        plain = functools.partial(kernels.fused_adamw_multi, p, g, m, v, **hp, step=step, found_inf=skip)
+        inherited = functools.partial(kernels.fused_adamw_multi, p, g, m, v, **hp, step=step, anchors=a,
+                                      kappas=k, fishers=f, found_inf=skip)
         t_torch = _time_ms(_torch_fused_adamw(p, g).step, reps)
         total = sum(sizes)
+        torch_gbs = PLAIN_BYTES * total / t_torch / 1e6
         res["rows"].append({"case": f"{case}, torch fused AdamW", "params": total, "ms": t_torch,
-                            "GB/s": PLAIN_BYTES * total / t_torch / 1e6, "vs copy": PLAIN_BYTES * total / t_torch / 1e6 / copy_gbs,
-                            "vs torch fused AdamW": 1.0})
+                            "GB/s": torch_gbs, "vs copy": torch_gbs / copy_gbs, "vs torch fused AdamW": 1.0})
         for label, fn, bytes_per in (("plain", plain, PLAIN_BYTES), ("inherited + Fisher", inherited, INHERITED_BYTES)):
             ms = _time_ms(fn, reps)
             gbs = bytes_per * total / ms / 1e6
             res["rows"].append({"case": f"{case}, {label}", "params": total, "ms": ms, "GB/s": gbs,
                                 "vs copy": gbs / copy_gbs, "vs torch fused AdamW": t_torch / ms})
             emit(res)
-        del p, g, m, v, a, k, f
+        # the partials hold the tensors (the lambdas they replace did not): drop them too before freeing
+        del p, g, m, v, a, k, f, plain, inherited, fn
         torch.cuda.empty_cache()
     return res
 
@@ -352,7 +354,8 @@ def section_train(params: dict, emit) -> dict:
     env = init_distributed(device)
     peak, peak_label = peak_from_name(device_name(env.device))
     out = Path(params["out"])
-    res = {"run": params["label"], "depth": params["depth"], "batch": batch, "steps": steps, "compile": params["compile"],
+    res = {"run": params["label"], "depth": params["depth"], "batch": batch, "steps": steps,
+           "compile": params["compile"],
            "tokens_per_step": tokens_per_step, "flops_per_token": mcfg.flops_per_token, "peak_flops": peak,
            "peak_label": peak_label, "phase": "setup"}
     emit(res)

@@ -25,8 +25,8 @@ from engine.inherit.ewc import EWC  # noqa: E402
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS  # noqa: E402
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
-from engine.ladder.config import (ARMS, ARS_FIELDS, DATA_ORDERS, GROW_FROM, GROWTH_FIELDS, OPTIMIZER_STATES,  # noqa: E402
-                                  PENALTY_FIELDS, TRAIN_SETTINGS, LadderConfig, parse_per_rung)
+from engine.ladder.config import (ARMS, ARS_FIELDS, DATA_ORDERS, GROW_FROM, GROWTH_FIELDS,  # noqa: E402
+                                  OPTIMIZER_STATES, PENALTY_FIELDS, TRAIN_SETTINGS, LadderConfig, parse_per_rung)
 from engine.ladder.recipes import MINISERIES_DEFAULTS as DEFAULTS, RECIPES, recipe  # noqa: E402
 from engine.ladder.run import run_ladder  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", default=None,
                    help="comma list of scratch, inherit, inherit-nopenalty, inherit-noars, grow-only "
                         "(default: scratch and the recipe's arm)")
-    p.add_argument("--ratio", type=positive_float, default=DEFAULTS["ratio"], help="scratch tokens = ratio x scaling params")
+    p.add_argument("--ratio", type=positive_float, default=DEFAULTS["ratio"],
+                   help="scratch tokens = ratio x scaling params")
     p.add_argument("--scratch-budgets", dest="scratch_budgets", type=fractions, default=DEFAULTS["scratch_budgets"],
                    help="budgets of scratch rungs, fractions of ratio x N tokens (default %(default)s)")
     p.add_argument("--inherit-budgets", dest="inherit_budgets", type=fractions, default=DEFAULTS["inherit_budgets"],
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("distill_frac", type=positive_float,
          help="the teacher's weight decays linearly to 0 over this fraction of the grown rung's scratch budget")
     p.add_argument("--out", default=DEFAULTS["out"])
-    p.add_argument("--seeds", type=seed_list, default=None, help="comma list of seeds (overrides --seed); one miniseries per seed")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="comma list of seeds (overrides --seed); one miniseries per seed")
     p.add_argument("--lam", default=None,
                    help="lambda of the Fisher-weighted elastic term (Omega ~1e-7: lambda ~1e5 makes it bite); "
                         "per rung: 1e5,4=2e4 (depth 4 gets 2e4); ewc: derived at growth, (D_parent/D_child) x the "
@@ -104,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("fisher", choices=FISHER_MODES)
     flag("fisher_batches", type=positive_int)
     flag("placement", choices=PLACEMENTS)
-    flag("inherit_warmup_frac", type=float, help="LR re-warmup of a grown rung, as a fraction of its scratch budget's steps")
+    flag("inherit_warmup_frac", type=float,
+         help="LR re-warmup of a grown rung, as a fraction of its scratch budget's steps")
     p.add_argument("--core-bundle", dest="core_bundle", help="DCLM eval bundle dir: adds CORE to the report")
     add_training_args(p, rung=False)
     return p

@@ -70,7 +70,8 @@ def budget_tag(c: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--fit", type=Path, help="CSV with params,tokens,loss[,flops_budget]: fit it and stop")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model preset of the sweep")
     p.add_argument("--depths", help="depths of the sweep: '2:5', '2,3,5' or '2:4,8' (models/config.py: parse_depths)")
@@ -80,11 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=None,
                    help="override the preset's sequence length (passed to the trainer; also changes FLOPs per token)")
     p.add_argument("--out", type=Path, help="--fit: JSON file (default FILE.fit.json); sweep: output directory")
-    p.add_argument("--metric", choices=("val_loss", "val_bpb"), default="val_loss", help="what the sweep fits (default val_loss)")
-    p.add_argument("--n-bootstrap", type=nonneg_int, default=200, help="bootstrap refits for the intervals (default 200)")
-    p.add_argument("--compute", type=float, default=None, help="FLOPs (6ND) at which to report the optimal ratio (default: largest in the data)")
+    p.add_argument("--metric", choices=("val_loss", "val_bpb"), default="val_loss",
+                   help="what the sweep fits (default val_loss)")
+    p.add_argument("--n-bootstrap", type=nonneg_int, default=200,
+                   help="bootstrap refits for the intervals (default 200)")
+    p.add_argument("--compute", type=float, default=None,
+                   help="FLOPs (6ND) at which to report the optimal ratio (default: largest in the data)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--trainer-arg", action="append", default=[], help="extra argument passed to every trainer call (repeatable)")
+    p.add_argument("--trainer-arg", action="append", default=[],
+                   help="extra argument passed to every trainer call (repeatable)")
     return p
 
 
@@ -185,7 +190,8 @@ def report_lines(fits: dict) -> list[str]:
             "## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022)",
             "",
             f"{ch['n_points']} runs ({ch['n_distinct']} distinct), Huber delta {ch['huber_delta']:g}, "
-            f"{ch['n_bootstrap']} bootstrap refits, 95% percentile intervals; rms log-residual {ch['residual_rms']:.3g}.",
+            f"{ch['n_bootstrap']} bootstrap refits, 95% percentile intervals; rms log-residual "
+            f"{ch['residual_rms']:.3g}.",
             "",
             "| quantity | fit | 95% interval |",
             "|---|---|---|",
@@ -194,8 +200,8 @@ def report_lines(fits: dict) -> list[str]:
             lines.append(f"| {k} | {ch[k]:.4g} | {_fmt_ci(ch['ci'].get(k))} |")
         lines += [
             "",
-            f"a_exp, b_exp: N_opt ∝ C^a_exp, D_opt ∝ C^b_exp. ratio_opt = D_opt/N_opt at C = {ch['ratio_opt_compute']:.3g} "
-            f"FLOPs (C = 6ND): N_opt = {ch['N_opt']:.3g}, D_opt = {ch['D_opt']:.3g}.",
+            "a_exp, b_exp: N_opt ∝ C^a_exp, D_opt ∝ C^b_exp. ratio_opt = D_opt/N_opt at C = "
+            f"{ch['ratio_opt_compute']:.3g} FLOPs (C = 6ND): N_opt = {ch['N_opt']:.3g}, D_opt = {ch['D_opt']:.3g}.",
             "",
         ]
     elif ch:
@@ -211,8 +217,8 @@ def report_lines(fits: dict) -> list[str]:
         for b in iso["budgets"]:
             if b["ok"]:
                 lines.append(
-                    f"| {b['flops_budget']:.3g} | {b['n_runs']} | {b['N_opt']:.4g} | {b['D_opt']:.4g} | {b['ratio']:.3g} | "
-                    f"{b['loss_opt']:.4f} | {'yes' if b['interior'] else 'NO (extrapolated)'} |"
+                    f"| {b['flops_budget']:.3g} | {b['n_runs']} | {b['N_opt']:.4g} | {b['D_opt']:.4g} | "
+                    f"{b['ratio']:.3g} | {b['loss_opt']:.4f} | {'yes' if b['interior'] else 'NO (extrapolated)'} |"
                 )
             else:
                 lines.append(f"| {b['flops_budget']:.3g} | {b['n_runs']} | - | - | - | - | {b['reason']} |")
@@ -222,7 +228,8 @@ def report_lines(fits: dict) -> list[str]:
         else:
             lines.append("exponents need at least 2 budgets with a fitted minimum.")
         if iso["ratio_at_largest"] is not None:
-            lines.append(f"D/N at the largest fitted budget ({iso['largest_budget']:.3g} FLOPs): {iso['ratio_at_largest']:.3g}.")
+            lines.append(f"D/N at the largest fitted budget ({iso['largest_budget']:.3g} FLOPs): "
+                         f"{iso['ratio_at_largest']:.3g}.")
         lines.append("")
     elif iso:
         lines += ["## Approach 2", "", f"not fitted: {iso['error']}", ""]
@@ -241,7 +248,8 @@ def make_plots(rows: list[dict], fits: dict, out_dir: Path) -> list[str]:
     if iso and "error" not in iso:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for i, b in enumerate(iso["budgets"]):
-            pts = sorted((_num(r, "params"), _num(r, "loss")) for r in rows if _num(r, "flops_budget") == b["flops_budget"])
+            pts = sorted((_num(r, "params"), _num(r, "loss"))
+                         for r in rows if _num(r, "flops_budget") == b["flops_budget"])
             color = f"C{i % 10}"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=color, label=f"C = {b['flops_budget']:.2g}")
             if b["ok"]:
@@ -271,17 +279,21 @@ def make_plots(rows: list[dict], fits: dict, out_dir: Path) -> list[str]:
         ax1.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax1.set_xlabel("observed loss")
         ax1.set_ylabel("fitted loss")
-        ax1.set_title(f"E={ch['E']:.3g} A={ch['A']:.3g} B={ch['B']:.3g} α={ch['alpha']:.3g} β={ch['beta']:.3g}", fontsize=9)
+        ax1.set_title(f"E={ch['E']:.3g} A={ch['A']:.3g} B={ch['B']:.3g} α={ch['alpha']:.3g} β={ch['beta']:.3g}",
+                      fontsize=9)
         C = np.logspace(math.log10((6 * N * D).min()) - 1, math.log10((6 * N * D).max()) + 2, 60)
         n_opt, d_opt = optimal_allocation(ch, C)
         ax2.loglog(C, n_opt, label="N_opt (approach 3)")
         ax2.loglog(C, d_opt, label="D_opt (approach 3)")
         if iso and "error" not in iso:
             good = [b for b in iso["budgets"] if b["ok"]]
-            ax2.loglog([b["flops_budget"] for b in good], [b["N_opt"] for b in good], "o", color="C0", label="N_opt (IsoFLOP)")
-            ax2.loglog([b["flops_budget"] for b in good], [b["D_opt"] for b in good], "s", color="C1", label="D_opt (IsoFLOP)")
+            ax2.loglog([b["flops_budget"] for b in good], [b["N_opt"] for b in good], "o", color="C0",
+                       label="N_opt (IsoFLOP)")
+            ax2.loglog([b["flops_budget"] for b in good], [b["D_opt"] for b in good], "s", color="C1",
+                       label="D_opt (IsoFLOP)")
         ax2.set_xlabel("compute C (FLOPs; the law uses C = 6ND, IsoFLOP points their budget)")
-        ax2.set_title(f"compute-optimal allocation; D/N at {ch['ratio_opt_compute']:.2g}: {ch['ratio_opt']:.3g}", fontsize=9)
+        ax2.set_title(f"compute-optimal allocation; D/N at {ch['ratio_opt_compute']:.2g}: {ch['ratio_opt']:.3g}",
+                      fontsize=9)
         ax2.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out_dir / "law.png", dpi=120)
@@ -305,7 +317,8 @@ def _config(preset: str, depth: int, seq_len: int | None):
     return model_config(preset, depth) if seq_len is None else model_config(preset, depth, seq_len=seq_len)
 
 
-def plan_rungs(preset: str, depths: list[int], budgets: list[float], out: Path, seq_len: int | None = None) -> list[dict]:
+def plan_rungs(preset: str, depths: list[int], budgets: list[float], out: Path,
+               seq_len: int | None = None) -> list[dict]:
     rungs = []
     for c in budgets:
         for d in depths:
@@ -394,7 +407,8 @@ def sweep(args) -> int:
     failures = []
     for i, r in enumerate(rungs, 1):
         status, dt = run_rung(r, args, cmd_prefix)
-        print(f"[{i}/{len(rungs)}] C={r['flops_budget']:.3g} d{r['depth']} tokens={r['tokens']}: {status}" + (f" in {dt:.1f}s" if dt else ""), flush=True)
+        print(f"[{i}/{len(rungs)}] C={r['flops_budget']:.3g} d{r['depth']} tokens={r['tokens']}: {status}"
+              + (f" in {dt:.1f}s" if dt else ""), flush=True)
         if status.startswith("FAILED"):
             failures.append((r, status))
     rows = collect(rungs, args.metric)
@@ -416,7 +430,8 @@ def sweep(args) -> int:
     lines = report_lines(fits)
     plots = [] if args.no_plots else make_plots(str_rows, fits, out)
     md = [
-        f"# Scaling sweep: preset {args.preset}, depths {args.depths}, budgets {', '.join(f'{c:.3g}' for c in args.flops)}",
+        f"# Scaling sweep: preset {args.preset}, depths {args.depths}, budgets "
+        f"{', '.join(f'{c:.3g}' for c in args.flops)}",
         "",
         f"metric: {args.metric}; data: {args.data}; seed {args.seed}; {len(rows)}/{len(rungs)} rungs finished.",
         "",
@@ -433,7 +448,8 @@ def sweep(args) -> int:
         md += ["", "## Failed rungs", ""] + [f"- C={r['flops_budget']:.3g} d{r['depth']}: {s}" for r, s in failures]
     (out / "scaling.md").write_text("\n".join(md) + "\n")
     print("\n".join(lines))
-    print(f"wrote {out / 'results.csv'}, {out / 'scaling.json'}, {out / 'scaling.md'}" + "".join(f", {out / p}" for p in plots))
+    print(f"wrote {out / 'results.csv'}, {out / 'scaling.json'}, {out / 'scaling.md'}"
+          + "".join(f", {out / p}" for p in plots))
     if failures:
         print(f"{len(failures)} rung(s) failed; rerun the same command to retry them", file=sys.stderr)
         return 1

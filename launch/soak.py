@@ -128,7 +128,8 @@ def _metrics_differences(got: Path, ref: Path) -> list[str]:
             f = d / run / "metrics.jsonl"
             if not f.exists():
                 return None
-            return [{k: v for k, v in json.loads(l).items() if k != "dt"} for l in f.read_text().splitlines() if l.strip()]
+            return [{k: v for k, v in json.loads(line).items() if k != "dt"}
+                    for line in f.read_text().splitlines() if line.strip()]
 
         lg, lr = lines(got), lines(ref)
         if lg != lr:
@@ -153,7 +154,8 @@ def main(argv=None):
     p.add_argument("--min-delay", dest="min_delay", type=float, default=0.5, help="shortest time before a kill, s")
     p.add_argument("--max-delay-frac", dest="max_delay_frac", type=float, default=0.6,
                    help="longest time before a kill, as a fraction of the reference's wall time")
-    p.add_argument("--max-starts", dest="max_starts", type=positive_int, default=60, help="starts per round before giving up")
+    p.add_argument("--max-starts", dest="max_starts", type=positive_int, default=60,
+                   help="starts per round before giving up")
     p.add_argument("--host-sync", dest="host_sync", default="auto", choices=HOST_SYNC_MODES,
                    help="the runs' --host-sync (lagged: the device-side non-finite skip, read a step late)")
     p.add_argument("--out", default="runs/soak")
@@ -173,7 +175,8 @@ def main(argv=None):
     out.mkdir(parents=True)
     rng = random.Random(a.seed)
     t_begin = time.time()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     commit = (commit or "unknown") + (" (with uncommitted changes)" if dirty else "")
@@ -200,7 +203,8 @@ def main(argv=None):
             while starts < a.max_starts:
                 starts += 1
                 proc = start(a, run, log)
-                delay = rng.uniform(a.min_delay, max(a.min_delay, a.max_delay_frac * t_ref)) if time.time() < deadline else None
+                delay = (rng.uniform(a.min_delay, max(a.min_delay, a.max_delay_frac * t_ref))
+                         if time.time() < deadline else None)
                 try:
                     rc = proc.wait(timeout=delay)
                 except subprocess.TimeoutExpired:
@@ -234,8 +238,9 @@ def main(argv=None):
         "date": date, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t_begin)),
         "minutes": a.minutes, "wall_s": time.time() - t_begin, "reference_s": t_ref, "seed": a.seed,
         "command": " ".join(["python", TARGETS[a.target][0]] + TARGETS[a.target][1](a) + ["--out", "OUT"]),
-        "commit": commit, "nproc": a.nproc, "threads": a.threads, "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
-                                                          "python": platform.python_version(), "torch": torch.__version__},
+        "commit": commit, "nproc": a.nproc, "threads": a.threads,
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                 "torch": torch.__version__},
         "rounds": rounds, "total_kills": sum(len(r["kills"]) for r in rounds),
         "rounds_finished": sum(r["finished"] for r in rounds),
         "rounds_equal": sum(bool(r.get("equal")) for r in rounds), "all_equal": ok,
@@ -253,7 +258,8 @@ def main(argv=None):
              f"Command (each start, in a fresh `OUT` per round): `{result['command']}`"
              + (f" under torchrun with {a.nproc} ranks" if a.nproc > 1 else "") + f", OMP_NUM_THREADS={a.threads}.", "",
              f"- {a.minutes:g} minutes of killed rounds after an uninterrupted reference run ({t_ref:.1f} s), "
-             f"kill delays uniform in [{a.min_delay:g} s, {max(a.min_delay, a.max_delay_frac * t_ref):.1f} s], seed {a.seed}",
+             f"kill delays uniform in [{a.min_delay:g} s, {max(a.min_delay, a.max_delay_frac * t_ref):.1f} s], seed "
+             f"{a.seed}",
              f"- {result['total_kills']} SIGKILLs over {len(rounds)} rounds; {result['rounds_finished']} finished, "
              f"{result['rounds_equal']} equal to the reference",
              f"- compared: {result['compared']}",
@@ -261,8 +267,13 @@ def main(argv=None):
              "| round | starts | SIGKILLs | kill delays (s) | equal |", "|---|---|---|---|---|"]
     for r in rounds:
         delays = ", ".join(f"{d:.1f}" for d in r["kills"][:12]) + (" ..." if len(r["kills"]) > 12 else "")
-        lines.append(f"| {r['round']} | {r['starts']} | {len(r['kills'])} | {delays} | "
-                     f"{'yes' if r.get('equal') else 'NO: ' + '; '.join(r.get('differences', [])[:3]) if r['finished'] else 'did not finish'} |")
+        if r.get("equal"):
+            equal = "yes"
+        elif r["finished"]:
+            equal = "NO: " + "; ".join(r.get("differences", [])[:3])
+        else:
+            equal = "did not finish"
+        lines.append(f"| {r['round']} | {r['starts']} | {len(r['kills'])} | {delays} | {equal} |")
     lines += ["", f"Code: commit {commit}. Host: {result['host']}. Wall time {result['wall_s'] / 60:.1f} min."]
     mpath.write_text("\n".join(lines) + "\n")
     print(f"[soak] {'PASS' if ok else 'FAIL'}: {jpath} {mpath}", flush=True)

@@ -97,7 +97,8 @@ def main(argv=None):
     cfg = config_from_args(p.parse_args(argv))
     env = init_distributed(cfg.device)
     try:
-        with run_lock(cfg.out, env), storage_guard(cfg.out, advice=lambda: storage_advice(cfg.out)):  # one writer; a full disk names the last intact checkpoint
+        # one writer; a full disk names the last intact checkpoint
+        with run_lock(cfg.out, env), storage_guard(cfg.out, advice=lambda: storage_advice(cfg.out)):
             final = train_rung(cfg, env)
     except USER_ERRORS as e:  # bad input or state: one clear line, not a traceback
         sys.exit(f"error: {e}")

@@ -192,7 +192,8 @@ def render(data: dict, device: str | None = None, note: str | None = None) -> st
     if note:
         out.append(f"- **note:** {note}")
     out += ["", "| rung | D | probe shape | probe GFLOP/s (median) | step | median ms | min ms | IQR ms | tokens/s | "
-            "GFLOP/s | MFU vs probe | MFU vs 1024^3 matmul | rounds |", "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "GFLOP/s | MFU vs probe | MFU vs 1024^3 matmul | rounds |",
+            "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     shares, verdicts = [], []
     for d in sorted(rows):
         by = rows[d]
@@ -203,10 +204,12 @@ def render(data: dict, device: str | None = None, note: str | None = None) -> st
             i = r["info"]
             if impl == "matmul_probe":
                 continue
-            out.append(f"| d{d} | {i.get('model_dim')} | {i.get('probe_shape')} | {_f(i['probe_flop_s'] / 1e9 if i.get('probe_flop_s') else None, '.1f')} | "
+            out.append(f"| d{d} | {i.get('model_dim')} | {i.get('probe_shape')} | "
+                       f"{_f(i['probe_flop_s'] / 1e9 if i.get('probe_flop_s') else None, '.1f')} | "
                        f"{impl.replace('_', ' ')} | {1e3 * r['median']:.1f} | {1e3 * r['min']:.1f} | "
                        f"{1e3 * (r['q3'] - r['q1']):.1f} | {i.get('tokens_per_s', 0):,.0f} | "
-                       f"{i.get('flop_s', 0) / 1e9:.2f} | {_f(i.get('mfu_vs_probe'), '.1%')} | {_f(i.get('mfu_vs_peak_1024'), '.1%')} | {r['rounds']} |")
+                       f"{i.get('flop_s', 0) / 1e9:.2f} | {_f(i.get('mfu_vs_probe'), '.1%')} | "
+                       f"{_f(i.get('mfu_vs_peak_1024'), '.1%')} | {r['rounds']} |")
         inh = by.get("inherited_step")
         if inh and inh["info"].get("regularizer_share") is not None:
             i = inh["info"]
@@ -219,11 +222,13 @@ def render(data: dict, device: str | None = None, note: str | None = None) -> st
                           f"{_f(i.get('regularizer_share_update_phase'), '.1%')} |")
             upd = i.get("regularizer_share_update_phase")
             if q[0] is not None and q[0] <= 0 <= q[1]:
-                verdicts.append(f"- d{d}: the whole-step paired share ({i['regularizer_share']:+.1%}, q1-q3 spans 0) does not "
-                                "resolve the regularizer's cost at this timing noise"
-                                + (f"; measured on the update phase it is {upd:.1%} of the inherited step" if upd is not None else "") + ".")
+                verdicts.append(f"- d{d}: the whole-step paired share ({i['regularizer_share']:+.1%}, q1-q3 spans 0) "
+                                "does not resolve the regularizer's cost at this timing noise"
+                                + (f"; measured on the update phase it is {upd:.1%} of the inherited step"
+                                   if upd is not None else "") + ".")
             else:
-                verdicts.append(f"- d{d}: the regularizer takes {i['regularizer_share']:.1%} of the inherited step (paired median)"
+                verdicts.append(f"- d{d}: the regularizer takes {i['regularizer_share']:.1%} of the inherited step "
+                                "(paired median)"
                                 + (f"; {upd:.1%} measured on the update phase alone" if upd is not None else "") + ".")
     out += ["", "## The regularizer's share of a whole cpu-tiny training step", "",
             "| rung | plain step median ms (paired rounds) | inherited step median ms | share (paired median) | "

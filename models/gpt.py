@@ -179,7 +179,8 @@ class GPT(nn.Module):
         logits = cap * torch.tanh(z.float() / cap)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
 

@@ -414,7 +414,8 @@ class CpuSampler(_Thread):
 
     kind = "cpu"
 
-    def __init__(self, interval_s: float = 0.25, reason: str = "no NVML", rapl_root: str = "/sys/class/powercap") -> None:
+    def __init__(self, interval_s: float = 0.25, reason: str = "no NVML",
+                 rapl_root: str = "/sys/class/powercap") -> None:
         super().__init__(interval_s)
         self.reason = reason
         self.error: str | None = None

@@ -110,7 +110,8 @@ class Profiler:
         self._cuda = self.device.type == "cuda"
         self._host = HostTimer()
         self._dev = CudaEventTimer(self.device) if self._cuda else None
-        self._sampler = sampler if sampler is not None else make_sampler(self.device, nvml=nvml, interval_s=sample_interval_s)
+        self._sampler = sampler if sampler is not None else make_sampler(self.device, nvml=nvml,
+                                                                         interval_s=sample_interval_s)
         self._sampler.start()
         self._windows: list[dict] = []
         self._previous = read_windows(self.run_dir)  # a resumed run's earlier windows
@@ -182,7 +183,8 @@ class Profiler:
         stages = self._dev.drain() if self._dev is not None else host
         tracked = sum(s["exclusive_s"] for s in stages.values())
         rec: dict[str, Any] = {
-            "window": len(self._previous) + len(self._windows), "session": self._session, "step_first": self._step_first, "step_last": self._step_last,
+            "window": len(self._previous) + len(self._windows), "session": self._session,
+            "step_first": self._step_first, "step_last": self._step_last,
             "steps": self._steps, "t_start": t0 - self._origin, "wall_s": wall,
             "timing": "cuda_events" if self._cuda else "perf_counter",
             "stages": stages, "tracked_s": tracked, "untracked_s": wall - tracked,
@@ -275,7 +277,8 @@ class Profiler:
                 "exclusive_s": "inclusive minus direct children's inclusive; exclusive times never overlap",
                 "untracked_s": "window wall time outside every stage; sum(exclusive)+untracked = wall",
                 "mfu": "model FLOPs / wall seconds / (peak_flops_per_s x world_size)",
-                "energy_j": "NVML total-energy counter difference at window edges (GPU), RAPL package energy (CPU) or null",
+                "energy_j": "NVML total-energy counter difference at window edges (GPU), "
+                            "RAPL package energy (CPU) or null",
             },
             "host": platform.node(), "torch": torch.__version__, "python": platform.python_version(),
         }

@@ -29,9 +29,11 @@ def small_fs(tmp_path):
         d.mkdir()
         if os.geteuid() != 0 or not shutil.which("mount"):
             pytest.skip("mounting a small tmpfs needs root and mount(8); the injected-error tests cover the same paths")
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(d)], capture_output=True, text=True)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(d)], capture_output=True,
+                           text=True)
         if p.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()}); the injected-error tests cover the same paths")
+            pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip()}); the injected-error tests cover the same "
+                        "paths")
         mounts.append(d)
         return d
 

@@ -166,7 +166,8 @@ def load_bundle(bundle_dir) -> tuple[list[dict], dict[str, float]]:
             if key not in t:
                 raise ValueError(f"{cfg_path}: task {t.get('label', t)!r} has no {key!r}")
         if t["icl_task_type"] not in TASK_TYPES:
-            raise ValueError(f"{cfg_path}: task {t['label']!r} has icl_task_type {t['icl_task_type']!r}; expected one of {TASK_TYPES}")
+            raise ValueError(f"{cfg_path}: task {t['label']!r} has icl_task_type {t['icl_task_type']!r}; expected one "
+                             f"of {TASK_TYPES}")
         k = t.get("num_fewshot", [0])
         k = k[0] if isinstance(k, (list, tuple)) else k
         data_path = bundle / "eval_data" / t["dataset_uri"]
@@ -187,7 +188,8 @@ def load_bundle(bundle_dir) -> tuple[list[dict], dict[str, float]]:
         reader = csv.DictReader(f)
         cols = {c.strip(): c for c in (reader.fieldnames or [])}
         if "Eval Task" not in cols or "Random baseline" not in cols:
-            raise ValueError(f"{meta_path}: expected columns 'Eval Task' and 'Random baseline', got {reader.fieldnames}")
+            raise ValueError(f"{meta_path}: expected columns 'Eval Task' and 'Random baseline', got "
+                             f"{reader.fieldnames}")
         for row in reader:
             name = (row[cols["Eval Task"]] or "").strip()
             if name:
@@ -198,7 +200,8 @@ def load_bundle(bundle_dir) -> tuple[list[dict], dict[str, float]]:
         if t["label"] not in baselines:
             raise ValueError(f"{meta_path}: no random baseline for task {t['label']!r}")
         if not 0.0 <= baselines[t["label"]] < 1.0:
-            raise ValueError(f"{meta_path}: random baseline of {t['label']!r} must lie in [0, 1) after scaling, got {baselines[t['label']]}")
+            raise ValueError(f"{meta_path}: random baseline of {t['label']!r} must lie in [0, 1) after scaling, got "
+                             f"{baselines[t['label']]}")
     return tasks, baselines
 
 

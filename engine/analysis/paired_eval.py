@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in (a.run_a, a.run_b):
         if not (run / "run.json").exists():
             p.error(f"{run} is not a run directory (no run.json)")
-    print(json.dumps(paired_stats(run_window_losses(a.run_a, a.eval_tokens), run_window_losses(a.run_b, a.eval_tokens))))
+    print(json.dumps(paired_stats(run_window_losses(a.run_a, a.eval_tokens),
+                                  run_window_losses(a.run_b, a.eval_tokens))))
     return 0
 
 

@@ -163,7 +163,8 @@ def summarize_run(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GP
         "stages": _stage_table(acc, total, steps, untracked),
         **_overhead(acc, total),
         "tokens": final.get("tokens", tokens), "profiled_tokens": tokens,
-        "flops": float(final["flops"]) - float(before.get("flops", 0.0)) if final.get("flops") is not None else mflops + xflops,
+        "flops": (float(final["flops"]) - float(before.get("flops", 0.0)) if final.get("flops") is not None
+                  else mflops + xflops),
         "model_flops": mflops, "extra_flops": xflops,
         "fisher_flops": final.get("fisher_flops") or 0.0, "penalty_flops": final.get("penalty_flops") or 0.0,
         "val_loss": final.get("val_loss"), "params": final.get("params"), "scaling_params": final.get("scaling_params"),
@@ -338,21 +339,26 @@ def _fmt_s(x: float | None) -> str:
 def _claim_lines(p: dict) -> list[str]:
     """Report lines, each starting with *measured* or *projected*."""
     L = []
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
     # where the time goes
     order = sorted(p["stages"].items(), key=lambda kv: -kv[1]["seconds"])
     where = ", ".join(f"{n} {pct(s['fraction'])}" for n, s in order if s["seconds"] > 0)
-    L.append(f"*measured*: where the time goes (exclusive time, {_fmt_s(p['total_s'])} over {p['steps']} steps): {where}.")
+    L.append(f"*measured*: where the time goes (exclusive time, {_fmt_s(p['total_s'])} over {p['steps']} steps): "
+             f"{where}.")
     # the ~5% claim
     over = ", ".join(p["inheritance_overhead_over"])
-    L.append(f"*measured*: inheritance overhead (fisher+penalty+ars stages) = {pct(p['inheritance_overhead_fraction'])} of step "
-             f"time ({over}); a step is {pct(p['inheritance_slowdown'])} slower than the same step without those stages. "
-             f"Seeds claim ~{SEEDS['overhead_per_step']:.0%} slower per step (paper 7.2, not measured there). Work fused "
-             f"into another stage (e.g. Fisher accumulation and the penalty term inside the optimizer kernel) is not in "
-             f"these stages: the per-step comparison against scratch below is the complete measure.")
+    L.append("*measured*: inheritance overhead (fisher+penalty+ars stages) = "
+             f"{pct(p['inheritance_overhead_fraction'])} of step time ({over}); a step is "
+             f"{pct(p['inheritance_slowdown'])} slower than the same step without those stages. Seeds claim "
+             f"~{SEEDS['overhead_per_step']:.0%} slower per step (paper 7.2, not measured there). Work fused into "
+             "another stage (e.g. Fisher accumulation and the penalty term inside the optimizer kernel) is not in "
+             "these stages: the per-step comparison against scratch below is the complete measure.")
     for c in p["per_step_vs_scratch"]:
-        L.append(f"*measured*: {c['label']} step {c['step_s'] * 1e3:.3g} ms vs scratch {c['scratch_step_s'] * 1e3:.3g} ms: "
-                 f"{pct(c['slower_per_step'])} slower per step.")
+        L.append(f"*measured*: {c['label']} step {c['step_s'] * 1e3:.3g} ms vs scratch {c['scratch_step_s'] * 1e3:.3g} "
+                 f"ms: {pct(c['slower_per_step'])} slower per step.")
     # measured cost
     for name, a in p["arms"].items():
         money = (f"{a['gpu_hours']:.3g} GPU-hours, ${a['dollars']:.3g} at ${p['price_per_gpu_hour']:g}/GPU-hour"
@@ -362,12 +368,13 @@ def _claim_lines(p: dict) -> list[str]:
                  f"{a['flops']:.3g} FLOPs (model + Fisher + penalty), {money}, {energy}.")
     # projection
     s = p["projection"]["scratch"]
-    L.append(f"*projected*: the seeds' ladder (nanochat d10..d20, ratio 8, 8xH100 at {s['peak_flops_per_s']:.3g} FLOP/s "
-             f"dense bf16, MFU {s['mfu']:.2f} {p['mfu_source']}): {s['flops']:.3g} FLOPs = {s['gpu_hours']:.1f} GPU-hours "
-             f"= {s['wall_hours']:.2f} h on 8 GPUs = ${s['dollars']:.0f}, ~{s['energy_kwh']:.0f} kWh at "
+    L.append(f"*projected*: the seeds' ladder (nanochat d10..d20, ratio 8, 8xH100 at {s['peak_flops_per_s']:.3g} "
+             f"FLOP/s dense bf16, MFU {s['mfu']:.2f} {p['mfu_source']}): {s['flops']:.3g} FLOPs = {s['gpu_hours']:.1f} "
+             f"GPU-hours = {s['wall_hours']:.2f} h on 8 GPUs = ${s['dollars']:.0f}, ~{s['energy_kwh']:.0f} kWh at "
              f"{s['watts_per_gpu']:.0f} W/GPU (TDP, an upper bound). Seeds: ~${SEEDS['ladder_dollars']:.0f} and "
-             f"\"{SEEDS['ladder_hours']:.0f} hours\" (their own arithmetic counts {SEEDS['ladder_gpu_hours_counted']:.0f} h "
-             f"of GPU time and calls it 4 hours; ${SEEDS['ladder_dollars']:.0f} at $24/node-hour is ~4.2 node-hours).")
+             f"\"{SEEDS['ladder_hours']:.0f} hours\" (their own arithmetic counts "
+             f"{SEEDS['ladder_gpu_hours_counted']:.0f} h of GPU time and calls it 4 hours; "
+             f"${SEEDS['ladder_dollars']:.0f} at $24/node-hour is ~4.2 node-hours).")
     for name, q in p["projection"].items():
         if name == "scratch":
             continue
@@ -404,7 +411,8 @@ def _plot(p: dict, path: Path) -> None:
         ax.bar(x, vals, bottom=bottom, label=n, color=cmap(i % 20))
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_xticks(x)
-    ax.set_xticklabels([r["label"] for r in rungs], rotation=45 if len(rungs) > 6 else 0, ha="right" if len(rungs) > 6 else "center")
+    ax.set_xticklabels([r["label"] for r in rungs], rotation=45 if len(rungs) > 6 else 0,
+                       ha="right" if len(rungs) > 6 else "center")
     ax.set_ylabel("seconds (exclusive)")
     ax.set_title("time per stage per rung (measured)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -421,11 +429,15 @@ def _markdown(p: dict) -> str:
             "| stage | seconds | fraction | per step (ms) | calls |", "|---|---:|---:|---:|---:|"]
     for n, s in sorted(p["stages"].items(), key=lambda kv: -kv[1]["seconds"]):
         ps = "" if s["per_step_s"] is None else f"{1e3 * s['per_step_s']:.3g}"
-        out.append(f"| {n} | {s['seconds']:.4g} | {s['fraction']:.3f} | {ps} | {s['calls'] if s['calls'] is not None else ''} |")
+        out.append(f"| {n} | {s['seconds']:.4g} | {s['fraction']:.3f} | {ps} | "
+                   f"{s['calls'] if s['calls'] is not None else ''} |")
     out += ["", "## Rungs (measured)", "",
             "| rung | steps | wall | step time | inheritance overhead | MFU | peak (source) | energy kWh | GPU-h | $ |",
             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
-    f = lambda x, fmt: "n/a" if x is None else format(x, fmt)
+
+    def f(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
     for r in p["rungs"]:
         out.append(f"| {r['label']} | {r['steps']} | {_fmt_s(r['wall_s'])} | {_fmt_s(r['step_time_s'])} | "
                    f"{f(r['inheritance_overhead_fraction'], '.3f')} | {f(r['mfu'], '.3g')} | "
@@ -435,7 +447,8 @@ def _markdown(p: dict) -> str:
     return "\n".join(out)
 
 
-def write_report(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GPU_HOUR, assumed_mfu: float = 0.4) -> Path:
+def write_report(run_dir, price_per_gpu_hour: float = cost.DEFAULT_PRICE_PER_GPU_HOUR,
+                 assumed_mfu: float = 0.4) -> Path:
     """Write profile.json, profile.md and profile_stages.png into run_dir; returns profile.md's path."""
     run_dir = Path(run_dir)
     p = build_profile(run_dir, price_per_gpu_hour=price_per_gpu_hour, assumed_mfu=assumed_mfu)

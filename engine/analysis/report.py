@@ -159,7 +159,8 @@ def _plot_curves(results: dict, summary: dict, out: Path) -> list[str]:
 def _arm_tables(summary: dict) -> list[str]:
     lines = []
     for arm, rows in summary["arms"].items():
-        lines += [f"### {arm}", "", "| depth | budget | steps | tokens | FLOPs (Fisher+penalty incl.) | val loss | ± se | "
+        lines += [f"### {arm}", "",
+                  "| depth | budget | steps | tokens | FLOPs (Fisher+penalty incl.) | val loss | ± se | "
                   "val bpb | wall s | run |", "|" + "---|" * 10]
         for x in rows:
             lines.append(f"| d{x['depth']} | {x['budget_frac']:g} | {x['steps']} | {x['tokens']:,} | {x['cost']:.3e} | "
@@ -192,11 +193,13 @@ def _penalty_setup(lc, results: dict[str, list[dict]]) -> str:
     """The setup line's penalty: lambda (a number, or "ewc" with the lambda derived for each grown
     rung, its measured r and token counts), gamma, subspace; the form and early decay when not the defaults."""
     lam = f"{lc.lam:g}" if isinstance(lc.lam, (int, float)) else str(lc.lam)
-    derived = sorted({(g["to_depth"], g["ewc"]["lambda"], g["ewc"]["r"], g["ewc"]["parent_tokens"], g["ewc"]["child_tokens"])
+    derived = sorted({(g["to_depth"], g["ewc"]["lambda"], g["ewc"]["r"], g["ewc"]["parent_tokens"],
+                       g["ewc"]["child_tokens"])
                       for rungs in results.values() for rung in rungs for run in rung["runs"]
                       if isinstance(g := run.get("growth"), dict) and "ewc" in g})
     if derived:
-        lam += " (" + "; ".join(f"d{d}: {v:.3g} = {p:.3g}/{c:.3g} tokens x r={r:.3g}" for d, v, r, p, c in derived) + ")"
+        lam += " (" + "; ".join(f"d{d}: {v:.3g} = {p:.3g}/{c:.3g} tokens x r={r:.3g}"
+                                for d, v, r, p, c in derived) + ")"
     text = f"lambda={lam}, gamma={lc.gamma:g}, subspace={lc.subspace}"
     if lc.penalty_form != "coupled":
         text += f", {lc.penalty_form} form"
@@ -220,7 +223,8 @@ def setup_paragraph(lc, results: dict[str, list[dict]], arm_terms: Mapping[str, 
                f"scratch steps, its forward passes counted)" if lc.distill else "no teacher")
             + f". {_method_setup(lc, results, arm_terms)}; seed {lc.seed}"
             + "".join(f"; d{d} at peak-LR multiplier x{m:g}" for d, m in sorted(lc.lr_mult_by_depth.items()))
-            + "".join(f"; grown d{d} at x{m:g} of its scratch peak" for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
+            + "".join(f"; grown d{d} at x{m:g} of its scratch peak"
+                      for d, m in sorted(lc.inherit_lr_mult_by_depth.items()))
             + ".")
 
 
@@ -263,14 +267,16 @@ def write_ladder_report(lc, results: dict[str, list[dict]], core_bundle: str | N
               f"dtype {first.get('dtype')}.", "", "## Iso-loss speedup", ""] + _iso_lines(summary)
     lines += ["## Budget runs", ""] + _arm_tables(summary) + scaling_md + core_md
     if profile_md:
-        lines += ["", f"Per-stage profile (time, energy, inheritance overhead, cost projections): [{profile_md}]({profile_md})"]
+        lines += ["",
+                  "Per-stage profile (time, energy, inheritance overhead, cost projections): "
+                  f"[{profile_md}]({profile_md})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
 
 
 def _profile(out: Path, summary: dict) -> str | None:
-    """The profile report (engine/analysis/profile_report.py) over the miniseries (it reads summary.json, so it runs after it is written);
-    the profile is an addition to the report, never a reason to lose it."""
+    """The profile report (engine/analysis/profile_report.py) over the miniseries (it reads summary.json, so it
+    runs after it is written); the profile is an addition to the report, never a reason to lose it."""
     try:
         summary["profile"] = Path(write_profile_report(out)).name
     except Exception as e:
@@ -305,19 +311,20 @@ def write_multiseed_summary(out: Path, configs) -> Path:
                 "values": {k: [s[k] for s in ss] for k in SEED_KEYS}}
         lads = [s["ladder"][arm] for s in per_seed if arm in s["ladder"]]
         if lads:
-            agg["ladder"][arm] = {"kinds": [l["kind"] for l in lads], **mean_ci([l["saving"] for l in lads]),
-                                  "values": [l["saving"] for l in lads]}
+            agg["ladder"][arm] = {"kinds": [lad["kind"] for lad in lads], **mean_ci([lad["saving"] for lad in lads]),
+                                  "values": [lad["saving"] for lad in lads]}
     write_json_atomic(out / "summary.json", agg)
-    lines = [f"# Miniseries over seeds {agg['seeds']}", "", "## The answer (mean and 95% Student-t interval over seeds)", ""]
+    lines = [f"# Miniseries over seeds {agg['seeds']}", "",
+             "## The answer (mean and 95% Student-t interval over seeds)", ""]
     for key, r in agg["rungs"].items():
         f, m, st, wc = (r[k] for k in SEED_KEYS)
         note = "" if r["all_reached"] else f" — in some seed only a bound ({', '.join(r['statuses'])})"
         lines.append(f"- **{key}**: FLOPs-to-match {_ci(f)} of scratch; marginal saving {_ci(m, pct=True)}, "
                      f"standalone {_ci(st, pct=True)}, whole chain {_ci(wc, pct=True)}{note}. Per seed: "
                      + ", ".join(f"{v:.3f}" for v in r["values"]["fraction"]) + ".")
-    for arm, l in agg["ladder"].items():
-        lines.append(f"- **{arm} ladder**: saving {_ci(l, pct=True)} (per seed {', '.join(_pct(v) for v in l['values'])}; "
-                     f"{', '.join(l['kinds'])}).")
+    for arm, ladder in agg["ladder"].items():
+        lines.append(f"- **{arm} ladder**: saving {_ci(ladder, pct=True)} (per seed "
+                     f"{', '.join(_pct(v) for v in ladder['values'])}; {', '.join(ladder['kinds'])}).")
     lines += ["", f"Method: {next(iter(agg['rungs'].values()))['fraction']['method'] if agg['rungs'] else '—'}. "
               "Per-seed reports: " + ", ".join(f"[{Path(p).parent.name}]({Path(p).parent.name}/report.md)"
                                               for p in agg["per_seed"]), ""]

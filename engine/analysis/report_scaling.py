@@ -78,7 +78,8 @@ def _is_inheriting(arm: str) -> bool:
     return arm != "scratch"
 
 
-def arm_points(results: dict, run_dir_of: Callable[[str, int], Path] | None, arm: str, variant: str = "final") -> list[tuple[float, float, float, int]]:
+def arm_points(results: dict, run_dir_of: Callable[[str, int], Path] | None, arm: str,
+               variant: str = "final") -> list[tuple[float, float, float, int]]:
     """(N, D, L, depth): one point per finished run of the arm (each a cooled budget run)."""
     if variant != "final":
         raise ValueError(f"unknown variant {variant!r}; only finished runs are fit points")
@@ -91,8 +92,9 @@ def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
     depths = sorted({p[3] for p in pts})
     base = {"n_points": len(pts), "n_distinct": len(distinct), "depths": depths}
     if len(distinct) < MIN_DISTINCT:
-        return {**base, "error": f"{len(distinct)} distinct (N, D) points (rungs {', '.join(f'd{d}' for d in depths) or 'none'}); "
-                                 f"the fit needs at least {MIN_DISTINCT}"}
+        return {**base, "error": f"{len(distinct)} distinct (N, D) points (rungs "
+                                 f"{', '.join(f'd{d}' for d in depths) or 'none'}); the fit needs at least "
+                                 f"{MIN_DISTINCT}"}
     sizes = len({p[0] for p in pts})
     if sizes < MIN_SIZES:  # through two sizes any exponent fits: alpha would be a line through two points
         return {**base, "error": f"{sizes} model size(s) N; the N term needs at least {MIN_SIZES}"}
@@ -107,7 +109,8 @@ def _fit(pts, compute: float | None, n_bootstrap: int, seed: int) -> dict:
         return {**base, "error": str(e) if isinstance(e, ValueError) else f"fit failed: {type(e).__name__}: {e}"}
     fit.update(depths=depths, fit_s=time.time() - t0)
     failure = fit_failure(fit)
-    return {**base, "error": failure, "rejected_fit": {k: fit[k] for k in ("E", "A", "alpha", "B", "beta")}} if failure else fit
+    return {**base, "error": failure,
+            "rejected_fit": {k: fit[k] for k in ("E", "A", "alpha", "B", "beta")}} if failure else fit
 
 
 def scaling_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, int], Path], *,
@@ -132,7 +135,10 @@ def _cell(fit: dict, k: str) -> str:
         return "—"
     v = fit.get(k)
     ci = (fit.get("ci") or {}).get(k)
-    fmt = (lambda x: f"{x:.3g}")
+
+    def fmt(x):
+        return f"{x:.3g}"
+
     s = fmt(v) if v is not None and math.isfinite(v) else "—"
     return s + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
 
@@ -160,15 +166,16 @@ def compare_sentence(arm: str, fit: dict, ref: dict, variant: str) -> str:
             changed.append(name)
         parts.append(f"{name} from {_cell(ref, k)} to {_cell(fit, k)} ({verdict})")
     head = (f"inheritance changes {', '.join(changed)} beyond the bootstrap intervals" if changed
-            else "no change detectable beyond the bootstrap intervals (wide intervals mean the data cannot tell, not that nothing changed)" + (f" (no intervals for {', '.join(unknown)})" if unknown else ""))
+            else "no change detectable beyond the bootstrap intervals (wide intervals mean the data cannot tell, not "
+                 "that nothing changed)" + (f" (no intervals for {', '.join(unknown)})" if unknown else ""))
     return f"- {label}: {arm} vs scratch: {head}; " + "; ".join(parts) + "."
 
 
 def scaling_lines(out: dict, compute: float | None, n_bootstrap: int) -> list[str]:
     arms = list(out)
     lines = ["## Scaling-law fits", "",
-             "L(N, D) = E + A / N^alpha + B / D^beta fitted per arm (engine/analysis/scaling.py, Chinchilla approach 3; "
-             f"N = scaling params, D = tokens, L = val loss); intervals are bootstrap 2.5-97.5 percentiles over "
+             "L(N, D) = E + A / N^alpha + B / D^beta fitted per arm (engine/analysis/scaling.py, Chinchilla approach "
+             "3; N = scaling params, D = tokens, L = val loss); intervals are bootstrap 2.5-97.5 percentiles over "
              f"{n_bootstrap} resamples of the points. ratio_opt = D_opt / N_opt at C = 6ND = "
              f"{compute:.3e} FLOPs for every arm (the largest final rung's 6ND)." if compute else "No rungs.",
              "",
@@ -215,8 +222,9 @@ def scaling_lines(out: dict, compute: float | None, n_bootstrap: int) -> list[st
 CPU_MAX_PER_TASK = 100  # docs/SCALING.md: the full bundle is tens of thousands of forwards per rung on CPU
 
 
-def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, int], Path], bundle_dir, device="auto", *,
-                 max_per_task: int | None | str = "auto", tokenizer=None, load_model=None) -> tuple[dict, list[str]]:
+def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, int], Path], bundle_dir,
+                 device="auto", *, max_per_task: int | None | str = "auto", tokenizer=None,
+                 load_model=None) -> tuple[dict, list[str]]:
     """CORE of every rung's final weights (engine.analysis.core_eval.evaluate_core), per arm.
 
     Weights: `load_model(run_dir)` (default engine.train.checkpoint.load_run_model: the rung's last
@@ -235,7 +243,8 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     if tokenizer is None:
         over = {k: lc.train[k] for k in ("vocab_size", "seq_len") if lc.train.get(k) is not None}
         vocab = model_config(lc.preset, lc.depths[0], **over).vocab_size
-        tokenizer = prepare_data(lc.train.get("data", "builtin"), vocab, lc.train.get("cache_dir"), progress=False).tokenizer
+        tokenizer = prepare_data(lc.train.get("data", "builtin"), vocab, lc.train.get("cache_dir"),
+                                 progress=False).tokenizer
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # evaluate_core all-reduces its counts whenever a process group exists, and the report is
@@ -266,8 +275,8 @@ def core_section(lc, results: dict[str, list[dict]], run_dir_of: Callable[[str, 
     depths = sorted({int(k[1:]) for a in arms_out.values() for k in a})
     arms = list(arms_out)
     lines = ["## CORE", "",
-             f"CORE (DCLM in-context tasks, centred accuracy averaged over tasks; engine/analysis/core_eval.py) of each rung's "
-             f"final weights, bundle `{bundle_dir}`, "
+             "CORE (DCLM in-context tasks, centred accuracy averaged over tasks; engine/analysis/core_eval.py) of "
+             f"each rung's final weights, bundle `{bundle_dir}`, "
              + (f"first {max_per_task} items per task (fixed shuffle)" if max_per_task else "all items")
              + ". GPT-2 (124M) scores 0.114; rungs this small are expected near 0, where differences between "
                "arms are mostly noise.", "",

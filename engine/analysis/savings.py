@@ -34,7 +34,7 @@ def monotone_envelope(curve: list[tuple[float, float]]) -> list[tuple[float, flo
     regression with equal weights): a budget run that ended above a smaller one is noise, and the
     pooled mean is the least-squares non-increasing curve through the points."""
     pts = sorted(curve)
-    if any(c <= 0 or not math.isfinite(c) or not math.isfinite(l) for c, l in pts):
+    if any(c <= 0 or not math.isfinite(c) or not math.isfinite(loss) for c, loss in pts):
         raise ValueError(f"curve points must have finite positive cost and finite loss, got {pts}")
     blocks: list[list[float]] = []  # [sum of losses, count]
     for _, loss in pts:
@@ -44,7 +44,7 @@ def monotone_envelope(curve: list[tuple[float, float]]) -> list[tuple[float, flo
             blocks[-1][0] += s
             blocks[-1][1] += n
     losses = [s / n for s, n in blocks for _ in range(int(n))]
-    return [(c, l) for (c, _), l in zip(pts, losses)]
+    return [(c, loss) for (c, _), loss in zip(pts, losses)]
 
 
 @dataclass
@@ -58,7 +58,8 @@ class Reach:
 
     def describe(self, scale: float = 1.0) -> str:
         x = self.cost / scale
-        return {REACHED: f"{x:.3g}", BELOW_SMALLEST: f"<= {x:.3g}", NOT_REACHED: f"not reached at <= {x:.3g}"}[self.status]
+        return {REACHED: f"{x:.3g}", BELOW_SMALLEST: f"<= {x:.3g}",
+                NOT_REACHED: f"not reached at <= {x:.3g}"}[self.status]
 
 
 def cost_to_reach(curve: list[tuple[float, float]], target: float) -> Reach:
@@ -103,8 +104,8 @@ def ladder_saving(scratch_costs: list[float], base_cost: float, reaches: list[Re
     at its smallest budget; "unbounded" when both happen."""
     inherit = base_cost + sum(r.cost for r in reaches)
     saving = 1.0 - inherit / sum(scratch_costs)
-    return {"saving": saving, "kind": bound_kind(reaches), "inherit_flops": inherit, "scratch_flops": sum(scratch_costs),
-            "rungs": [asdict(r) for r in reaches]}
+    return {"saving": saving, "kind": bound_kind(reaches), "inherit_flops": inherit,
+            "scratch_flops": sum(scratch_costs), "rungs": [asdict(r) for r in reaches]}
 
 
 def bound_kind(reaches: list[Reach]) -> str:

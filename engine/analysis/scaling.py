@@ -87,7 +87,8 @@ def _single_thread_blas():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
             get, set_ = f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}"
             if hasattr(lib, get) and hasattr(lib, set_):
                 n = int(getattr(lib, get)())
@@ -158,7 +159,8 @@ def _huber_objective(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL
 
 def _grid_starts(grid: Mapping[str, Sequence[float]]) -> np.ndarray:
     """All combinations of the grid, as rows (a, b, e, alpha, beta)."""
-    return np.array(list(itertools.product(grid["a"], grid["b"], grid["e"], grid["alpha"], grid["beta"])), dtype=np.float64)
+    return np.array(list(itertools.product(grid["a"], grid["b"], grid["e"], grid["alpha"], grid["beta"])),
+                    dtype=np.float64)
 
 
 def _objective_batch(starts: np.ndarray, logN, logD, logL, delta) -> np.ndarray:
@@ -377,12 +379,12 @@ def isoflop_analysis(rows: Iterable[Mapping]) -> dict:
     groups: dict[float, list[tuple[float, float, float]]] = {}
     for r in rows:
         try:
-            C, n, d, l = (float(r[k]) for k in ("flops_budget", "params", "tokens", "loss"))
+            C, n, d, loss = (float(r[k]) for k in ("flops_budget", "params", "tokens", "loss"))
         except KeyError as e:
             raise ValueError(f"isoflop row is missing the column {e.args[0]!r}: {dict(r)}") from None
-        if not all(math.isfinite(v) and v > 0 for v in (C, n, d, l)):
+        if not all(math.isfinite(v) and v > 0 for v in (C, n, d, loss)):
             raise ValueError(f"isoflop row has non-positive or non-finite values: {dict(r)}")
-        groups.setdefault(C, []).append((n, d, l))
+        groups.setdefault(C, []).append((n, d, loss))
     if not groups:
         raise ValueError("isoflop_analysis needs at least one row")
     budgets = []

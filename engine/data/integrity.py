@@ -66,7 +66,8 @@ def verify(path: Path, entry: dict, dtype: np.dtype | None = None, vocab_size: i
     step = entry["block_bytes"]
     for i, (block, want) in enumerate(zip(_blocks(path), entry["blocks"])):
         if zlib.crc32(block) != want:
-            raise CacheCorruptError(path, f"fails its {ALGORITHM} check in bytes {i * step}..{i * step + len(block) - 1}")
+            raise CacheCorruptError(path,
+                                    f"fails its {ALGORITHM} check in bytes {i * step}..{i * step + len(block) - 1}")
         if dtype is not None:
             _check_range(path, block.view(dtype), vocab_size, i * step // np.dtype(dtype).itemsize)
 

@@ -39,7 +39,8 @@ def lam_is_on(lam) -> bool:
 def ewc_lambda(parent_tokens: float, child_tokens: float, r: float) -> float:
     """lambda_EWC = (D_parent / D_child) * r (method.md section 4)."""
     if parent_tokens <= 0 or child_tokens <= 0:
-        raise ValueError(f"EWC lambda needs positive token counts, got D_parent={parent_tokens}, D_child={child_tokens}")
+        raise ValueError(f"EWC lambda needs positive token counts, got D_parent={parent_tokens}, "
+                         f"D_child={child_tokens}")
     return parent_tokens / child_tokens * r
 
 

@@ -21,7 +21,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-FISHER_MODES = ("online", "posthoc")  # accumulated inside the parent's last steps, or computed after it on fresh batches
+# accumulated inside the parent's last steps, or computed after it on fresh batches
+FISHER_MODES = ("online", "posthoc")
 
 
 def posthoc_fisher(

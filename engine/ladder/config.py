@@ -115,7 +115,8 @@ class LadderConfig:
     grow_from: str = "cooled"  # GROW_FROM
     data_order: str = "restart"  # DATA_ORDERS
     optimizer_state: str = "fresh"  # OPTIMIZER_STATES: fresh | carry (the parent's Adam moments in the new shapes)
-    depth_init: str = "identity"  # growth.DEPTH_INITS: identity (exact) | copy (a new layer copies its neighbour: G_stack)
+    # growth.DEPTH_INITS: identity (exact) | copy (a new layer copies its neighbour: G_stack)
+    depth_init: str = "identity"
     # growth.WIDTH_INITS: zero (new heads / hidden units start empty) | split (copies of trained ones: Net2Net)
     width_init: str = "zero"
     # Knowledge inheritance (engine/inherit/distill.py): the parent as a teacher, its KL term's weight
@@ -180,14 +181,15 @@ class LadderConfig:
         if self.distill == 0 and self.distill_frac != LadderConfig.distill_frac:
             raise ValueError(f"--distill-frac {self.distill_frac} without --distill: give the teacher a weight > 0")
         if self.optimizer_state == "carry" and self.train.get("optimizer", TrainConfig.optimizer) != "adamw":
-            raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the matrices)")
+            raise ValueError("--optimizer-state carry needs --optimizer adamw (Muon keeps no Adam moments for the "
+                             "matrices)")
         if self.grow_from == "stable" and self.schedule != "wsd":
             raise ValueError("--grow-from stable needs --schedule wsd (only WSD has a stable-phase checkpoint)")
         uses_penalty = any(ARMS[a][1] for a in self.arms) and (
             lam_is_on(self.lam) or any(lam_is_on(v) for v in self.lam_by_depth.values()))
         if self.grow_from == "stable" and self.fisher == "online" and uses_penalty:
-            raise ValueError("--grow-from stable with --fisher online: a stable run accumulates no online Fisher for the "
-                             "penalty to carry; use --fisher posthoc (or --grow-from cooled)")
+            raise ValueError("--grow-from stable with --fisher online: a stable run accumulates no online Fisher for "
+                             "the penalty to carry; use --fisher posthoc (or --grow-from cooled)")
 
     def _check_penalty(self):
         """lambda and gamma (per rung too), the subspace and the penalty schedule (method.md section 4)."""
@@ -202,7 +204,8 @@ class LadderConfig:
             raise ValueError(f"per-rung --lam/--gamma values must be finite and >= 0 (--lam also {EWC!r}), got {bad}")
         stray = sorted((set(self.lam_by_depth) | set(self.gamma_by_depth)) - set(self.depths[1:]))
         if stray:
-            raise ValueError(f"per-rung --lam/--gamma given for depth(s) {stray}, which are not grown rungs of {self.depths}")
+            raise ValueError(f"per-rung --lam/--gamma given for depth(s) {stray}, which are not grown rungs of "
+                             f"{self.depths}")
         check_choice("--subspace", self.subspace, SUBSPACES)
         if self.subspace == "svd" and self.svd_rank is None and self.svd_energy is None:
             raise ValueError("--subspace svd needs --svd-rank K or --svd-energy F")

@@ -58,7 +58,8 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
     distill = None
     if lc.distill > 0:
         if scratch_steps is None:
-            raise ValueError("--distill needs the grown rung's scratch budget in steps (scratch_steps) for its schedule")
+            raise ValueError("--distill needs the grown rung's scratch budget in steps (scratch_steps) for its "
+                             "schedule")
         distill = Distillation(prev_model.state_dict(), prev_model.config, lc.distill,
                                max(1, round(lc.distill_frac * scratch_steps)))
         info["distill"] = {"weight": lc.distill, "steps": distill.steps}
@@ -93,7 +94,8 @@ def _train_setting(lc: LadderConfig, key: str):
 
 def _fresh_batches(lc: LadderConfig, cfg, env: DistEnv, batch: int, seed: int, count: int):
     """`count` batches of `batch` sequences from a token stream of its own seed."""
-    bundle = prepare_data(lc.train.get("data", TrainConfig.data), cfg.vocab_size, lc.train.get("cache_dir"), progress=False)
+    bundle = prepare_data(lc.train.get("data", TrainConfig.data), cfg.vocab_size, lc.train.get("cache_dir"),
+                          progress=False)
     loader = TokenLoader(bundle.train, cfg.seq_len, batch, seed=seed, device=env.device)
     return (loader.next() for _ in range(count))
 

@@ -127,9 +127,9 @@ def _runs_of(lc: LadderConfig, plan: RungPlan) -> list[tuple[float | None, Path,
         bad = {f: steps[f] for f in plan.fracs if not 0 < starts[f] < steps[f]}
         if bad:
             raise ValueError(f"d{plan.depth}: budget(s) {bad} (steps) are too short for a cooldown of "
-                             f"{lc.cooldown_frac:g} (the scratch budget is {plan.scratch_steps} steps: ratio x N tokens "
-                             f"over global_batch x seq_len tokens per step); use larger budgets, a larger --ratio "
-                             f"or a smaller --seq-len / --global-batch")
+                             f"{lc.cooldown_frac:g} (the scratch budget is {plan.scratch_steps} steps: ratio x N "
+                             "tokens over global_batch x seq_len tokens per step); use larger budgets, a larger "
+                             "--ratio or a smaller --seq-len / --global-batch")
         horizon = max(starts.values())
         stable = plan.root / "stable"
         runs.append((None, stable, _train_config(lc, plan, stable, horizon, warmdown_frac=0.0, fisher_online_steps=0,

@@ -40,7 +40,8 @@ def check_bracket(center: float, points: int, max_extend: int) -> None:
     if not (isinstance(center, (int, float)) and 0 < center < math.inf):
         raise ValueError(f"the bracket's centre must be a finite multiplier > 0, got {center!r}")
     if not isinstance(points, int) or points < 3 or points % 2 == 0:
-        raise ValueError(f"--bracket-points must be an odd integer >= 3 (a centre and a step each side), got {points!r}")
+        raise ValueError("--bracket-points must be an odd integer >= 3 (a centre and a step each side), got "
+                         f"{points!r}")
     if not isinstance(max_extend, int) or max_extend < 0:
         raise ValueError(f"--max-extend must be an integer >= 0, got {max_extend!r}")
 

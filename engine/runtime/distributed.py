@@ -90,7 +90,8 @@ def shard_model(model: torch.nn.Module, env: DistEnv, bf16: bool) -> torch.nn.Mo
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # multi-process runs only
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
     for block in model.blocks:
         fully_shard(block, mesh=env.mesh, mp_policy=mp)
     fully_shard(model, mesh=env.mesh, mp_policy=mp)

@@ -37,8 +37,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
-from engine.runtime.diskspace import (StorageError, checkpoint_advice, ensure_free, remove_quietly, rerun_advice, with_slack,
-                                      write_failure)
+from engine.runtime.diskspace import (StorageError, checkpoint_advice, ensure_free, remove_quietly, rerun_advice,
+                                      with_slack, write_failure)
 from engine.runtime.distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, local
 from models.config import GPTConfig
 from models.gpt import GPT
@@ -323,7 +323,8 @@ def load_run_model(run: Path) -> GPT:
 def load_full_moments(path: Path, model) -> tuple[dict, int]:
     """The AdamW moments of a checkpoint (saved at any world size), unsharded on CPU and keyed like
     `model`'s parameters, and the optimizer's step count: used to carry them into a grown rung."""
-    moments = {n: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)} for n, p in model.named_parameters()}
+    moments = {n: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+               for n, p in model.named_parameters()}
     try:
         dcp.load({"optim": moments}, checkpoint_id=str(path))
     except Exception as e:  # e.g. a Muon checkpoint: its block matrices hold a momentum, not Adam moments

@@ -59,13 +59,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_mult: float | None = None  # multiplies every group's peak learning rate (LR sweeps); default: the preset's
     warmup_steps: int | None = None  # default: 2% of the steps, at least 1
-    warmdown_frac: float = 0.65  # the final linear decay (engine/train/schedule.py: nanochat 0.65, WSD 0.2, 0 = constant)
+    # the final linear decay (engine/train/schedule.py: nanochat 0.65, WSD 0.2, 0 = constant)
+    warmdown_frac: float = 0.65
     final_lr_frac: float = 0.05
     eval_every: int | None = None  # default: ~12 evaluations per run (val-loss curves for FLOPs-to-match)
     eval_tokens: int | None = None
     ckpt_every: int = 0  # 0: only the final checkpoint
-    keep_ckpt_steps: list = field(default_factory=list)  # also checkpoint at these steps and never prune them (WSD branch points)
-    init_from: str | None = None  # a checkpoint of another run of this model to start from (a WSD branch starts from its stable run)
+    # also checkpoint at these steps and never prune them (WSD branch points)
+    keep_ckpt_steps: list = field(default_factory=list)
+    # a checkpoint of another run of this model to start from (a WSD branch starts from its stable run)
+    init_from: str | None = None
     resume: bool = False
     compile: bool | None = None  # None: on for CUDA, off on CPU (engine/runtime/distributed.py: resolve_compile)
     device: str = "auto"  # DEVICES
@@ -174,10 +177,10 @@ def check_val_split(have: int, cfg: TrainConfig, seq_len: int, batch: int, world
     corpus, whose split holds ~0.2M)."""
     need = val_set_tokens(cfg.resolved("eval_tokens"), seq_len, batch, world) + 1
     if have < need:
-        raise ValueError(f"--data {cfg.data}: the validation split has {have:,} tokens but the evaluation needs {need:,} "
-                         f"(eval_tokens={cfg.resolved('eval_tokens')}, seq_len={seq_len}, batch={batch}, world={world}); "
-                         f"pass --data 'parquet:DIR/*.parquet' (nanochat's FineWeb-Edu / ClimbMix shards, a `text` column; "
-                         f"the last shard is held out) or a smaller --eval-tokens")
+        raise ValueError(f"--data {cfg.data}: the validation split has {have:,} tokens but the evaluation needs "
+                         f"{need:,} (eval_tokens={cfg.resolved('eval_tokens')}, seq_len={seq_len}, batch={batch}, "
+                         f"world={world}); pass --data 'parquet:DIR/*.parquet' (nanochat's FineWeb-Edu / ClimbMix "
+                         "shards, a `text` column; the last shard is held out) or a smaller --eval-tokens")
 
 
 def total_steps_for(cfg: TrainConfig, mcfg: GPTConfig) -> int:

@@ -150,7 +150,8 @@ class HostSync:
         self.optimizer = optimizer
         self.ars = None
         if ars_mode != "off":  # lagged never reads the loss on the host: its ARS runs on the device
-            self.ars = ARSDevice(mode=ars_mode, seed=seed, device=device) if self.lagged else ARS(mode=ars_mode, seed=seed)
+            self.ars = (ARSDevice(mode=ars_mode, seed=seed, device=device) if self.lagged
+                        else ARS(mode=ars_mode, seed=seed))
         self.pending: StepRecord | None = None
 
     def previous(self) -> StepRecord | None:

@@ -30,10 +30,12 @@ def build_penalty(inherit: Inheritance | None, named: dict, total_steps: int, wo
     def shards(full: dict) -> dict:
         return {n: shard_like(full[n], named[n]) for n in named}
 
-    fisher = shards(inherit.fisher) if inherit.fisher is not None else {n: torch.zeros_like(local(p)) for n, p in named.items()}
+    fisher = (shards(inherit.fisher) if inherit.fisher is not None
+              else {n: torch.zeros_like(local(p)) for n, p in named.items()})
     extra = {}
     if inherit.penalty.form == "decoupled":  # mean_M(Omega) over the whole model: from the full tensors, not a shard
-        extra["omega_mean"] = inherited_fisher_mean([inherit.fisher[n] for n in named], [inherit.mask[n] for n in named]) \
+        extra["omega_mean"] = inherited_fisher_mean([inherit.fisher[n] for n in named],
+                                                    [inherit.mask[n] for n in named]) \
             if inherit.fisher is not None else 0.0
     return Penalty([(n, local(p)) for n, p in named.items()], shards(inherit.anchor), shards(inherit.mask), fisher,
                    total_steps=total_steps, **asdict(inherit.penalty), **extra)

@@ -125,7 +125,8 @@ def check_adamw_impl(impl: str, device: torch.device) -> None:
         try:
             import amp_C  # noqa: F401  (built with apex's --cuda_ext; PyPI's "apex" is unrelated)
         except ImportError as e:
-            raise ValueError(f"--adamw-impl apex: NVIDIA apex with its CUDA extensions is not installed ({e})") from None
+            raise ValueError("--adamw-impl apex: NVIDIA apex with its CUDA extensions is not installed "
+                             f"({e})") from None
 
 
 class LadderOptimizer:
@@ -192,12 +193,15 @@ class LadderOptimizer:
             plain = all(x is None for x in A + X + F) and not isinstance(damping, torch.Tensor) and damping == 1.0
             if g.kind == "adamw" and plain and self.adamw_impl != "kernel":
                 impl = _torch_fused_adamw if self.adamw_impl == "torch" else _apex_fused_adamw
-                impl(P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
-                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay, step=self.step_count,
+                impl(P, G, [local(self.state[n]["exp_avg"]) for n in names],
+                     [local(self.state[n]["exp_avg_sq"]) for n in names],
+                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay,
+                     step=self.step_count,
                      found_inf=found_inf)
             elif g.kind == "adamw":
                 kernels.fused_adamw_multi(
-                    P, G, [local(self.state[n]["exp_avg"]) for n in names], [local(self.state[n]["exp_avg_sq"]) for n in names],
+                    P, G, [local(self.state[n]["exp_avg"]) for n in names],
+                    [local(self.state[n]["exp_avg_sq"]) for n in names],
                     lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=g.weight_decay,
                     step=self.step_count, anchors=A if any(a is not None for a in A) else None,
                     kappas=K if any(k is not None for k in K) else None,
@@ -251,7 +255,8 @@ class LadderOptimizer:
             if hasattr(p, "device_mesh"):  # orthogonalisation needs the whole matrix
                 from torch.distributed.tensor import DTensor
 
-                full = DTensor.from_local(update, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
+                full = DTensor.from_local(update, p.device_mesh, p.placements, shape=p.shape,
+                                          stride=p.stride()).full_tensor()
                 ortho = shard_like(_newton_schulz(full), p)
             else:
                 ortho = _newton_schulz(update)

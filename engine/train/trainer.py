@@ -37,7 +37,8 @@ from engine.runtime.distributed import (DistEnv, all_reduce_sum, compile_blocks,
 from engine.train import checkpoint as ckpt
 from engine.train.config import MUON_MATRIX_LR, TrainConfig, TrainError, check_val_split, total_steps_for, validate
 from engine.train.evaluate import evaluate
-from engine.train.guard import DeviceValues, HostSync, NonFiniteGuard, StepRecord, UpdatePlan, resolve_host_sync, step_flags
+from engine.train.guard import (DeviceValues, HostSync, NonFiniteGuard, StepRecord, UpdatePlan, resolve_host_sync,
+                                step_flags)
 from engine.train.inherited import build_penalty, build_teacher, penalty_terms, start_inherited
 from engine.train.metrics_log import MetricsLog
 from engine.train.optim import LadderOptimizer, model_param_groups
@@ -141,7 +142,8 @@ class RungTrainer:
         """metrics.jsonl, profiler, run.json, progress bar, and the evaluation before step 1."""
         cfg, env, mcfg = self.cfg, self.env, self.mcfg
         self.metrics = MetricsLog(self.out / "metrics.jsonl", self.start_step if self.resumed else None, env.is_main)
-        self.prof = Profiler(self.out, env.device, enabled=cfg.profile and env.is_main, flops_per_token=mcfg.flops_per_token)
+        self.prof = Profiler(self.out, env.device, enabled=cfg.profile and env.is_main,
+                             flops_per_token=mcfg.flops_per_token)
         self.eval_every = cfg.eval_every or max(1, self.total_steps // 12)
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.02 * self.total_steps))
         self.meta = run_metadata(cfg, env, mcfg, self.attention.name, self.opt.kernel_backend, self.accum,
@@ -176,25 +178,28 @@ class RungTrainer:
             skipped = self._load(start_from)
         elif self.inherit is not None:
             start_inherited(self.inherit, self.loader, self.opt, self.named)
-        if not self.resumed and self.env.is_main and (out / "ckpt").exists() and not cfg.resume and any((out / "ckpt").iterdir()):
-            raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose another --out")
+        if (not self.resumed and self.env.is_main and (out / "ckpt").exists() and not cfg.resume
+                and any((out / "ckpt").iterdir())):
+            raise TrainError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose "
+                             "another --out")
         self.guard = NonFiniteGuard(cfg.max_nonfinite, skipped=skipped)
 
     def _load(self, start_from: Path) -> int:
         """Load checkpoint `start_from` (after checking it belongs to this run); returns the count
         of steps skipped before it."""
         saved = ckpt.read_json(start_from / ckpt.EXTRA)  # check compatibility before touching any tensor
-        if saved.get("model_config") != self.mcfg.to_dict() or (self.resumed and saved.get("total_steps") != self.total_steps):
-            raise TrainError(f"checkpoint {start_from} belongs to a different run (model config or step budget differs); "
-                             f"use another --out or delete {self.out / 'ckpt'}")
+        if (saved.get("model_config") != self.mcfg.to_dict()
+                or (self.resumed and saved.get("total_steps") != self.total_steps)):
+            raise TrainError(f"checkpoint {start_from} belongs to a different run (model config or step budget "
+                             f"differs); use another --out or delete {self.out / 'ckpt'}")
         lr_mult = self.cfg.resolved("lr_mult")
         if self.resumed and (saved_lr_mult := self._saved_lr_mult(saved)) != lr_mult:  # run.json read on resume only
             raise TrainError(f"checkpoint {start_from} was trained at peak-LR multiplier {saved_lr_mult:g}, this run "
                              f"resolves --lr-mult to {lr_mult:g}; pass --lr-mult {saved_lr_mult:g} to resume it, "
                              f"or use another --out or delete {self.out / 'ckpt'}")
         if not self.resumed and not 0 < int(saved["step"]) < self.total_steps:
-            raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {self.total_steps} steps can "
-                             f"only start from a step in 1..{self.total_steps - 1}")
+            raise TrainError(f"init_from {start_from} is at step {saved['step']}; a run of {self.total_steps} steps "
+                             f"can only start from a step in 1..{self.total_steps - 1}")
         own_fisher = self.fisher is not None and self.resumed  # the Fisher is accumulated by this run alone
         extra = ckpt.load(start_from, self.model, self.opt,
                           extra_tensors={"fisher": self.fisher.named_buffers()} if own_fisher else None)
@@ -202,7 +207,8 @@ class RungTrainer:
         self.loader.load_state_dict(extra["loader"])
         if own_fisher:
             # checkpoints written before the count was kept: every step of the window so far
-            self.fisher.steps_accumulated = int(extra.get("fisher_steps", max(0, self.start_step - self.first_fisher_step + 1)))
+            self.fisher.steps_accumulated = int(extra.get("fisher_steps",
+                                                          max(0, self.start_step - self.first_fisher_step + 1)))
         self._load_ars(extra.get("ars"), start_from)
         self.flops, self.wall_before = float(extra["flops"]), float(extra["wall_s"])
         self.distill_flops = float(extra.get("distill_flops", 0.0))

@@ -85,7 +85,8 @@ def test_bench_profiler_overhead(benchmark, train_step, tmp_path, enabled):
     _, step_s, cfg = train_step
     tokens = B * T
     flops = float(cfg.flops_per_token * tokens)
-    prof = Profiler(tmp_path, torch.device("cpu"), enabled=enabled, window_steps=20, flops_per_token=cfg.flops_per_token)
+    prof = Profiler(tmp_path, torch.device("cpu"), enabled=enabled, window_steps=20,
+                    flops_per_token=cfg.flops_per_token)
     try:
         per_step = _per_step_cost(prof, 2000, tokens, flops)  # ~2000 steps = 100 windows
         counter = iter(range(10 ** 9))

@@ -88,7 +88,8 @@ def test_bench_train_step(benchmark, bench, depth, impl):
     benchmark.group = f"train-step-d{depth}"
     benchmark.extra_info.update(
         impl=impl, depth=depth, preset="cpu-tiny", batch=BATCH, seq_len=cfg.seq_len, tokens=s.tokens,
-        model_dim=cfg.model_dim, dtype="float32", flops_per_step=s.flops_per_step if impl != "matmul_probe" else s.probe_flops,
+        model_dim=cfg.model_dim, dtype="float32",
+        flops_per_step=s.flops_per_step if impl != "matmul_probe" else s.probe_flops,
         probe_shape=s.probe_shape, probe_flops=s.probe_flops,
         device=str(s.device), device_name=device_name(s.device), torch=torch.__version__,
         threads=torch.get_num_threads(), kernel_backend=s.opt.kernel_backend, attention=s.model.attention.name,

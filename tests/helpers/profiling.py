@@ -14,7 +14,7 @@ def sampler_threads():
 
 
 def read_profile_windows(d: Path):
-    return [json.loads(l) for l in (d / WINDOWS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (d / WINDOWS_FILE).read_text().splitlines()]
 
 
 def fake_pynvml(fail_after: int | None = None, gpus: int = 2, energy_step_mj: int = 1000):

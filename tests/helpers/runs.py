@@ -20,15 +20,18 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def run_train(args, out, check=True, nproc=1, timeout=600):
     cmd = [sys.executable, str(ROOT / "launch/train.py")] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "launch/train.py")]
-    p = subprocess.run(cmd + FAST + args + ["--out", str(out)], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        str(ROOT / "launch/train.py")]
+    p = subprocess.run(cmd + FAST + args + ["--out", str(out)], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"train failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 
 def losses(out):
-    return {m["step"]: m["loss"] for m in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "loss" in m}
+    return {m["step"]: m["loss"] for m in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
+            if "loss" in m}
 
 
 # The plain recipe (exact growth, the parent's stream re-read, a fresh AdamW): LadderConfig's defaults, not

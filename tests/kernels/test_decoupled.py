@@ -25,7 +25,8 @@ def step(backend, inp, *, decoupled, anchor=True, steps=2, damping=0.7, hp=HP, m
     t = {k: v.clone() for k, v in inp.items()}
     pen = torch.zeros(1)
     for s in range(1, steps + 1):
-        kw = dict(**hp, step=s, damping=damping, fisher_scale=0.5, penalty_out=pen, decoupled=decoupled, backend=backend)
+        kw = dict(**hp, step=s, damping=damping, fisher_scale=0.5, penalty_out=pen, decoupled=decoupled,
+                  backend=backend)
         if multi:
             kernels.fused_adamw_multi([t["p"]], [t["g"]], [t["m"]], [t["v"]], anchors=[t["anchor"] if anchor else None],
                                       kappas=[t["kappa"] if anchor else None], extra_grads=[t["extra_grad"]],

@@ -17,7 +17,8 @@ import torch
 
 import kernels
 from kernels import native, reference
-from tests.helpers.kernel_steps import HP, TOL, assert_close, make_inputs, multi_inputs, needs_native, run_multi, skip_errors
+from tests.helpers.kernel_steps import (HP, TOL, assert_close, make_inputs, multi_inputs, needs_native, run_multi,
+                                        skip_errors)
 
 
 # The plain path against torch.optim.AdamW itself.
@@ -106,29 +107,39 @@ BAD_CASES = [
     ("g not contiguous", lambda t, k: t.update(g=torch.randn(4, 4).t()), ValueError, "g: shape"),
     ("g transposed 2d", None, ValueError, "g: must be contiguous"),
     ("p not a tensor", lambda t, k: t.update(p=[0.0] * 16), TypeError, "p: expected a torch.Tensor"),
-    ("anchor without kappa", lambda t, k: k.update(anchor=torch.zeros(16)), ValueError, "anchor was given without kappa"),
-    ("kappa without anchor", lambda t, k: k.update(kappa=torch.zeros(16)), ValueError, "kappa was given without anchor"),
-    ("anchor shape", lambda t, k: k.update(anchor=torch.zeros(8), kappa=torch.zeros(16)), ValueError, "anchor: shape (8,)"),
-    ("kappa dtype", lambda t, k: k.update(anchor=torch.zeros(16), kappa=torch.zeros(16, dtype=torch.float16)), TypeError, "kappa: dtype torch.float16"),
-    ("anchor bf16", lambda t, k: k.update(anchor=torch.zeros(16, dtype=torch.bfloat16), kappa=torch.zeros(16)), TypeError, "anchor: dtype"),
+    ("anchor without kappa", lambda t, k: k.update(anchor=torch.zeros(16)), ValueError,
+     "anchor was given without kappa"),
+    ("kappa without anchor", lambda t, k: k.update(kappa=torch.zeros(16)), ValueError,
+     "kappa was given without anchor"),
+    ("anchor shape", lambda t, k: k.update(anchor=torch.zeros(8), kappa=torch.zeros(16)), ValueError,
+     "anchor: shape (8,)"),
+    ("kappa dtype", lambda t, k: k.update(anchor=torch.zeros(16), kappa=torch.zeros(16, dtype=torch.float16)),
+     TypeError, "kappa: dtype torch.float16"),
+    ("anchor bf16", lambda t, k: k.update(anchor=torch.zeros(16, dtype=torch.bfloat16), kappa=torch.zeros(16)),
+     TypeError, "anchor: dtype"),
     ("extra_grad shape", lambda t, k: k.update(extra_grad=torch.zeros(17)), ValueError, "extra_grad: shape (17,)"),
     ("fisher dtype", lambda t, k: k.update(fisher=torch.zeros(16, dtype=torch.bfloat16)), TypeError, "fisher: dtype"),
     ("step 0", lambda t, k: k.update(step=0), ValueError, "step: expected step >= 1"),
     ("step tensor 0", lambda t, k: k.update(step=torch.tensor(0)), ValueError, "step: expected step >= 1"),
-    ("step 1-dim tensor", lambda t, k: k.update(step=torch.tensor([1])), ValueError, "step: a tensor step must be 0-dim"),
+    ("step 1-dim tensor", lambda t, k: k.update(step=torch.tensor([1])), ValueError,
+     "step: a tensor step must be 0-dim"),
     ("step str", lambda t, k: k.update(step="1"), TypeError, "step: expected an int"),
     ("step bool", lambda t, k: k.update(step=True), TypeError, "step: expected an int"),
-    ("damping 1-dim", lambda t, k: k.update(damping=torch.ones(1)), ValueError, "damping: a tensor damping must be a 0-dim"),
+    ("damping 1-dim", lambda t, k: k.update(damping=torch.ones(1)), ValueError,
+     "damping: a tensor damping must be a 0-dim"),
     ("damping fp64", lambda t, k: k.update(damping=torch.tensor(1.0, dtype=torch.float64)), ValueError, "damping"),
     ("damping None", lambda t, k: k.update(damping=None), TypeError, "damping: expected a float"),
     ("lr tensor", lambda t, k: k.update(lr=torch.tensor(0.1)), TypeError, "lr: expected a python float"),
     ("beta1 1.0", lambda t, k: k.update(beta1=1.0), ValueError, "beta1"),
     ("beta2 neg", lambda t, k: k.update(beta2=-0.1), ValueError, "beta2"),
     ("eps neg", lambda t, k: k.update(eps=-1.0), ValueError, "eps"),
-    ("penalty_out 2 elements", lambda t, k: k.update(penalty_out=torch.zeros(2)), ValueError, "penalty_out: expected a 1-element float32"),
-    ("penalty_out fp64", lambda t, k: k.update(penalty_out=torch.zeros(1, dtype=torch.float64)), ValueError, "penalty_out"),
+    ("penalty_out 2 elements", lambda t, k: k.update(penalty_out=torch.zeros(2)), ValueError,
+     "penalty_out: expected a 1-element float32"),
+    ("penalty_out fp64", lambda t, k: k.update(penalty_out=torch.zeros(1, dtype=torch.float64)), ValueError,
+     "penalty_out"),
     ("m aliases p", None, ValueError, "must be distinct"),
-    ("found_inf bool", lambda t, k: k.update(found_inf=torch.tensor(True)), ValueError, "found_inf: expected a 1-element float32"),
+    ("found_inf bool", lambda t, k: k.update(found_inf=torch.tensor(True)), ValueError,
+     "found_inf: expected a 1-element float32"),
     ("found_inf float", lambda t, k: k.update(found_inf=1.0), TypeError, "found_inf: expected a torch.Tensor"),
 ]
 

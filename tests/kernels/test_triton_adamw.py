@@ -14,7 +14,8 @@ import torch
 
 import kernels
 from tests.helpers import ROOT
-from tests.helpers.kernel_steps import TOL_TRITON, assert_close, make_inputs, multi_inputs, run_backend, run_multi, skip_errors
+from tests.helpers.kernel_steps import (TOL_TRITON, assert_close, make_inputs, multi_inputs, run_backend, run_multi,
+                                        skip_errors)
 
 
 def _triton_importable():

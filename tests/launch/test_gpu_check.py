@@ -55,7 +55,8 @@ def test_cpu_only_machine_gets_one_sentence():
     assert msg.count(". ") == 0 and msg.endswith(".") and "\n" not in msg
     assert "CUDA GPU" in msg and "2.13.0+cpu" in msg
     assert gc.cpu_only_message({**env, "cuda_available": True}) is None
-    no_torch = gc.cpu_only_message({"torch": None, "torch_error": "ModuleNotFoundError: torch", "cuda_available": False})
+    no_torch = gc.cpu_only_message({"torch": None, "torch_error": "ModuleNotFoundError: torch",
+                                    "cuda_available": False})
     assert "cannot import torch" in no_torch and "\n" not in no_torch
 
 
@@ -63,8 +64,10 @@ def test_the_script_exits_with_one_sentence_on_this_cpu_machine(tmp_path):
     """The real thing, as the device tool would start it: no CUDA here, so one line, exit 1,
     nothing written."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "launch/gpu_check.py", "--out-dir", str(out), "--work-dir", str(tmp_path / "w")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run([sys.executable, "launch/gpu_check.py", "--out-dir", str(out), "--work-dir",
+                           str(tmp_path / "w")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and "needs a CUDA GPU" in lines[0] and proc.stderr.strip() == ""
@@ -168,8 +171,8 @@ def test_a_section_past_its_timeout_is_cut_and_keeps_what_it_wrote(tmp_path):
     script = ("import json, subprocess, sys, time\n"
               f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
               f"open({str(grandchild_pid)!r}, 'w').write(str(p.pid))\n"
-              f"json.dump({{'copy_GBs': 2900.0, 'rows': [{{'case': 'device copy', 'GB/s': 2900.0}}]}}, open({str(result)!r}, 'w'))\n"
-              "time.sleep(60)\n")
+              f"json.dump({{'copy_GBs': 2900.0, 'rows': [{{'case': 'device copy', 'GB/s': 2900.0}}]}}, "
+              f"open({str(result)!r}, 'w'))\ntime.sleep(60)\n")
     t0 = time.monotonic()
     entry = check.section("bandwidth", lambda t: gc.Child([sys.executable, "-c", script], tmp_path / "b.log", result)
                           .finish(t), (2, 1))
@@ -196,7 +199,8 @@ def _gone(pid: int) -> bool:
 
 def test_a_failing_child_reports_its_error(tmp_path):
     result = tmp_path / "r.json"
-    script = f"import json; json.dump({{'error': 'RuntimeError: no rustbpe'}}, open({str(result)!r}, 'w')); raise SystemExit(1)"
+    script = (f"import json; json.dump({{'error': 'RuntimeError: no rustbpe'}}, open({str(result)!r}, 'w')); "
+              "raise SystemExit(1)")
     out = gc.Child([sys.executable, "-c", script], tmp_path / "x.log", result).finish(30)
     assert out["status"] == "failed" and out["rc"] == 1 and out["note"] == "RuntimeError: no rustbpe"
 
@@ -235,7 +239,8 @@ def test_training_is_skipped_when_the_token_cache_failed(tmp_path, monkeypatch):
     check, lines = _check(tmp_path, total=300)
     s = gc.settings_for(gc.parse_args(["--quick", "--skip", "imports,tests,bandwidth"]))
     monkeypatch.setattr(gc, "section_argv", lambda section, pf, rf: [sys.executable, "-c",
-                        f"import json; json.dump({{'error': 'ModuleNotFoundError: rustbpe'}}, open({str(rf)!r}, 'w')); exit(1)"])
+                        f"import json; json.dump({{'error': 'ModuleNotFoundError: rustbpe'}}, open({str(rf)!r}, 'w')); "
+                        "exit(1)"])
     gc.run_sections(check, s, tmp_path / "work", tmp_path / "cache")
     by = {x["name"]: x for x in _on_disk(check)[1]["sections"]}
     assert by["data"]["status"] == "failed" and by["data"]["note"] == "ModuleNotFoundError: rustbpe"
@@ -248,15 +253,18 @@ def _report():
         "date": "2026-12-04", "command": "python launch/gpu_check.py --out-dir $OUT", "quick": False, "finished": True,
         "budget_s": 420, "elapsed_s": 301.0,
         "environment": {"gpu": "NVIDIA H200", "torch": "2.11.0+cu130", "torch_cuda": "13.0", "python": "3.12.3",
-                        "driver": "580.159.04", "energy_counter": True, "packages": {"triton": "3.6.0", "rustbpe": None}},
+                        "driver": "580.159.04", "energy_counter": True,
+                        "packages": {"triton": "3.6.0", "rustbpe": None}},
         "sections": [
             {"name": "imports", "status": "ok", "seconds": 9.0, "result": {"modules": 66, "failed": {},
-                                                                           "kernel_backend": "triton", "attention_backend": "sdpa"}},
+                                                                           "kernel_backend": "triton",
+                                                                           "attention_backend": "sdpa"}},
             {"name": "tests", "status": "ok", "seconds": 60.0,
              "result": {"outcomes": {"t.py::a": "passed"}, "counts": {"passed": 1}, "summary": "1 passed in 50.1s"}},
             {"name": "bandwidth", "status": "failed", "note": "RuntimeError: boom", "log_tail": "Traceback\nboom",
              "result": {"kernel_backend": "triton", "copy_GBs": 3000.0, "rows": [
-                 {"case": "nanochat d12 params, plain", "params": 135266304, "ms": 1.43, "GB/s": 2650.0, "vs copy": 0.88,
+                 {"case": "nanochat d12 params, plain", "params": 135266304, "ms": 1.43, "GB/s": 2650.0,
+                  "vs copy": 0.88,
                   "vs torch fused AdamW": 1.4}]}},
             {"name": "data", "status": "ok", "result": {"tokenizer_trainer": "tokenizers", "caches": [
                 {"vocab": 32768, "tokenizer_trainer": "tokenizers", "train_tokens": 9000000, "val_tokens": 150000}]}},
@@ -276,9 +284,11 @@ def test_report_has_every_section_and_the_numbers():
     for s in rep["sections"]:
         s["headline"] = gc.headline(s["name"], s["result"])
     text = gc.render_report(rep)
-    for heading in ("# GPU check: NVIDIA H200, 2026-12-04", "## Sections", "## Environment", "## Imports", "## CUDA tests",
+    for heading in ("# GPU check: NVIDIA H200, 2026-12-04", "## Sections", "## Environment", "## Imports",
+                    "## CUDA tests",
                     "## Token caches", "## Fused optimizer step: bandwidth (kernel backend triton)",
-                    "## Training (nanochat shape", "## Energy per section (NVML)", "## Failures", "### bandwidth: failed"):
+                    "## Training (nanochat shape", "## Energy per section (NVML)", "## Failures",
+                    "### bandwidth: failed"):
         assert heading in text, heading
     assert ("What ran: tokenizer trainer tokenizers, attention backend sdpa, kernel backend triton, gpu NVIDIA H200, "
             "driver 580.159.04, python 3.12.3, torch 2.11.0+cu130, cuda 13.0, triton 3.6.0.") in text
@@ -469,7 +479,8 @@ def test_make_gpu_check_installs_and_builds_nothing():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "python3 launch/gpu_check.py --out-dir /tmp/device-out"
     quick = subprocess.run(["make", "-n", "gpu-check-quick", "PY=/nonexistent/python"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "OUT"})
+                           capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "OUT"})
     assert quick.stdout.strip() == "python3 launch/gpu_check.py --quick --out-dir docs/results"
 
 

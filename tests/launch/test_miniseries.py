@@ -85,7 +85,8 @@ def test_every_choice_is_the_owners_constant():
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in want.items()}
     want_ladder = {"schedule": SCHEDULES, "grow_from": GROW_FROM, "data_order": DATA_ORDERS, "depth_init": DEPTH_INITS,
                    "width_init": WIDTH_INITS, "optimizer_state": OPTIMIZER_STATES, "subspace": SUBSPACES,
-                   "penalty_schedule": PENALTY_SCHEDULES, "ars": ARS_MODES, "fisher": FISHER_MODES, "placement": PLACEMENTS,
+                   "penalty_schedule": PENALTY_SCHEDULES, "ars": ARS_MODES, "fisher": FISHER_MODES,
+                   "placement": PLACEMENTS,
                    "recipe": sorted(RECIPES)}
     got = {k: a.choices for k, a in _actions(miniseries.build_parser()).items() if a.choices is not None}
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in {**want, **want_ladder}.items()}
@@ -93,7 +94,8 @@ def test_every_choice_is_the_owners_constant():
 
 def test_flag_defaults_are_the_dataclass_defaults():
     for dest, a in _actions(_train_parser()).items():
-        if dest in {f.name for f in fields(TrainConfig)} and not a.required and dest not in ("steps", "tokens", "ratio"):
+        if (dest in {f.name for f in fields(TrainConfig)} and not a.required
+                and dest not in ("steps", "tokens", "ratio")):
             assert a.default == _default(TrainConfig, dest), dest
     ns = miniseries.build_parser().parse_args([])
     for f in fields(LadderConfig):  # a recipe's field is "the recipe's" (None) until given

@@ -27,7 +27,8 @@ STUB = textwrap.dedent(
     p.add_argument("--seq-len", type=int)
     a = p.parse_args()
     with open({calls!r}, "a") as f:
-        f.write(json.dumps({{"depth": a.depth, "tokens": a.tokens, "resume": a.resume, "out": a.out, "seq_len": a.seq_len}}) + "\\n")
+        f.write(json.dumps({{"depth": a.depth, "tokens": a.tokens, "resume": a.resume, "out": a.out,
+                            "seq_len": a.seq_len}}) + "\\n")
     if str(a.depth) == os.environ.get("STUB_FAIL_DEPTH"):
         os.makedirs(os.path.join(a.out, "ckpt"), exist_ok=True)  # an interrupted run
         sys.exit(3)
@@ -50,7 +51,7 @@ def stub_trainer(tmp_path, monkeypatch):
     monkeypatch.setenv(cli.TRAINER_ENV, f"{sys.executable} {script}")
 
     def read_calls():
-        return [json.loads(l) for l in calls.read_text().splitlines()] if calls.exists() else []
+        return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
     return read_calls
 
@@ -116,7 +117,8 @@ def test_sweep_bad_args_fail_before_compute(tmp_path, stub_trainer, bad, capsys)
 
 
 def test_sweep_seq_len_override(tmp_path, stub_trainer):
-    argv = ["--preset", "cpu-tiny", "--depths", "2,3", "--flops", "1e12", "--seq-len", "64", "--n-bootstrap", "0", "--no-plots"]
+    argv = ["--preset", "cpu-tiny", "--depths", "2,3", "--flops", "1e12", "--seq-len", "64", "--n-bootstrap", "0",
+            "--no-plots"]
     assert cli.main(argv + ["--out", str(tmp_path / "o")]) == 0  # too few points to fit: recorded, not fatal
     calls = stub_trainer()
     assert [(c["depth"], c["seq_len"]) for c in calls] == [(2, 64), (3, 64)]

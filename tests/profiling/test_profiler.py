@@ -112,7 +112,8 @@ def test_profiler_with_failing_nvml_writes_error(tmp_path):
     meta = json.loads((tmp_path / META_FILE).read_text())
     assert len(ws) == 3 and meta["sampler_kind"] == "nvml" and "GPU is lost" in meta["sampler"]["error"]
     e0 = ws[0]["sampler"]["energy_j"]  # the counter (1 J per read) or, once NVML failed, the power fallback/None
-    assert e0 is None or e0 == pytest.approx(1.0) or ws[0]["sampler"]["gpus"][0]["energy_source"] == "mean_sampled_power_x_wall"
+    assert (e0 is None or e0 == pytest.approx(1.0)
+            or ws[0]["sampler"]["gpus"][0]["energy_source"] == "mean_sampled_power_x_wall")
     assert "error" in ws[-1]["sampler"]
     assert not sampler_threads()
 

@@ -66,5 +66,6 @@ def test_cuda_event_timer_resolution_and_carry_over():
     assert 0.03 <= d2["long"]["inclusive_s"] and 0.01 <= d2["long"]["exclusive_s"] < 0.01 + SLACK
     # step's exclusive excludes both children, including forward resolved in the earlier window
     assert math.isclose(d2["step"]["exclusive_s"],
-                        d2["step"]["inclusive_s"] - d1["forward"]["inclusive_s"] - d2["long"]["inclusive_s"], abs_tol=1e-9)
+                        d2["step"]["inclusive_s"] - d1["forward"]["inclusive_s"] - d2["long"]["inclusive_s"],
+                        abs_tol=1e-9)
     assert t.depth == 0 and t._records == []

@@ -73,7 +73,8 @@ def test_interrupted_checkpoint_write_is_ignored_on_resume(tmp_path, damage, rea
     p = run_train(args + ["--resume"], out)
     assert "step_000000012 is unusable" in p.stderr and reason in p.stderr, p.stderr[-2000:]
     assert losses(out) == losses(tmp_path / "ref")  # bitwise, steps 1..12
-    assert json.loads((out / "final.json").read_text())["val_loss"] == json.loads((tmp_path / "ref/final.json").read_text())["val_loss"]
+    assert (json.loads((out / "final.json").read_text())["val_loss"]
+            == json.loads((tmp_path / "ref/final.json").read_text())["val_loss"])
     assert not list((out / "ckpt").glob(".tmp_step_*"))
     assert ckpt.verify(newest) is None  # rewritten whole
 
@@ -137,5 +138,5 @@ def test_train_on_a_full_small_disk_stops_with_one_message_and_resumes(small_fs,
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
     run_train(["--depth", "2", "--steps", "40", "--ckpt-every", "10", "--resume"], moved)
-    steps = [json.loads(l)["step"] for l in (moved / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(41))

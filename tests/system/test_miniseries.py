@@ -75,8 +75,9 @@ def test_branches_are_finished_wsd_runs(ladder, tmp_path, one_thread):
     want = json.loads((branch / "final.json").read_text())
     for k in ("val_loss", "val_bpb", "flops", "tokens", "steps"):
         assert got[k] == want[k], k
-    m = [json.loads(l) for l in (branch / "metrics.jsonl").read_text().splitlines()]
-    assert m[0]["step"] == round(0.8 * cfg["steps"]) + 1 and m[-1]["step"] == cfg["steps"] and m[-1]["lr_mult"] == pytest.approx(0.05)
+    m = [json.loads(line) for line in (branch / "metrics.jsonl").read_text().splitlines()]
+    assert (m[0]["step"] == round(0.8 * cfg["steps"]) + 1 and m[-1]["step"] == cfg["steps"]
+            and m[-1]["lr_mult"] == pytest.approx(0.05))
 
 
 def test_report_and_plots_exist(ladder):
@@ -156,7 +157,8 @@ def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
     scratch_before = {k: v for k, v in rung_files(out).items() if k.startswith("scratch/")}
     p = run_miniseries(out, ["--arms", "scratch,grow-only", "--grow-from", "stable", "--data-order", "continue",
                              "--inherit-lr-mult", "2", "--optimizer-state", "carry"])
-    assert "scratch" not in "".join(l for l in p.stdout.splitlines() if "steps ->" in l and "/scratch/" in l)
+    assert "scratch" not in "".join(line for line in p.stdout.splitlines()
+                                    if "steps ->" in line and "/scratch/" in line)
     assert {k: v for k, v in rung_files(out).items() if k.startswith("scratch/")} == scratch_before
     arm = out / "grow-only+inherit_lr_mult=2+grow_from=stable+data_order=continue+optimizer_state=carry"
     s = json.loads((out / "summary.json").read_text())
@@ -170,6 +172,7 @@ def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
     assert extra["loader"]["seq_consumed"] == parent_stream + extra["step"] * 4  # read on: global batch 4
     assert run["config"]["lr_mult"] == 2.0 * TRAIN_PRESETS["cpu-tiny"]["lr_mult"]  # x2 of the rung's preset LR
     assert extra["optim_step"] == parent["optim_step"] + extra["step"]  # Adam's step count carried with its moments
-    m = [json.loads(l) for l in (arm / "d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in l]
-    scratch_m = [json.loads(l) for l in (out / "scratch/d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in l]
+    m = [json.loads(line) for line in (arm / "d2/stable/metrics.jsonl").read_text().splitlines() if '"lr"' in line]
+    scratch_m = [json.loads(line) for line in (out / "scratch/d2/stable/metrics.jsonl").read_text().splitlines()
+                 if '"lr"' in line]
     assert m[-1]["lr"] == pytest.approx(2 * scratch_m[-1]["lr"])  # both at the constant peak

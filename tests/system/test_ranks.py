@@ -71,7 +71,8 @@ def test_two_nodes_on_loopback_match_one_rank(tmp_path):
                "--node_rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", f"t{port}", "--local-addr", "127.0.0.1", "--max-restarts", "0",
                str(ROOT / "launch/train.py")] + FAST + args + ["--out", str(out)]
-        procs.append(subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
         if node_rank == 0:
             time.sleep(1.0)  # node 0 hosts the rendezvous store
     outs = _communicate_all(procs, timeout=240)
@@ -83,7 +84,8 @@ def test_two_nodes_on_loopback_match_one_rank(tmp_path):
         assert two[s] == pytest.approx(one[s], rel=1e-4), (s, one[s], two[s])
     final = json.loads((out / "final.json").read_text())
     assert final["world_size"] == 2
-    assert final["val_loss"] == pytest.approx(json.loads((tmp_path / "one/final.json").read_text())["val_loss"], rel=1e-4)
+    assert final["val_loss"] == pytest.approx(json.loads((tmp_path / "one/final.json").read_text())["val_loss"],
+                                              rel=1e-4)
 
 
 @pytest.mark.distributed

@@ -47,13 +47,14 @@ def test_two_runs_on_one_directory(tmp_path):
         assert second.returncode == 1
         assert second.stderr.strip().splitlines()[-1] == (
             f"error: {out} is in use by PID {first.pid} on host {socket.gethostname()} (started "
-            f"{json.loads((out / LOCK_FILE).read_text())['started']}, command: {json.loads((out / LOCK_FILE).read_text())['command']}); "
-            f"wait for that run to finish or stop it, or choose another output directory")
+            f"{json.loads((out / LOCK_FILE).read_text())['started']}, command: "
+            f"{json.loads((out / LOCK_FILE).read_text())['command']}); wait for that run to finish or stop it, or "
+            "choose another output directory")
         _, err = first.communicate(timeout=600)
     finally:
         first.kill()
     assert first.returncode == 0, err[-2000:]
-    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(7))  # one run's lines, once each
 
 

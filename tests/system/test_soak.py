@@ -21,7 +21,7 @@ KILL_FLAGS = ["--ckpt-every", "5"]  # checkpoints every 5 steps inside each rung
 
 
 def rung_metrics(out: Path) -> dict[str, list[dict]]:
-    return {str(f.parent.relative_to(out)): [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    return {str(f.parent.relative_to(out)): [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
             for f in sorted(out.glob("*/d*/*/metrics.jsonl"))}
 
 
@@ -53,7 +53,7 @@ def reference_ladder(tmp_path_factory):
 
 def _steps_logged(path: Path) -> int:
     try:
-        return sum(1 for l in path.read_text().splitlines() if l.strip() and '"loss"' in l)
+        return sum(1 for line in path.read_text().splitlines() if line.strip() and '"loss"' in line)
     except FileNotFoundError:
         return 0
 

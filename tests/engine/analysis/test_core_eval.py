@@ -113,7 +113,8 @@ def test_render_prompts_formats():
         [{"context_options": ["p", "q"], "continuation": "r", "gold": 1}],
     )
     assert s == ["q r\n\nc1 end", "q r\n\nc2 end"]
-    lm = render_prompts({"context": " ctx  ", "continuation": "cont"}, "language_modeling", " ", [{"context": "a ", "continuation": "b"}])
+    lm = render_prompts({"context": " ctx  ", "continuation": "cont"}, "language_modeling", " ",
+                        [{"context": "a ", "continuation": "b"}])
     assert lm == ["a b\n\nctx", "a b\n\nctx cont"]
 
 
@@ -213,7 +214,8 @@ def test_fallback_yaml_parser():
             "icl_task_type": "language_modeling",
             "continuation_delimiter": "\nAnswer: ",
         },
-        {"label": "copa", "dataset_uri": "commonsense_reasoning/copa.jsonl", "num_fewshot": [0], "icl_task_type": "multiple_choice"},
+        {"label": "copa", "dataset_uri": "commonsense_reasoning/copa.jsonl", "num_fewshot": [0],
+         "icl_task_type": "multiple_choice"},
     ]
 
 

@@ -72,13 +72,14 @@ def test_report_from_tiny_real_run(tmp_path, one_thread):
     p = build_profile(run)
     assert p["kind"] == "run" and p["steps"] == 6
     assert sum(s["fraction"] for s in p["stages"].values()) == pytest.approx(1.0, abs=1e-9)
-    assert {"step", "data", "forward", "backward", "optimizer", "fisher", "penalty", "eval", "other"} <= set(p["stages"])
+    assert ({"step", "data", "forward", "backward", "optimizer", "fisher", "penalty", "eval", "other"}
+            <= set(p["stages"]))
     inh = p["stages"]["fisher"]["seconds"] + p["stages"]["penalty"]["seconds"]
     step_time = p["total_s"] - p["stages"]["eval"]["inclusive_s"]
     assert p["inheritance_overhead_fraction"] == pytest.approx(inh / step_time)
     assert 0 < p["inheritance_overhead_fraction"] < 1
     assert p["mfu_source"].startswith("assumed") and p["mfu_used"] == 0.4
-    assert all(l.startswith(("*measured*", "*projected*")) for l in p["lines"])
+    assert all(line.startswith(("*measured*", "*projected*")) for line in p["lines"])
     md = write_report(run)
     for f in ("profile.json", "profile.md", "profile_stages.png"):
         assert (run / f).stat().st_size > 0
@@ -125,8 +126,10 @@ def _fake_rung(d: Path, depth: int, flops: float, wall: float, steps: int, stage
 def test_report_shared_base_rung_and_gpu_numbers(tmp_path):
     root = tmp_path / "seed0"  # the multi-seed layout: OUT/seed<k>/<arm>/d<depth>/
     kw = dict(gpu=True, energy_j=3.6e6)
-    _fake_rung(root / "scratch" / "d2", 2, flops=4e17, wall=1000.0, steps=10, stages={"forward": 400.0, "ars": 0.0}, **kw)
-    _fake_rung(root / "scratch" / "d3", 3, flops=8e17, wall=2000.0, steps=10, stages={"forward": 800.0, "ars": 0.0}, **kw)
+    _fake_rung(root / "scratch" / "d2", 2, flops=4e17, wall=1000.0, steps=10, stages={"forward": 400.0, "ars": 0.0},
+               **kw)
+    _fake_rung(root / "scratch" / "d3", 3, flops=8e17, wall=2000.0, steps=10, stages={"forward": 800.0, "ars": 0.0},
+               **kw)
     _fake_rung(root / "inherit" / "d3", 3, flops=3e17, wall=1100.0, steps=5,
                stages={"forward": 500.0, "penalty": 50.0, "ars": 50.0, "eval": 100.0}, fisher_flops=1e17, **kw)
     p = build_profile(tmp_path, price_per_gpu_hour=3.0)
@@ -135,7 +138,8 @@ def test_report_shared_base_rung_and_gpu_numbers(tmp_path):
     assert p["arms"]["inherit"]["flops"] == pytest.approx(8e17) and p["arms"]["inherit"]["rungs"] == 2
     assert p["inherit_flops_fraction"] == pytest.approx(8 / 12)
     assert p["arms"]["scratch"]["gpu_hours"] == pytest.approx(3000 / 3600)
-    assert p["arms"]["scratch"]["dollars"] == pytest.approx(2.5) and p["arms"]["scratch"]["energy_kwh"] == pytest.approx(2.0)
+    assert (p["arms"]["scratch"]["dollars"] == pytest.approx(2.5)
+            and p["arms"]["scratch"]["energy_kwh"] == pytest.approx(2.0))
     # overhead over the inheriting rung only: (50 + 50) / (1100 - 100 eval)
     assert p["inheritance_overhead_over"] == ["seed0/inherit/d3"]
     assert p["inheritance_overhead_fraction"] == pytest.approx(0.1)
@@ -161,4 +165,5 @@ def test_budget_runs_are_charged_their_own_work(tmp_path):
     p = build_profile(root)
     assert [r["label"] for r in p["rungs"]] == ["scratch/d2/b1", "scratch/d2/stable"]
     assert p["rungs"][0]["flops"] == pytest.approx(2e17) and p["rungs"][0]["wall_s"] == pytest.approx(200.0)
-    assert p["arms"]["scratch"]["flops"] == pytest.approx(10e17) and p["arms"]["scratch"]["wall_s"] == pytest.approx(1000.0)
+    assert (p["arms"]["scratch"]["flops"] == pytest.approx(10e17)
+            and p["arms"]["scratch"]["wall_s"] == pytest.approx(1000.0))

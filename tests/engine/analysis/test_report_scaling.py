@@ -37,7 +37,7 @@ def _write_rung(run, N, tokens, n_evals, law, rng, head_start=0.0):
         lines.append({"step": 10 * k - 1, "tokens": t - per // 2, "loss": loss + 0.1})  # a training-only line
         lines.append({"step": 10 * k, "tokens": t, "flops": 6.0 * N * t, "loss": loss, "val_loss": loss,
                       "val_bpb": loss / 2})
-    (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in lines))
     return lines[-1]["val_loss"]
 
 
@@ -142,7 +142,7 @@ def test_scratch_only_has_no_comparison(tmp_path):
     lc, results, run_dir_of = _ladder(tmp_path, [2, 3], arms=("scratch",), n_evals=3)
     out, lines = rs.scaling_section(lc, results, run_dir_of, n_bootstrap=0)
     assert set(out) == {"scratch"}
-    assert any("Needs the scratch arm and at least one inheriting arm" in l for l in lines)
+    assert any("Needs the scratch arm and at least one inheriting arm" in line for line in lines)
 
 
 def _fake_fit(alpha, ci):
@@ -181,7 +181,8 @@ def test_core_section_per_arm_shared_base_once(tmp_path):
     calls = []
 
     def load(run):
-        depth = int(Path(run).parent.name.lstrip("d")) if Path(run).name.startswith("b") else int(Path(run).name.lstrip("d"))
+        depth = (int(Path(run).parent.name.lstrip("d")) if Path(run).name.startswith("b")
+                 else int(Path(run).name.lstrip("d")))
         calls.append((str(run), depth))
         if depth == 2 and "inherit" in str(run):
             raise FileNotFoundError(f"rung {run} is finished but has no intact checkpoint to grow from")
@@ -201,14 +202,16 @@ def test_core_section_per_arm_shared_base_once(tmp_path):
 
 
 def test_core_section_loads_real_checkpoints(tmp_path):
-    """The default loader (engine.train.checkpoint.load_run_model) on a checkpoint written by engine.train.checkpoint."""
+    """The default loader (engine.train.checkpoint.load_run_model) on a checkpoint written by
+    engine.train.checkpoint."""
     from engine.train import checkpoint as ckpt
     from engine.runtime.distributed import DistEnv
     from engine.ladder.run import rung_dir
     from engine.train.optim import LadderOptimizer, model_param_groups
 
     bundle = write_bundle(tmp_path / "bundle")
-    lc = LadderConfig(depths=[1], arms=["scratch"], out=str(tmp_path / "runs"), train={"vocab_size": 257, "seq_len": 64})
+    lc = LadderConfig(depths=[1], arms=["scratch"], out=str(tmp_path / "runs"),
+                      train={"vocab_size": 257, "seq_len": 64})
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
     model = _tiny_model(1)
     opt = LadderOptimizer(model_param_groups(model, matrix_lr=1e-3, embedding_lr=1e-3, unembedding_lr=1e-3,

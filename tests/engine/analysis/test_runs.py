@@ -22,5 +22,6 @@ def test_rung_cost_adds_fisher_and_penalty_work():
 
 
 def test_full_budget_is_the_largest_budget_run():
-    rung = {"runs": [{"budget_frac": 0.5, "id": "a"}, {"budget_frac": 1.0, "id": "b"}, {"budget_frac": 0.25, "id": "c"}]}
+    rung = {"runs": [{"budget_frac": 0.5, "id": "a"}, {"budget_frac": 1.0, "id": "b"},
+                     {"budget_frac": 0.25, "id": "c"}]}
     assert full_budget(rung)["id"] == "b"

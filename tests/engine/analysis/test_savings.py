@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from engine.analysis.savings import (BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, cost_to_reach, iso_loss, ladder_saving,
-                                     mean_ci, monotone_envelope, rung_saving, whole_chain_saving)
+from engine.analysis.savings import (BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, cost_to_reach, iso_loss,
+                                     ladder_saving, mean_ci, monotone_envelope, rung_saving, whole_chain_saving)
 
 
 def test_envelope_pools_violators():
@@ -46,7 +46,8 @@ def test_ladder_saving_exact_and_bounds():
     assert out["kind"] == "exact" and math.isclose(out["saving"], 12 / 21)
     assert ladder_saving([1.0, 4.0], 1.0, [Reach(NOT_REACHED, 4.0)])["kind"] == "at most"
     assert ladder_saving([1.0, 4.0], 1.0, [Reach(BELOW_SMALLEST, 0.5)])["kind"] == "at least"
-    assert ladder_saving([1.0, 4.0, 9.0], 1.0, [Reach(BELOW_SMALLEST, 0.5), Reach(NOT_REACHED, 9.0)])["kind"] == "unbounded"
+    assert ladder_saving([1.0, 4.0, 9.0], 1.0,
+                         [Reach(BELOW_SMALLEST, 0.5), Reach(NOT_REACHED, 9.0)])["kind"] == "unbounded"
 
 
 def test_mean_ci_student_t():
@@ -77,7 +78,8 @@ def test_whole_chain_saving_charges_the_runs_grown_from():
     # d2 run grown from 1, d3 run grown from 3, d4's FLOPs-to-match 4, against scratch d4's 16:
     # (1 + 3 + 4) / 16 = 0.5
     out = whole_chain_saving([1.0, 3.0], Reach(REACHED, 4.0), 16.0)
-    assert out == {"whole_chain_fraction": 0.5, "whole_chain_saving": 0.5, "chain_flops": 8.0, "whole_chain_kind": "exact"}
+    assert out == {"whole_chain_fraction": 0.5, "whole_chain_saving": 0.5, "chain_flops": 8.0,
+                   "whole_chain_kind": "exact"}
     # only the top rung's reach can be a bound: not reached at <= 4 makes the saving at most 0.5
     assert whole_chain_saving([1.0, 3.0], Reach(NOT_REACHED, 4.0), 16.0)["whole_chain_kind"] == "at most"
     assert whole_chain_saving([1.0], Reach(BELOW_SMALLEST, 1.0), 4.0)["whole_chain_kind"] == "at least"

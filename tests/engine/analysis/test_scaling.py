@@ -78,7 +78,8 @@ def test_isoflop_recovers_known_parabolas():
         n_star = 0.3 * C**0.45
         for f in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0):
             n = n_star * f * 1.3  # off-centre sampling
-            rows.append({"flops_budget": C, "params": n, "tokens": C / (6 * n), "loss": 3.0 - 0.1 * math.log10(C) + 0.05 * math.log(n / n_star) ** 2})
+            rows.append({"flops_budget": C, "params": n, "tokens": C / (6 * n),
+                         "loss": 3.0 - 0.1 * math.log10(C) + 0.05 * math.log(n / n_star) ** 2})
     out = isoflop_analysis(rows)
     assert out["a"] == pytest.approx(0.45, rel=1e-6)
     assert out["b"] == pytest.approx(0.55, rel=1e-6)
@@ -93,8 +94,10 @@ def test_isoflop_recovers_known_parabolas():
 
 
 def test_isoflop_degenerate_budgets():
-    rows = [{"flops_budget": 1e15, "params": n, "tokens": 1e15 / (6 * n), "loss": l} for n, l in ((1e5, 3.0), (2e5, 2.9))]
-    rows += [{"flops_budget": 1e16, "params": n, "tokens": 1e16 / (6 * n), "loss": l} for n, l in ((1e5, 2.0), (2e5, 2.5), (4e5, 2.0))]
+    rows = [{"flops_budget": 1e15, "params": n, "tokens": 1e15 / (6 * n), "loss": loss}
+            for n, loss in ((1e5, 3.0), (2e5, 2.9))]
+    rows += [{"flops_budget": 1e16, "params": n, "tokens": 1e16 / (6 * n), "loss": loss}
+             for n, loss in ((1e5, 2.0), (2e5, 2.5), (4e5, 2.0))]
     out = isoflop_analysis(rows)
     assert [b["ok"] for b in out["budgets"]] == [False, False]  # too few sizes; concave
     assert out["a"] is None and out["ratio_at_largest"] is None

@@ -52,7 +52,8 @@ def grown(depth, params, ftm, loss_025, target, grown_from_cost):
 
 def seed_results(seed, plain_d4_last=2.8):
     base = {"depth": 2, "grown_from": None, "runs": [run(1.0, 1.0, 4.0, 1000)]}
-    out = {"scratch": [base, {"depth": 3, "grown_from": None, "runs": [run(0.5, 2.0, 3.5, 2000), run(1.0, 4.0, 3.2, 2000)]},
+    out = {"scratch": [base,
+                       {"depth": 3, "grown_from": None, "runs": [run(0.5, 2.0, 3.5, 2000), run(1.0, 4.0, 3.2, 2000)]},
                        {"depth": 4, "grown_from": None, "runs": [run(0.5, 5.0, 3.0, 3000), run(1.0, 10.0, 2.8, 3000)]}]}
     for recipe, arm in RECIPES.items():
         (f3, f4), (l3, l4) = FTM[seed][recipe], LOSS_025[seed][recipe]
@@ -136,7 +137,8 @@ def test_a_rung_not_reached_in_one_seed_makes_the_row_a_bound():
     assert p4["bound"] and p4["kind"] == "at most" and p4["statuses"][1] == NOT_REACHED and p4["n"] == 2
     close(p4["fraction"], 0.675)  # still (0.6 + 0.75)/2, now a lower bound of the fraction: no interval
     assert "bound" in p4["fraction"]["method"]
-    assert rows[("ladder", "plain")]["kind"] == "at most" and rows[("ladder", "plain")]["kinds"] == {0: "exact", 1: "at most"}
+    assert (rows[("ladder", "plain")]["kind"] == "at most"
+            and rows[("ladder", "plain")]["kinds"] == {0: "exact", 1: "at most"})
     d4 = {r["rung"]: r for r in paired_differences(ps, RECIPES, "copy", "plain")}["d4"]
     # copy exact minus plain's lower bound: the difference is at most its mean; seed 0 alone is exact
     assert d4["kind"] == "at most" and d4["kinds"] == {0: "exact", 1: "at most"}
@@ -145,9 +147,11 @@ def test_a_rung_not_reached_in_one_seed_makes_the_row_a_bound():
     # the other way round, plain's lower bound minus copy: at least its mean, +0.225
     rev = {r["rung"]: r for r in paired_differences(ps, RECIPES, "plain", "copy")}["d4"]
     assert rev["kind"] == "at least" and math.isclose(rev["difference"]["mean"], 0.225)
-    md = "\n".join(render_study_markdown(answer_table(ps, RECIPES, [3, 4]), paired_differences(ps, RECIPES, "copy", "plain")))
+    md = "\n".join(render_study_markdown(answer_table(ps, RECIPES, [3, 4]),
+                                         paired_differences(ps, RECIPES, "copy", "plain")))
     assert "| d4 (x1.50) | plain | ≥ 0.675 | ≤ 32.5% | " in md
-    assert "| 0, 1 (not reached) | scratch d4's full budget (1e+13 FLOPs, val loss 2.8000); a bound: no interval |" in md
+    assert ("| 0, 1 (not reached) | scratch d4's full budget (1e+13 FLOPs, val loss 2.8000); "
+            "a bound: no interval |") in md
     assert "≤ -0.225; over the 1 seed(s) where both reached: -0.200 (1 seed)" in md
 
 
@@ -204,8 +208,8 @@ def test_render_study_markdown_shows_the_answer_first():
     lines = render_study_markdown(table, paired_differences(ps, RECIPES, "copy", "plain"), {"copy": fit}, tuning)
     md = "\n".join(lines)
     assert lines[:5] == ["# Growth study", "", "## The answer", "",
-                         "| rung | recipe | FLOPs-to-match [95% CI] | marginal saving | standalone | whole-chain | seeds | "
-                         "against what |"]
+                         "| rung | recipe | FLOPs-to-match [95% CI] | marginal saving | standalone | whole-chain | "
+                         "seeds | against what |"]
     lo, hi = 0.425 - T1 * 0.025, 0.425 + T1 * 0.025
     assert f"| d3 (x2.00) | copy | 0.425 [{lo:.3f}, {hi:.3f}] | 57.5% [" in md
     assert "| 0, 1 | scratch d3's full budget (4e+12 FLOPs, val loss 3.2000) |" in md

@@ -83,7 +83,8 @@ def test_default_cache_dir_env(monkeypatch, tmp_path):
     assert prepare_mod.default_cache_dir() == tmp_path / "envcache"
 
 
-@pytest.mark.parametrize("values,what", [([60000, 61000], "out of the vocabulary"), ([7, 8, 9], "within the vocabulary")])
+@pytest.mark.parametrize("values,what",
+                         [([60000, 61000], "out of the vocabulary"), ([7, 8, 9], "within the vocabulary")])
 def test_corrupted_shard_is_named_and_rebuilt(corpus, tmp_path, capfd, values, what):
     b = prepare_data(corpus, 512, tmp_path / "cache", progress=False)
     want = np.array(b.train)
@@ -136,7 +137,8 @@ def test_full_disk_while_building_the_cache_removes_partial_files(corpus, tmp_pa
         return real(src, split, tok, out, progress)
 
     monkeypatch.setattr(prepare_mod, "_tokenize_split", fills_up)
-    with pytest.raises(StorageError, match=r"^the disk is full: writing the data cache to .* failed \(OSError: .*No space "
+    with pytest.raises(StorageError,
+                       match=r"^the disk is full: writing the data cache to .* failed \(OSError: .*No space "
                                            r"left on device.*The partial cache files were removed; free space or point "
                                            r"--cache-dir"):
         prepare_data(corpus, 512, tmp_path / "cache", progress=False)

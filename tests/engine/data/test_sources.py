@@ -48,7 +48,8 @@ def test_text_directory_source(text_dir, tmp_path):
     check_bundle(b, 512)
     files = b.manifest["files"]
     assert "ignored.csv" not in files["train"] + files["val"]
-    assert len(files["train"]) + len(files["val"]) == 13 and files["val"] and not set(files["train"]) & set(files["val"])
+    assert (len(files["train"]) + len(files["val"]) == 13 and files["val"]
+            and not set(files["train"]) & set(files["val"]))
     docs = decode_stream(b, b.train) + decode_stream(b, b.val)
     originals = sorted(p.read_text() for p in text_dir.rglob("*") if p.suffix in (".txt", ".md"))
     assert sorted(docs) == originals  # every file is one document, losslessly

@@ -260,7 +260,8 @@ def test_moments_carried_padded_and_rescaled():
             region = tuple(slice(0, k) for k in moments[n]["exp_avg"].shape)
             rescaled = n.endswith("mlp.c_proj.weight") or n == "lm_head.weight"
             assert torch.equal(mv["exp_avg"][region], moments[n]["exp_avg"] * (res.c if rescaled else 1.0)), n
-            assert torch.equal(mv["exp_avg_sq"][region], moments[n]["exp_avg_sq"] * (res.c * res.c if rescaled else 1.0)), n
+            assert torch.equal(mv["exp_avg_sq"][region],
+                               moments[n]["exp_avg_sq"] * (res.c * res.c if rescaled else 1.0)), n
     with pytest.raises(KeyError, match="moments lacks entries"):
         grow(old, cfg("cpu-tiny", 3), seed=1, moments={})
 
@@ -274,7 +275,8 @@ def test_depth_init_copy_stacks_a_trained_layer(placement):
     res = grow(old, new_cfg, seed=1, placement=placement, depth_init="copy")
     assert res.new_layer_indices == exact.new_layer_indices and len(res.new_layer_indices) == 2
     old_idx = [i for i in range(4) if i not in res.new_layer_indices]  # copy-middle copies old layer 2 // 2 = 1
-    src = old_idx[1] if placement == "copy-middle" else max([i for i in old_idx if i < res.new_layer_indices[0]] or old_idx[:1])
+    src = (old_idx[1] if placement == "copy-middle"
+           else max([i for i in old_idx if i < res.new_layer_indices[0]] or old_idx[:1]))
     want = res.model.blocks[src].state_dict()
     for j in res.new_layer_indices:
         for k, v in res.model.blocks[j].state_dict().items():
@@ -358,7 +360,8 @@ def test_width_split_noise_changes_the_function_a_little():
     err = growth_logit_error(old, noisy.model, V, T, n_batches=2, batch_size=1)
     ERRORS.setdefault("cpu-tiny split noise", []).append((2, 3, "end", noisy.width, err))
     assert 10 * TOL < err < 0.05, err
-    changed = [n for n, p in noisy.model.named_parameters() if not torch.equal(p, dict(exact.model.named_parameters())[n])]
+    changed = [n for n, p in noisy.model.named_parameters()
+               if not torch.equal(p, dict(exact.model.named_parameters())[n])]
     assert changed and all(n.endswith(("c_fc.weight", "c_q.weight", "c_k.weight", "c_v.weight")) for n in changed)
 
 
@@ -373,8 +376,8 @@ def test_width_zero_is_the_default_and_split_moments():
     zero = grow(old, cfg("cpu-tiny", 3), seed=1, moments=moments, width_init="zero", split_noise=0.5)
     for a, b in zip(base.model.parameters(), zero.model.parameters()):
         assert torch.equal(a, b)
-    assert all(torch.equal(base.mask[n], zero.mask[n]) and torch.equal(base.moments[n]["exp_avg_sq"],
-                                                                        zero.moments[n]["exp_avg_sq"]) for n in base.mask)
+    assert all(torch.equal(base.mask[n], zero.mask[n])
+               and torch.equal(base.moments[n]["exp_avg_sq"], zero.moments[n]["exp_avg_sq"]) for n in base.mask)
     split = grow(old, cfg("cpu-tiny", 3), seed=1, moments=moments, width_init="split", split_noise=0.0)
     w, D, n_old = split.model.blocks[0].mlp.c_fc.weight, 64, 4 * 64
     share = 1.0 / (torch.bincount(split_sources(w, D, n_old, 1), minlength=n_old) + 1.0)

@@ -183,7 +183,8 @@ def test_decoupled_kappa_is_a_pull_per_unit_lr():
                 for (n, p), k in zip(params.items(), pen.kappa_for(0)))
     assert pen.value(plist, 0) == pytest.approx(value, rel=1e-9)
     given = Penalty(params.items(), anchor, mask, fisher, lam=0.5, gamma=0.2, form="decoupled", omega_mean=2 * mean)
-    torch.testing.assert_close(given.kappa_for(0)[0], torch.where(mask["wte.weight"] > 0.5, 0.25 * fisher["wte.weight"] / mean,
+    torch.testing.assert_close(given.kappa_for(0)[0], torch.where(mask["wte.weight"] > 0.5,
+                                                                  0.25 * fisher["wte.weight"] / mean,
                                                                   torch.full_like(fisher["wte.weight"], 0.2)))
     with pytest.raises(ValueError, match="form must be one of"):
         Penalty(params.items(), anchor, mask, fisher, lam=0.5, gamma=0.2, form="fused")

@@ -185,7 +185,8 @@ def test_penalty_form_bad_values_are_named():
     LadderConfig(depths=[1, 2], arms=["inherit"], out="x", penalty_form="decoupled", lam=1.0, gamma=0.0).validate()
 
 
-@pytest.mark.parametrize("lam, lam_by_depth, named", [(1e5, {}, "{'--lam': 100000.0}"), (1.0, {2: 2e4}, "'--lam d2': 20000.0"),
+@pytest.mark.parametrize("lam, lam_by_depth, named", [(1e5, {}, "{'--lam': 100000.0}"),
+                                                      (1.0, {2: 2e4}, "'--lam d2': 20000.0"),
                                                       ("ewc", {}, "'--lam': 'ewc'")])
 def test_decoupled_penalty_refuses_a_coupled_scale_lambda(lam, lam_by_depth, named):
     """The decoupled pull is lambda per unit of LR: the coupled default 1e5 there would pin the inherited
@@ -207,7 +208,8 @@ def test_width_init_flag_names_the_arm_and_bad_values():
     (lc,) = miniseries.ladder_configs(p, p.parse_args(PLAIN))
     assert lc.width_init == "zero" and arm_dir_name("grow-only", lc) == "grow-only"
     (lc,) = miniseries.ladder_configs(p, p.parse_args(["--width-init", "split"]))
-    assert arm_dir_name("grow-only", lc) == "grow-only+data_order=continue+optimizer_state=carry+depth_init=copy+width_init=split"
+    assert (arm_dir_name("grow-only", lc)
+            == "grow-only+data_order=continue+optimizer_state=carry+depth_init=copy+width_init=split")
     with pytest.raises(ValueError, match=r"--width-init must be zero or split, got 'copy'"):
         LadderConfig(depths=[1, 2], arms=["grow-only"], out="x", width_init="copy").validate()
 

@@ -14,7 +14,8 @@ def test_json_write_on_a_full_disk_leaves_no_partial_file(small_fs):
     d = small_fs(1)
     (d / "filler").write_bytes(b"\0" * (diskspace.free_bytes(d) - 4096))
     with pytest.raises(StorageError, match=rf"^the disk is full: writing run output to {d}/run.json failed \(OSError: "
-                                           rf".*No space left on device.*\); .* free\. Free space .* and rerun the same command"):
+                                           r".*No space left on device.*\); .* free\. Free space .* and rerun the "
+                                           r"same command"):
         with storage_guard(d):
             ckpt.write_json_atomic(d / "run.json", {"x": "y" * 100_000})
     assert sorted(p.name for p in d.iterdir()) == ["filler"]

@@ -119,7 +119,8 @@ def test_space_shortage_is_caught_before_writing(tmp_path, monkeypatch):
     assert size >= ckpt.state_bytes({"m": ckpt.model_state(model)})  # the estimate: the previous checkpoint
     monkeypatch.setattr(diskspace, "free_bytes", lambda path: size // 2)
     with pytest.raises(StorageError, match=rf"not enough disk space for checkpoint step 2: it needs about "
-                                           rf"{diskspace.fmt_bytes(diskspace.with_slack(size))} in {tmp_path / 'ckpt'}, "
-                                           rf"only {diskspace.fmt_bytes(size // 2)} free, so it was not written"):
+                                           rf"{diskspace.fmt_bytes(diskspace.with_slack(size))} in "
+                                           rf"{tmp_path / 'ckpt'}, only {diskspace.fmt_bytes(size // 2)} free, so it "
+                                           r"was not written"):
         ckpt.save(tmp_path / "ckpt", 2, model, opt, {}, env)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000001"]

@@ -16,7 +16,8 @@ from tests.helpers.strategies import edge_floats
 
 def test_too_small_validation_split_fails_before_training_naming_the_fix():
     cfg = TrainConfig(depth=12, preset="nanochat", steps=10)  # eval_tokens 10 x 524288
-    with pytest.raises(ValueError, match=r"--data builtin: the validation split has 200,000 tokens.*5,242,881.*parquet:"):
+    with pytest.raises(ValueError,
+                       match=r"--data builtin: the validation split has 200,000 tokens.*5,242,881.*parquet:"):
         check_val_split(200_000, cfg, 2048, 32, 1)
     check_val_split(5_242_881, cfg, 2048, 32, 1)  # exactly enough: no error
 
@@ -49,7 +50,8 @@ def train_configs(draw):
         lr_mult=draw(st.one_of(st.none(), st.floats(-1, 4), st.just(float("inf")), st.just(float("nan")))),
     )
     for k in draw(st.sets(st.sampled_from(["steps", "tokens", "ratio"]), max_size=3)):
-        kw[k] = draw(st.one_of(st.integers(-2, 10**6), st.floats(-1, 2e4))) if k == "ratio" else draw(st.integers(-2, 10**6))
+        kw[k] = (draw(st.one_of(st.integers(-2, 10**6), st.floats(-1, 2e4))) if k == "ratio"
+                 else draw(st.integers(-2, 10**6)))
     return TrainConfig(**kw), draw(st.sampled_from([1, 2, 3, 4, 8]))
 
 

@@ -27,13 +27,13 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch, kind, host
     final = train_rung(tiny_train_config(tmp_path, host_sync=host_sync), init_distributed("cpu"))
     assert final["skipped_steps"] == 2
     assert json.loads((tmp_path / "r/final.json").read_text())["skipped_steps"] == 2
-    lines = [json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
-    skipped = {l["step"] for l in lines if "skipped" in l}
+    lines = [json.loads(line) for line in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    skipped = {rec["step"] for rec in lines if "skipped" in rec}
     assert skipped == {3, 6}
     what = "gradient" if kind == "inf-grad" else "loss"
-    assert all(l["skipped"] == f"non-finite {what}" for l in lines if "skipped" in l)
-    assert sorted(l["step"] for l in lines if "loss" in l) == [1, 2, 4, 5, 7, 8]
-    assert all(math.isfinite(l["loss"]) for l in lines if "loss" in l)
+    assert all(rec["skipped"] == f"non-finite {what}" for rec in lines if "skipped" in rec)
+    assert sorted(rec["step"] for rec in lines if "loss" in rec) == [1, 2, 4, 5, 7, 8]
+    assert all(math.isfinite(rec["loss"]) for rec in lines if "loss" in rec)
     assert math.isfinite(final["val_loss"])
     for p in ckpt.list_checkpoints(tmp_path / "r/ckpt"):
         assert ckpt.verify(p) is None
@@ -66,7 +66,8 @@ def test_nonconsecutive_nonfinite_steps_do_not_stop_the_run(tmp_path, monkeypatc
 
 
 def _timeless_metrics(run):
-    return [{k: v for k, v in json.loads(l).items() if k != "dt"} for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k != "dt"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("optimizer,adamw_impl", [("adamw", "kernel"), ("adamw", "torch"), ("muon", "kernel")])
@@ -111,7 +112,8 @@ def test_lagged_guard_with_device_ars_resumes_bitwise(tmp_path, monkeypatch):
     a, b = run(tmp_path / "once", False), run(tmp_path / "twice", True)
     assert _timeless_metrics(a) == _timeless_metrics(b)
     assert json.loads((a / "final.json").read_text())["skipped_steps"] == 3
-    assert json.loads((a / "final.json").read_text())["val_loss"] == json.loads((b / "final.json").read_text())["val_loss"]
+    assert (json.loads((a / "final.json").read_text())["val_loss"]
+            == json.loads((b / "final.json").read_text())["val_loss"])
 
 
 def test_lagged_guard_reads_each_verdict_a_step_late(tmp_path, monkeypatch):
@@ -131,7 +133,8 @@ def test_lagged_guard_reads_each_verdict_a_step_late(tmp_path, monkeypatch):
 
     monkeypatch.setattr(GPT, "forward", forward)
     monkeypatch.setattr(guard.DeviceValues, "read", read)
-    train_rung(tiny_train_config(tmp_path, host_sync="lagged", steps=12, eval_every=6, ckpt_every=0), init_distributed("cpu"))
+    train_rung(tiny_train_config(tmp_path, host_sync="lagged", steps=12, eval_every=6, ckpt_every=0),
+               init_distributed("cpu"))
     sync_steps = {6, 12}
     assert reads == [k if k in sync_steps else k + 1 for k in range(1, 13)]
 

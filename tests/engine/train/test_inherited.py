@@ -22,7 +22,8 @@ def test_start_inherited_loads_moments_into_a_fresh_optimizer():
                moments={n: {"exp_avg": torch.full_like(p, 0.5), "exp_avg_sq": torch.full_like(p, 0.25)}
                         for n, p in trained("cpu-tiny", 1).named_parameters()})
     model = build_model(cfg("cpu-tiny", 2), seed=0)
-    groups = model_param_groups(model, matrix_lr=1e-3, embedding_lr=1e-3, unembedding_lr=1e-3, weight_decay=0.0, muon=False)
+    groups = model_param_groups(model, matrix_lr=1e-3, embedding_lr=1e-3, unembedding_lr=1e-3, weight_decay=0.0,
+                                muon=False)
     opt, named = LadderOptimizer(groups), dict(model.named_parameters())
     inh = Inheritance(state={}, anchor={}, mask={}, fisher=None, moments=res.moments, optim_step=37)
     start_inherited(inh, loader=None, opt=opt, named=named)

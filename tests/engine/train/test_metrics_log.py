@@ -12,4 +12,4 @@ def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
     log = MetricsLog(path, resume_step=2, enabled=True)
     log.write({"step": 3})
     log.close()
-    assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [0, 1, 2, 3]
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]

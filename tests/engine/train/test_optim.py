@@ -11,8 +11,8 @@ from tests.helpers.runs import losses
 
 
 def _short(tmp_path, name, **kw):
-    cfg = TrainConfig(**{**dict(depth=1, out=str(tmp_path / name), steps=6, seq_len=64, global_batch=4, eval_tokens=1024,
-                                progress=False, profile=False), **kw})
+    cfg = TrainConfig(**{**dict(depth=1, out=str(tmp_path / name), steps=6, seq_len=64, global_batch=4,
+                                eval_tokens=1024, progress=False, profile=False), **kw})
     train_rung(cfg, init_distributed("cpu"))
     return losses(tmp_path / name)
 

@@ -35,10 +35,11 @@ def test_loss_falls_on_builtin_corpus(tmp_path):
     for key in ("depth", "params", "scaling_params", "tokens", "flops", "val_loss", "val_bpb", "wall_s", "device",
                 "attention_backend", "world_size"):
         assert key in final
-    assert final["tokens"] == 60 * 8 * 64 and final["flops"] == pytest.approx(60 * 8 * 64 * cfg.model_config().flops_per_token)
-    lines = [json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if "loss" in l] == list(range(1, 61))
-    assert all({"step", "loss", "lr", "tokens", "flops", "dt"} <= l.keys() for l in lines if "loss" in l)
+    assert (final["tokens"] == 60 * 8 * 64
+            and final["flops"] == pytest.approx(60 * 8 * 64 * cfg.model_config().flops_per_token))
+    lines = [json.loads(line) for line in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines if "loss" in rec] == list(range(1, 61))
+    assert all({"step", "loss", "lr", "tokens", "flops", "dt"} <= rec.keys() for rec in lines if "loss" in rec)
     assert json.loads((tmp_path / "r/final.json").read_text())["val_bpb"] == final["val_bpb"]
 
 
@@ -108,7 +109,8 @@ def test_logged_penalty_is_the_whole_phi(tmp_path, subspace):
     penalty = PenaltyConfig(lam=2.0, gamma=0.5, subspace=subspace, svd_rank=2 if subspace == "svd" else None)
     inherit = Inheritance(state=state, anchor=anchor, mask=mask, fisher=fisher, penalty=penalty)
     train_rung(cfg, init_distributed("cpu"), inherit)
-    first = next(json.loads(l) for l in (tmp_path / "r/metrics.jsonl").read_text().splitlines() if '"step": 1,' in l)
+    first = next(json.loads(line) for line in (tmp_path / "r/metrics.jsonl").read_text().splitlines()
+                 if '"step": 1,' in line)
     phi = Penalty(list(state.items()), anchor, mask, fisher, total_steps=cfg.steps, **asdict(penalty))
     assert first["penalty"] == pytest.approx(phi.value(list(state.values()), 0), rel=1e-5)
 
@@ -128,7 +130,8 @@ def test_step_skipped_in_the_fisher_window_is_left_out_of_omega_and_its_cost(tmp
 
     monkeypatch.setattr(LadderOptimizer, "step", step)
     inject_nonfinite(monkeypatch, {10}, "inf-grad")  # window: steps 9-12
-    final = train_rung(tiny_train_config(tmp_path, host_sync=host_sync, steps=12, fisher_online_steps=4), init_distributed("cpu"))
+    final = train_rung(tiny_train_config(tmp_path, host_sync=host_sync, steps=12, fisher_online_steps=4),
+                       init_distributed("cpu"))
     monkeypatch.undo()
     assert final["skipped_steps"] == 1 and final["fisher_steps"] == 3 and len(grads) == 3
     omega = torch.load(tmp_path / "r/fisher.pt")
@@ -155,7 +158,8 @@ def test_fisher_step_count_survives_a_resume(tmp_path, monkeypatch):
         if int(c.name.split("_")[-1]) > 8:
             shutil.rmtree(c)
     (run_dir / "final.json").unlink()
-    runs["resumed"] = train_rung(TrainConfig(**{**cfg.__dict__, "out": str(run_dir), "resume": True}), init_distributed("cpu"))
+    runs["resumed"] = train_rung(TrainConfig(**{**cfg.__dict__, "out": str(run_dir), "resume": True}),
+                                 init_distributed("cpu"))
     assert runs["once"]["fisher_steps"] == runs["resumed"]["fisher_steps"] == 5
     fa, fb = (torch.load(tmp_path / n / "r/fisher.pt") for n in ("once", "resumed"))
     assert all(torch.equal(fa[n], fb[n]) for n in fa)
