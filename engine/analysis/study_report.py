@@ -38,8 +38,8 @@ def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str
     lines[2:2] = _preamble(sc, protocol) + [f"Regenerate: `{command}`", ""]
     lines += [f"![{p}]({p})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    write_json_atomic(out / "summary.json", {"command": command, "answer": table, "paired": paired, "fits": fits, "protocol": protocol,
-                                             "per_seed": per_seed, "labels": labels,
+    write_json_atomic(out / "summary.json", {"command": command, "answer": table, "paired": paired, "fits": fits,
+                                             "protocol": protocol, "per_seed": per_seed, "labels": labels,
                                              "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     return out / "report.md"
 
