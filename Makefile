@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: venv test miniseries train bench clean-venv
+.PHONY: venv test miniseries study train bench clean-venv
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt setup.py
@@ -28,6 +28,9 @@ test: venv native
 
 miniseries: venv native
 	$(PY) launch/miniseries.py
+
+study: venv native
+	$(PY) launch/study.py
 
 train: venv native
 	$(PY) launch/train.py --depth 2 --preset cpu-tiny --steps 200 --out runs/train-d2

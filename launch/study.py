@@ -19,6 +19,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    import torch  # noqa: F401  (the one dependency a fresh clone's system python usually lacks)
+except ImportError:
+    sys.exit("error: torch is not importable by this python; run `make study` (it sets up .venv first) "
+             "or `.venv/bin/python launch/study.py` after `make venv`")
 
 from launch.argtypes import fractions, positive_float, positive_int, seed_list  # noqa: E402
 from launch.train import add_training_args  # noqa: E402
