@@ -44,6 +44,11 @@ MINI = ["--depths", "1:2", "--arms", "scratch,inherit", "--ratio", "0.05", "--pr
         "--scratch-budgets", "0.5,1", "--inherit-budgets", "0.5,1", *PLAIN]
 
 
+# MINI's inherit arm: its directory and label name the Fisher batches (2, not LadderConfig's 20), a
+# setting of its identity (engine/ladder/config.rung_identity)
+INHERIT = "inherit+fisher_batches=2"
+
+
 def run_miniseries(out, extra=(), nproc=1, check=True, timeout=300):
     script = str(ROOT / "launch/miniseries.py")
     cmd = [sys.executable, script] if nproc == 1 else [

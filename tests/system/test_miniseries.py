@@ -14,7 +14,7 @@ from engine.runtime.distributed import init_distributed
 from engine.train.config import TrainConfig
 from engine.train.trainer import train_rung
 from engine.train.config import TRAIN_PRESETS
-from tests.helpers.runs import run_miniseries
+from tests.helpers.runs import INHERIT, run_miniseries
 
 
 RUN_KEYS = {"depth", "budget_frac", "params", "scaling_params", "tokens", "flops", "fisher_flops", "val_loss",
@@ -41,7 +41,7 @@ def ladder(tmp_path_factory):
 def test_summary_json_contract(ladder):
     out, _, _ = ladder
     s = json.loads((out / "summary.json").read_text())
-    assert set(s["arms"]) == {"scratch", "inherit"} and set(s["answer"]) == set(s["ladder"]) == {"inherit"}
+    assert set(s["arms"]) == {"scratch", INHERIT} and set(s["answer"]) == set(s["ladder"]) == {INHERIT}
     for arm, rows in s["arms"].items():
         assert [(r["depth"], r["budget_frac"]) for r in rows] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)], arm
         for r in rows:
@@ -49,15 +49,15 @@ def test_summary_json_contract(ladder):
             for k in RUN_KEYS:
                 assert isinstance(r[k], (int, float)) and r[k] == r[k], (arm, k, r[k])  # a number, not NaN
             assert r["params"] > r["scaling_params"] > 0 and r["tokens"] > 0 and r["flops"] > 0 and r["wall_s"] > 0
-    sc, inh = s["arms"]["scratch"], s["arms"]["inherit"]
+    sc, inh = s["arms"]["scratch"], s["arms"][INHERIT]
     assert inh[:2] == sc[:2]  # the lowest rung is shared by every arm
     assert inh[2]["tokens"] < inh[3]["tokens"] == sc[3]["tokens"]  # budgets are fractions of the scratch budget
     assert inh[3]["fisher_flops"] > 0 and sc[3]["fisher_flops"] == 0
     assert inh[3]["growth_max_abs_logit_diff"] < 1e-4
-    a = s["answer"]["inherit"]["d2"]
+    a = s["answer"][INHERIT]["d2"]
     assert ANSWER_KEYS <= set(a) and a["target_loss"] == sc[3]["val_loss"] and a["scratch_flops"] == sc[3]["cost"]
     assert a["grown_from"]["budget_frac"] in (0.5, 1.0) and a["growth_factor"] > 1
-    lad = s["ladder"]["inherit"]
+    lad = s["ladder"][INHERIT]
     assert lad["scratch_flops"] == sc[1]["cost"] + sc[3]["cost"] and lad["kind"] in ("exact", "at most", "at least")
     assert math.isclose(lad["saving"], 1 - lad["inherit_flops"] / lad["scratch_flops"])
 
@@ -84,7 +84,7 @@ def test_report_and_plots_exist(ladder):
     out, p, _ = ladder
     report = (out / "report.md").read_text()
     assert report.startswith("# Miniseries report") and report.splitlines()[2] == "## The answer"
-    assert "**inherit d2**" in report and "**inherit ladder**" in report
+    assert f"**{INHERIT} d2**" in report and f"**{INHERIT} ladder**" in report
     pngs = sorted(out.glob("*.png"))
     assert pngs and all(f.stat().st_size > 1000 for f in pngs), pngs
     for name in json.loads((out / "summary.json").read_text()).get("plots", []):
@@ -97,8 +97,8 @@ def test_growth_is_exact(ladder):
     that run's final val loss."""
     out, _, _ = ladder
     s = json.loads((out / "summary.json").read_text())
-    src = s["grown_from"]["inherit"]["d2"]
-    first = json.loads((out / "inherit/d2/stable/metrics.jsonl").read_text().splitlines()[0])
+    src = s["grown_from"][INHERIT]["d2"]
+    first = json.loads((out / INHERIT / "d2/stable/metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0 and first["val_loss"] == pytest.approx(src["val_loss"], abs=1e-4)
 
 

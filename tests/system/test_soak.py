@@ -14,7 +14,7 @@ import pytest
 
 from launch.soak import LADDER_KEYS, TIMELESS, differences
 from tests.helpers import ROOT
-from tests.helpers.runs import ENV, MINI, run_miniseries
+from tests.helpers.runs import ENV, INHERIT, MINI, run_miniseries
 
 
 KILL_FLAGS = ["--ckpt-every", "5"]  # checkpoints every 5 steps inside each rung
@@ -65,9 +65,9 @@ KILL_POINTS = {
     # the moment the last scratch rung is final: the run is loading d1, building the Fisher, growing
     "mid-growth": lambda o: (o / "scratch/d2/b1/final.json").exists(),
     # mid-step inside the inherited rung, after its step-5 checkpoint
-    "mid-inherited-rung": lambda o: _steps_logged(o / "inherit/d2/stable/metrics.jsonl") >= 8,
+    "mid-inherited-rung": lambda o: _steps_logged(o / INHERIT / "d2/stable/metrics.jsonl") >= 8,
     # the inherited rung is final: the run is writing the report
-    "mid-report": lambda o: (o / "inherit/d2/b1/final.json").exists(),
+    "mid-report": lambda o: (o / INHERIT / "d2/b1/final.json").exists(),
 }
 
 
@@ -97,7 +97,7 @@ def test_soak_comparison_sees_a_changed_loss(reference_ladder, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(reference_ladder, copy)
     s = json.loads((copy / "summary.json").read_text())
-    s["arms"]["inherit"][-1]["val_loss"] = math.nextafter(s["arms"]["inherit"][-1]["val_loss"], 0.0)
+    s["arms"][INHERIT][-1]["val_loss"] = math.nextafter(s["arms"][INHERIT][-1]["val_loss"], 0.0)
     (copy / "summary.json").write_text(json.dumps(s))
     m = copy / "scratch/d2/stable/metrics.jsonl"
     lines = m.read_text().splitlines()
@@ -106,5 +106,5 @@ def test_soak_comparison_sees_a_changed_loss(reference_ladder, tmp_path):
     lines[3] = json.dumps(rec)
     m.write_text("\n".join(lines) + "\n")
     diffs = differences(copy, reference_ladder)
-    assert any("summary inherit d2 val_loss" in d for d in diffs), diffs
+    assert any(f"summary {INHERIT} d2 val_loss" in d for d in diffs), diffs
     assert any("scratch/d2/stable/metrics.jsonl differs from line 3" in d for d in diffs), diffs
