@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DEFAULTS
     p.add_argument("--depths", default=d["depths"], help="LO:HI inclusive or a list (default %(default)s)")
-    p.add_argument("--recipes", default=d["recipes"],
+    p.add_argument("--recipes", "--recipe", dest="recipes", default=d["recipes"],
                    help=f"comma list of named recipes (engine/ladder/recipes.py); {BASELINE!r} is added when "
                         f"missing: every recipe is paired against it (default %(default)s)")
     p.add_argument("--ratio", type=positive_float, default=d["ratio"], help="scratch tokens = ratio x scaling params")
