@@ -12,8 +12,10 @@ Phases, each resumable (finished runs are skipped, an interrupted one resumes, a
 4. Report: launch/study.py hands the per-seed summaries to engine/analysis/study.py.
 
 A job is a list of ladders trained in order in one process; independent jobs run `jobs` at a time in
-worker processes on CPU (two training processes fill a 2-core machine better than one with two
-threads), in the calling process under torchrun. Every job writes only its own run directories, and
+worker processes on CPU, one thread each on a 2-core machine (two training processes fill 2 cores
+better than one with two threads), in the calling process under torchrun or when a round has a single
+job (a bracket's one extension point: it then has every thread). A rerun replays the same rounds, so a
+run always resumes on the thread count it started with. Every job writes only its own run directories, and
 the runs two jobs share (scratch rungs, a parent chain) were finished by an earlier phase.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.analysis.runs import full_budget, rung_cost
@@ -116,9 +118,12 @@ def _worker_init(threads: int) -> None:
 
 
 def _run_job(job: list[LadderConfig]) -> list[dict]:
+    """One job in a worker process: its runs log one line each, not a progress bar (two bars from two
+    processes would garble one terminal); `progress` is not part of a run's identity."""
     env = init_distributed("cpu")
     tag = f"[study pid {os.getpid()}]"
-    return [run_ladder(lc, env, log=lambda *a: print(tag, *a, flush=True)) for lc in job]
+    quiet = [replace(lc, train={**lc.train, "progress": False}) for lc in job]
+    return [run_ladder(lc, env, log=lambda *a: print(tag, *a, flush=True)) for lc in quiet]
 
 
 # ---------------------------------------------------------------- tuning ---------------------------
