@@ -474,14 +474,18 @@ def test_child_entry_point_writes_the_error_beside_the_result(tmp_path):
 
 
 def test_make_gpu_check_installs_and_builds_nothing():
-    out = subprocess.run(["make", "-n", "gpu-check", "PY=/nonexistent/python", "OUT=/tmp/device-out"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "python3 launch/gpu_check.py --out-dir /tmp/device-out"
-    quick = subprocess.run(["make", "-n", "gpu-check-quick", "PY=/nonexistent/python"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60,
-                           env={k: v for k, v in os.environ.items() if k != "OUT"})
-    assert quick.stdout.strip() == "python3 launch/gpu_check.py --quick --out-dir docs/results"
+    """`make -n` prints the one command it would run; run standalone, not as a sub-make of `make test`
+    (whose MAKEFLAGS would add "Entering directory" lines)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def dry_run(*args):
+        out = subprocess.run(["make", "--no-print-directory", "-n", *args, "PY=/nonexistent/python"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        return " ".join(out.stdout.split())
+
+    assert dry_run("gpu-check", "OUT=/tmp/device-out") == "python3 launch/gpu_check.py --out-dir /tmp/device-out"
+    assert dry_run("gpu-check-quick") == "python3 launch/gpu_check.py --quick --out-dir docs/results"
 
 
 def test_train_section_counts_per_step_on_the_real_trainer_on_cpu(tmp_path, monkeypatch):
