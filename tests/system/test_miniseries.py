@@ -4,6 +4,7 @@ finished runs, exact growth, WSD branches equal to standalone runs, and 2 torchr
 summary of 1 rank."""
 import hashlib
 import json
+import shutil
 import math
 import time
 from pathlib import Path
@@ -118,6 +119,22 @@ def test_rerun_with_another_configuration_is_refused(ladder, tmp_path):
     p = run_miniseries(out, ["--seed", "1"], check=False)
     assert p.returncode != 0 and "holds a finished run of a different configuration" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
+
+
+def test_rerun_with_another_lambda_lands_in_its_own_directory(ladder, tmp_path):
+    """The issue's case: another lambda into the same OUT neither reuses the old grown runs nor
+    overwrites them; the new arm gets its own directory, the scratch rungs are shared."""
+    out = tmp_path / "copy"
+    shutil.copytree(ladder[0], out)
+    before = {f: f.read_bytes() for f in out.glob(f"{INHERIT}/d2/*/final.json")}
+    p = run_miniseries(out, ["--lam", "2e4"])
+    assert "scratch" not in "".join(line for line in p.stdout.splitlines() if "stable run:" in line), p.stdout
+    new = out / "inherit+lam=20000+fisher_batches=2"
+    assert (new / "d2" / "b1" / "final.json").exists()
+    assert json.loads((new / "d2" / "identity.json").read_text())["lam"] == 2e4
+    assert {f: f.read_bytes() for f in before} == before  # the old arm untouched
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["arms"]) == {"scratch", "inherit+lam=20000+fisher_batches=2"}
 
 
 @pytest.mark.distributed
