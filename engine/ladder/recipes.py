@@ -101,8 +101,9 @@ def recipe_names(spec: str) -> list[str]:
     return names
 
 
-# The launchers' embedded CPU defaults. The miniseries' is sized so its budget curves finish in about
-# 7 minutes on a 2-core CPU (README); the study's in at most 30 (docs/results/, the study's report).
+# The launchers' embedded CPU defaults, sized for a 2-core laptop: the miniseries' budget curves in
+# minutes, the whole study within the 30 minutes its issue allows (timed: README,
+# docs/results/2026-12-05-study-default-cpu.md).
 MINISERIES_DEFAULTS = dict(depths="2:3", recipe=BEST, ratio=2.0, scratch_budgets="0.5,0.75,1",
                            inherit_budgets="0.2,0.35,0.5,0.7,1", out="runs/miniseries")
 STUDY_DEFAULTS = dict(depths="2:3", recipes=f"plain,{BEST}", ratio=2.0, scratch_budgets="0.5,0.75,1",
