@@ -36,6 +36,7 @@ from engine.ladder.study import BASELINE, StudyConfig, labels, measure, tune, tu
 from engine.runtime.diskspace import storage_guard  # noqa: E402
 from engine.runtime.distributed import destroy, init_distributed  # noqa: E402
 from engine.runtime.run_lock import run_lock  # noqa: E402
+from engine.train.checkpoint import broadcast_object  # noqa: E402
 from engine.train.config import USER_ERRORS, TrainConfig  # noqa: E402
 from models.config import model_config, parse_depths  # noqa: E402
 
@@ -128,8 +129,7 @@ def run_study(sc: StudyConfig, env, command: str, log=print) -> Path | None:
 
 
 def _shared(obj, env):
-    from engine.train.checkpoint import broadcast_object
-
+    """The main rank's `obj` on every rank (the protocol: written by rank 0, read by all)."""
     return broadcast_object(obj, env) if env.distributed else obj
 
 

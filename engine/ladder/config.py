@@ -292,15 +292,17 @@ def rung_identity(arm: str, lc: LadderConfig, depth: int) -> dict:
     return ident
 
 
+def identity_default(key: str):
+    """The value an identity key has when nobody set it: LadderConfig's default for a setting, None for
+    a per-rung value (lr_mult_d4, ...), which exists only when given."""
+    return getattr(LadderConfig, key, None)
+
+
 def arm_dir_name(arm: str, lc: LadderConfig, depth: int | None = None) -> str:
     """A rung's directory under OUT: the arm's name plus the settings of its identity that differ from
-    LadderConfig's defaults (every per-rung value is named); `depth` None: the arm's top rung."""
-    depth = lc.depths[-1] if depth is None else depth
-    ident = rung_identity(arm, lc, depth)
-    defaults = LadderConfig(depths=lc.depths, arms=lc.arms, out=lc.out)
-    tag = "".join(f"+{k}={_fmt(v)}" for k, v in ident.items()
-                  if k != "arm" and (not hasattr(defaults, k) or getattr(defaults, k) != v))
-    return arm + tag
+    their defaults (so every per-rung value is named); `depth` None: the arm's top rung."""
+    ident = rung_identity(arm, lc, lc.depths[-1] if depth is None else depth)
+    return arm + "".join(f"+{k}={_fmt(v)}" for k, v in ident.items() if k != "arm" and v != identity_default(k))
 
 
 def _fmt(v) -> str:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.analysis.runs import last_eval, rung_cost, full_budget
-from engine.ladder.config import ARMS, LadderConfig, arm_dir_name, rung_identity
+from engine.ladder.config import ARMS, LadderConfig, arm_dir_name, identity_default, rung_identity
 from engine.ladder.grow import build_inheritance
 from engine.runtime.distributed import DistEnv, barrier
 from engine.train import checkpoint as ckpt
@@ -72,15 +72,14 @@ def check_identity(root: Path, identity: dict, env: DistEnv) -> None:
     """A rung directory holds the runs of one identity (engine/ladder/config.rung_identity): record it
     on first use; refuse, naming each setting, a rung whose recorded identity differs (a setting the
     directory name does not show, or a directory made by hand). A key the record lacks (a setting added
-    since) reads as LadderConfig's default, as _finished reads a TrainConfig field."""
+    since) reads as its default (identity_default), as _finished reads a TrainConfig field."""
     path = root / IDENTITY_FILE
     if path.exists():
         have = json.loads(path.read_text())
-        defaults = {k: getattr(LadderConfig, k) for k in identity if hasattr(LadderConfig, k)}
-        diff = sorted(k for k in identity if have.get(k, defaults.get(k)) != identity[k])
+        recorded = {k: have.get(k, identity_default(k)) for k in identity}
+        diff = sorted(k for k in identity if recorded[k] != identity[k])
         if diff:
-            shown = {k: (have.get(k, defaults.get(k)), identity[k]) for k in diff}
-            said = ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in shown.items())
+            said = ", ".join(f"{k}: {recorded[k]!r} there, {identity[k]!r} asked" for k in diff)
             raise ValueError(f"{root} holds runs of a different setting ({said}); use another --out or remove {root}")
     elif env.is_main:
         root.mkdir(parents=True, exist_ok=True)
