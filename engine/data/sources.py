@@ -1,7 +1,9 @@
 """Text sources: resolve a `source` string into documents split into train and validation.
 
-Three forms:
+Four forms:
   builtin        the Python standard library's .py files shipped with this interpreter
+  packages       the .py files of the pinned pure-Python wheels of requirements-corpus.txt, installed by
+                 `make corpus` (~27M tokens; the same bytes on every machine and every Python)
   text:PATH      a .txt/.md file, or a directory of them (recursive)
   parquet:GLOB   parquet shards with a `text` column (FineWeb-Edu / ClimbMix shard format)
 
@@ -17,6 +19,8 @@ import hashlib
 import os
 import platform
 import stat
+import re
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ VAL_EVERY = 50                # ~1 file in 50 goes to validation
 BUILTIN_MIN_VAL_BYTES = 600_000   # >= ~150k tokens of Python source at vocab 2048
 TEXT_SUFFIXES = (".txt", ".md")
 EAGER_CHECK_BYTES = 16_000_000  # a single text file up to this size is split at resolve time
-SOURCE_FORMS = "'builtin', 'text:PATH' (a .txt/.md file or a directory of them) or 'parquet:GLOB'"
+SOURCE_FORMS = "'builtin', 'packages', 'text:PATH' (a .txt/.md file or a directory of them) or 'parquet:GLOB'"
 
 
 @dataclass
@@ -117,6 +121,85 @@ def _builtin() -> Source:
             "excluded": "site-packages, dist-packages, __pycache__, non-.py files; empty files "
                         "contribute no document"}
     return Source("builtin", "builtin", content, train, vals, info)
+
+
+# -- packages ------------------------------------------------------------------------------
+CORPUS_PINS = Path(__file__).resolve().parents[2] / "requirements-corpus.txt"
+CORPUS_INSTALL = "make corpus"  # the command that installs the pinned wheels (Makefile)
+
+
+def corpus_dir() -> Path:
+    """Where `make corpus` installs the pinned wheels: LADDER_CORPUS_DIR, else <venv>/corpus."""
+    env = os.environ.get("LADDER_CORPUS_DIR")
+    return Path(env).expanduser() if env else Path(sys.prefix) / "corpus"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 name normalisation
+
+
+def corpus_pins(path: Path = CORPUS_PINS) -> dict[str, str]:
+    """{canonical name: version} of requirements-corpus.txt's `name==version --hash=...` lines."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", line)
+            if not m:
+                raise ValueError(f"{path}: line {line!r} is not 'name==version --hash=sha256:...'")
+            pins[_canonical(m.group(1))] = m.group(2)
+    return pins
+
+
+def _record_py_files(dist_info: Path) -> list[tuple[str, int]]:
+    """(path, size) of the .py files a wheel installed, from its RECORD; generated scripts (paths
+    leaving the install root, which embed the interpreter's path) are not the wheel's bytes."""
+    rows = []
+    for line in (dist_info / "RECORD").read_text().splitlines():
+        parts = line.rsplit(",", 2)
+        if len(parts) == 3 and parts[0].endswith(".py") and not parts[0].startswith("..") and parts[2]:
+            rows.append((parts[0], int(parts[2])))
+    return rows
+
+
+def _installed_wheels(root: Path) -> dict[str, tuple[str, Path]]:
+    """{canonical name: (version, its .dist-info directory)} of what is installed under root."""
+    found = {}
+    for d in (root.glob("*.dist-info") if root.is_dir() else []):
+        name, _, version = d.name[: -len(".dist-info")].rpartition("-")
+        found[_canonical(name)] = (version, d)
+    return found
+
+
+def _packages(pins: dict[str, str] | None = None, root: Path | None = None) -> Source:
+    pins = corpus_pins() if pins is None else pins
+    root = corpus_dir() if root is None else root
+    installed = _installed_wheels(root)
+    wrong = [f"{n}=={v} (found {installed[n][0] if n in installed else 'nothing'})"
+             for n, v in pins.items() if installed.get(n, ("",))[0] != v]
+    if wrong:
+        raise ValueError(f"source 'packages': the pinned corpus wheels are not installed at {root}: "
+                         f"{', '.join(wrong)}; run `{CORPUS_INSTALL}` (or set LADDER_CORPUS_DIR)")
+    rels, sizes = [], []
+    for n in sorted(pins):
+        for rel, size in _record_py_files(installed[n][1]):
+            actual = os.stat(root / rel).st_size if (root / rel).is_file() else None
+            if actual != size:
+                raise ValueError(f"source 'packages': {root / rel} has {actual} bytes, its wheel's RECORD says "
+                                 f"{size}: the corpus changed after it was installed; rerun `{CORPUS_INSTALL}`")
+            rels.append(rel)
+            sizes.append(size)
+    order = sorted(range(len(rels)), key=lambda i: rels[i])
+    rels, sizes = [rels[i] for i in order], [sizes[i] for i in order]
+    val = split_by_file(rels, sizes, BUILTIN_MIN_VAL_BYTES)
+    base = str(root)
+    content = [(r, os.path.join(base, r)) for r in rels]
+    train = [_file_unit(os.path.join(base, r), r) for r in rels if r not in val]
+    vals = [_file_unit(os.path.join(base, r), r) for r in rels if r in val]
+    info = {"root": base, "packages": {n: pins[n] for n in sorted(pins)}, "n_files": len(rels),
+            "bytes": sum(sizes), "included": "every .py file each pinned wheel's RECORD lists",
+            "excluded": "generated scripts, non-.py files, anything else in the directory"}
+    return Source("packages", "packages", content, train, vals, info)
 
 
 # -- text:PATH -------------------------------------------------------------------------------
@@ -245,6 +328,8 @@ def resolve_source(source: str) -> Source:
         raise ValueError(f"source={source!r}: expected a string, one of {SOURCE_FORMS}")
     if source == "builtin":
         return _builtin()
+    if source == "packages":
+        return _packages()
     kind, sep, arg = source.partition(":")
     if sep and kind == "text":
         return _text(source, arg)

@@ -86,7 +86,7 @@ def test_parquet_sources(tmp_path):
 
 
 @pytest.mark.parametrize("source, match", [
-    ("nonsense", r"unknown source 'nonsense': expected 'builtin', 'text:PATH'"),
+    ("nonsense", r"unknown source 'nonsense': expected 'builtin', 'packages', 'text:PATH'"),
     ("hf:foo/bar", r"unknown source 'hf:foo/bar'"),
     ("text:", r"expected text:PATH"),
     ("text:/definitely/not/here", r"/definitely/not/here does not exist"),
@@ -138,3 +138,81 @@ def test_builtin_source(tmp_path):
     t = time.perf_counter()
     b2 = prepare_data("builtin", 2048, tmp_path, progress=False)
     assert time.perf_counter() - t < 1.0 and b2.manifest == b.manifest
+
+
+# -- the `packages` corpus: pinned wheels under a corpus directory ------------------------------------
+def fake_wheel(root, name, version, files, scripts=()):
+    """Install-like layout: the files, a dist-info with a RECORD naming them (and generated scripts)."""
+    import base64
+    import hashlib
+
+    dist = root / f"{name}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    rows = []
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        rows.append(f"{rel},sha256={digest},{len(text.encode())}")
+    rows += [f"../../bin/{s},sha256=x,10" for s in scripts] + [f"{dist.name}/RECORD,,"]
+    (dist / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def test_packages_source_reads_every_pinned_wheels_py_files_only(tmp_path):
+    from engine.data.sources import _packages
+
+    root = tmp_path / "corpus"
+    fake_wheel(root, "alpha_pkg", "1.0", {f"alpha_pkg/m{i}.py": make_text(3, seed=i) for i in range(60)},
+               scripts=["alpha.py"])
+    fake_wheel(root, "beta", "2.1", {"beta/__init__.py": "x = 1\n", "beta/data.json": "{}"})
+    fake_wheel(root, "gamma", "0.1", {"gamma/g.py": "not pinned\n"})  # installed, not pinned: left out
+    src = _packages({"alpha-pkg": "1.0", "beta": "2.1"}, root)
+    names = sorted(u.name for u in src.train + src.val)
+    assert names == sorted([f"alpha_pkg/m{i}.py" for i in range(60)] + ["beta/__init__.py"])
+    assert src.val and src.train and src.info["packages"] == {"alpha-pkg": "1.0", "beta": "2.1"}
+
+
+@pytest.mark.parametrize("pins, match", [
+    ({"alpha": "1.1"}, r"alpha==1.1 \(found 1.0\).*make corpus"),
+    ({"delta": "3"}, r"delta==3 \(found nothing\)"),
+])
+def test_packages_source_names_a_missing_or_other_version(pins, match, tmp_path):
+    from engine.data.sources import _packages
+
+    fake_wheel(tmp_path, "alpha", "1.0", {"alpha/a.py": "a = 1\n"})
+    with pytest.raises(ValueError, match=match):
+        _packages(pins, tmp_path)
+
+
+def test_packages_source_refuses_a_file_changed_after_install(tmp_path):
+    from engine.data.sources import _packages
+
+    fake_wheel(tmp_path, "alpha", "1.0", {"alpha/a.py": "a = 1\n", "alpha/b.py": "b = 2\n"})
+    (tmp_path / "alpha/b.py").write_text("b = 22\n")
+    with pytest.raises(ValueError, match=r"alpha/b.py has 7 bytes, its wheel's RECORD says 6"):
+        _packages({"alpha": "1.0"}, tmp_path)
+    (tmp_path / "alpha/b.py").unlink()
+    with pytest.raises(ValueError, match=r"alpha/b.py has None bytes"):
+        _packages({"alpha": "1.0"}, tmp_path)
+
+
+def test_installed_corpus_is_the_pinned_wheels_bytes():
+    """The corpus `make corpus` installed: every pinned wheel, every .py file's sha256 equal to its
+    wheel's RECORD (the bytes the hash-pinned wheel holds), ~27M tokens' worth of source."""
+    import base64
+    import hashlib
+
+    from engine.data.sources import _installed_wheels, _record_py_files, corpus_dir, corpus_pins, resolve_source
+
+    root = corpus_dir()
+    if not (root / ".installed").exists():
+        pytest.skip(f"the pinned corpus is not installed at {root} (make corpus)")
+    src = resolve_source("packages")
+    assert src.info["bytes"] > 60_000_000
+    installed = _installed_wheels(root)
+    for name in corpus_pins():
+        record = {line.rsplit(",", 2)[0]: line.rsplit(",", 2)[1]
+                  for line in (installed[name][1] / "RECORD").read_text().splitlines()}
+        for rel, _ in _record_py_files(installed[name][1]):
+            digest = base64.urlsafe_b64encode(hashlib.sha256((root / rel).read_bytes()).digest()).rstrip(b"=")
+            assert record[rel] == "sha256=" + digest.decode(), rel
