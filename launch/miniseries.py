@@ -26,7 +26,8 @@ from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS  # noqa: 
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES  # noqa: E402
 from engine.inherit.fisher import FISHER_MODES  # noqa: E402
 from engine.ladder.config import (ARMS, ARS_FIELDS, DATA_ORDERS, GROW_FROM, GROWTH_FIELDS,  # noqa: E402
-                                  OPTIMIZER_STATES, PENALTY_FIELDS, TRAIN_SETTINGS, LadderConfig, parse_per_rung)
+                                  NEW_MOMENTS, OPTIMIZER_STATES, PENALTY_FIELDS, TRAIN_SETTINGS, LadderConfig,
+                                  parse_per_rung)
 from engine.ladder.recipes import MINISERIES_DEFAULTS as DEFAULTS, RECIPES, recipe  # noqa: E402
 from engine.ladder.run import run_ladder  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("optimizer_state", choices=OPTIMIZER_STATES,
          help="a grown rung starts with a fresh AdamW, or with its parent's moments carried into the new shapes "
               "(default: carry with --optimizer adamw, fresh with muon)")
+    flag("new_moments", choices=NEW_MOMENTS,
+         help="under --optimizer-state carry, new coordinates' zero moments are bias-corrected with the parent's "
+              "carried step count (parent-step: ~no correction) or their own steps since growth (own-step)")
+    flag("ramp_frac", type=float,
+         help="MSG-style ramp: an inserted layer's output enters x min(1, s/K), K = this fraction of the grown "
+              "rung's scratch budget's steps (0: off)")
     flag("distill", type=float,
          help="knowledge inheritance: the parent as a teacher, the weight w of its KL term in a grown rung's loss "
               "((1 - w) CE + w KL) at the rung's start (0: off; its forward passes count in the rung's FLOPs)")

@@ -101,8 +101,15 @@ class Block(nn.Module):
         super().__init__()
         self.attn = CausalSelfAttention(config.model_dim, block, config.head_dim)
         self.mlp = MLP(config.model_dim, config.mlp_dim)
+        # A 0-dim tensor that scales the block's write-outs while a grown rung ramps a new layer in
+        # (engine/train/inherited.py: LayerRamp); None, the plain block, otherwise. Not a buffer: it is
+        # a function of the step, never saved.
+        self.gate: torch.Tensor | None = None
 
     def forward(self, x, cos, sin, backend):
+        if self.gate is not None:
+            x = x + self.gate * self.attn(rms_norm(x), cos, sin, backend)
+            return x + self.gate * self.mlp(rms_norm(x))
         x = x + self.attn(rms_norm(x), cos, sin, backend)
         return x + self.mlp(rms_norm(x))
 

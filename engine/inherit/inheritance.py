@@ -24,3 +24,6 @@ class Inheritance:
     moments: dict | None = None  # the parent's AdamW moments in the new shapes (None: a fresh optimizer)
     optim_step: int = 0  # the parent's optimizer step count, carried with its moments (bias correction)
     distill: Distillation | None = None  # the parent as a teacher (knowledge inheritance), or None
+    # under carried moments: bias-correct the new coordinates (mask 0) from their own step count
+    correct_new_moments: bool = False
+    ramp_steps: int = 0  # new layers' write-outs enter x min(1, s/ramp_steps) at step s (0: no ramp)

@@ -25,6 +25,11 @@ from models.config import check_depths
 GROW_FROM = ("cooled", "stable")
 DATA_ORDERS = ("restart", "continue")
 OPTIMIZER_STATES = ("fresh", "carry")
+# Under carry, the new coordinates' moments start at zero but the parent's step count is carried, so
+# Adam's bias correction (~1 at a large step) does not undo their zero start: their first updates are
+# 0.89x, then up to ~1.43x, a normal Adam step (betas 0.8/0.95). own-step corrects them with their own
+# step count since growth (engine/train/inherited.py: NewMomentCorrection).
+NEW_MOMENTS = ("parent-step", "own-step")
 # TrainConfig fields the ladder sets itself for each run (from its own fields or its run plan);
 # every other field is a training setting shared by every rung (LadderConfig.train)
 RUN_FIELDS = ("depth", "preset", "out", "seed", "steps", "tokens", "ratio", "resume", "ars", "warmup_steps",
@@ -35,7 +40,7 @@ TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_
 # differ from LadderConfig's defaults, so recipes, sweeps and tuned values share one OUT (and its
 # scratch rungs) without overwriting each other. The TrainConfig settings are checked per run.
 GROWTH_FIELDS = ("inherit_lr_mult", "grow_from", "data_order", "inherit_warmup_frac", "optimizer_state", "depth_init",
-                 "width_init", "placement", "distill", "distill_frac")
+                 "width_init", "placement", "distill", "distill_frac", "new_moments", "ramp_frac")
 PENALTY_FIELDS = ("lam", "gamma", "subspace", "svd_rank", "svd_energy", "penalty_schedule", "penalty_form",
                   "penalty_decay_frac", "fisher", "fisher_batches")
 ARS_FIELDS = ("ars",)
@@ -115,6 +120,10 @@ class LadderConfig:
     grow_from: str = "cooled"  # GROW_FROM
     data_order: str = "restart"  # DATA_ORDERS
     optimizer_state: str = "fresh"  # OPTIMIZER_STATES: fresh | carry (the parent's Adam moments in the new shapes)
+    new_moments: str = "parent-step"  # NEW_MOMENTS: the bias correction of new coordinates' moments under carry
+    # MSG-style ramp (Yao et al. 2023): an inserted layer's write-outs (attention and MLP) enter multiplied
+    # by min(1, s/K) at the grown rung's step s, K = ramp_frac x its scratch budget's steps (0: off)
+    ramp_frac: float = 0.0
     # growth.DEPTH_INITS: identity (exact) | copy (a new layer copies its neighbour: G_stack)
     depth_init: str = "identity"
     # growth.WIDTH_INITS: zero (new heads / hidden units start empty) | split (copies of trained ones: Net2Net)
@@ -174,6 +183,17 @@ class LadderConfig:
         check_choice("--width-init", self.width_init, WIDTH_INITS)
         check_choice("--optimizer-state", self.optimizer_state, OPTIMIZER_STATES)
         check_choice("--placement", self.placement, PLACEMENTS)
+        check_choice("--new-moments", self.new_moments, NEW_MOMENTS)
+        if self.new_moments == "own-step" and self.optimizer_state != "carry":
+            raise ValueError("--new-moments own-step needs --optimizer-state carry (a fresh optimizer already "
+                             "bias-corrects every coordinate from step 1)")
+        if self.new_moments == "own-step" and self.penalty_form == "decoupled":
+            raise ValueError("--new-moments own-step corrects the Adam update after the step; the decoupled "
+                             "penalty's pull follows that update: use --penalty-form coupled")
+        if not 0 <= self.ramp_frac <= min(self.inherit_budgets):  # NaN fails too
+            raise ValueError(f"--ramp-frac must be in [0, {min(self.inherit_budgets):g}] (a fraction of a grown "
+                             f"rung's scratch budget, at most its smallest --inherit-budgets, so that every budget's "
+                             f"run ends with the ramp done), got {self.ramp_frac}")
         if not 0 <= self.distill <= 1:  # NaN fails too
             raise ValueError(f"--distill must be a weight in [0, 1], got {self.distill}")
         if not 0 < self.distill_frac <= 1:

@@ -5,6 +5,7 @@ its teacher when it distils from its parent.
 ARS lives with the host sync (engine/train/guard.py), the online Fisher in engine/inherit/fisher.py."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import torch
@@ -84,3 +85,61 @@ def build_teacher(distill: Distillation, env: DistEnv, attention: AttentionBacke
     if compile_:
         compile_blocks(teacher)
     return shard_model(teacher.eval(), env, bf16)
+
+
+class NewMomentCorrection:
+    """--new-moments own-step: under carried moments the new coordinates (mask 0) start with zero m
+    and v but the parent's step count t, whose bias corrections are ~1, so their first updates come
+    out 0.89x, then up to ~1.43x, a normal Adam step. After each step this replaces, on those
+    coordinates, the update the kernel made with the one Adam makes from their own count k = t - t0
+    (t0 the carried count): p += lr * (u_t - u_k), u_s = (m / (1 - b1^s)) / (sqrt(v / (1 - b2^s)) + eps),
+    from the step's own m and v, so it is exact, eps included. Weight decay is untouched; the coupled
+    penalty and ARS are inside m and v. Once b^k is below fp32's resolution the two updates are equal
+    and it stops (~360 steps at b2 = 0.95). Stateless: resumed runs and WSD branches recompute it."""
+
+    def __init__(self, opt, named: dict, mask: dict, start_step: int):
+        self.start = start_step
+        self.new = {n: 1.0 - local(shard_like(mask[n].to(local(p).device), p)).float()
+                    for n, p in named.items() if bool((mask[n] < 1).any())}
+        self.horizon = math.ceil(math.log(1e-8) / math.log(max(opt.beta1, opt.beta2)))
+
+    @torch.no_grad()
+    def apply(self, opt, lr_mult: float, found_inf: Tensor | None) -> None:
+        t = opt.step_count
+        k = t - self.start
+        if not 1 <= k <= self.horizon:
+            return
+        b1, b2 = opt.beta1, opt.beta2
+        for g in opt.groups:
+            lr = g.lr * lr_mult
+            for n, p in zip(g.names, g.params):
+                if n not in self.new or p.grad is None:
+                    continue
+                m, v = local(opt.state[n]["exp_avg"]).float(), local(opt.state[n]["exp_avg_sq"]).float()
+                root = v.sqrt()
+                u_t = m / (root / math.sqrt(1 - b2 ** t) + opt.eps) / (1 - b1 ** t)
+                u_k = m / (root / math.sqrt(1 - b2 ** k) + opt.eps) / (1 - b1 ** k)
+                fix = (u_t - u_k).mul_(self.new[n]).mul_(lr)
+                if found_inf is not None:  # a skipped step moved nothing: correct nothing
+                    fix.mul_((found_inf == 0).to(fix.dtype))
+                local(p).add_(fix.to(local(p).dtype))
+
+
+class LayerRamp:
+    """--ramp-frac (MSG-style growth): an inserted layer's write-outs enter multiplied by min(1, s/K)
+    at the grown rung's step s; evaluation sees the model as it is at that step. From step K on the
+    blocks are plain again (gate None). Stateless: a resumed run recomputes the gate from its step."""
+
+    def __init__(self, model, layers: list[int], steps: int):
+        self.blocks = [model.blocks[i] for i in layers]
+        self.steps = steps
+
+    def set(self, step: int) -> None:
+        w = min(1.0, step / self.steps)
+        for b in self.blocks:
+            if w >= 1.0:
+                b.gate = None
+            elif b.gate is None:
+                b.gate = torch.full((), w, device=b.attn.c_q.weight.device)
+            else:
+                b.gate.fill_(w)

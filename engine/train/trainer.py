@@ -39,7 +39,8 @@ from engine.train.config import MUON_MATRIX_LR, TrainConfig, TrainError, check_v
 from engine.train.evaluate import evaluate
 from engine.train.guard import (DeviceValues, HostSync, NonFiniteGuard, StepRecord, UpdatePlan, resolve_host_sync,
                                 step_flags)
-from engine.train.inherited import build_penalty, build_teacher, penalty_terms, start_inherited
+from engine.train.inherited import (LayerRamp, NewMomentCorrection, build_penalty, build_teacher, penalty_terms,
+                                    start_inherited)
 from engine.train.metrics_log import MetricsLog
 from engine.train.optim import LadderOptimizer, model_param_groups
 from engine.train.schedule import lr_multiplier
@@ -131,6 +132,11 @@ class RungTrainer:
         sync it depends on), online Fisher over the last `fisher_online_steps` steps."""
         cfg, env = self.cfg, self.env
         self.penalty = build_penalty(self.inherit, self.named, self.total_steps, env.world_size)
+        inherit = self.inherit
+        self.correction = (NewMomentCorrection(self.opt, self.named, inherit.mask, inherit.optim_step)
+                           if inherit is not None and inherit.correct_new_moments else None)
+        self.ramp = (LayerRamp(self.model, inherit.info["new_layer_indices"], inherit.ramp_steps)
+                     if inherit is not None and inherit.ramp_steps else None)
         self.sync = HostSync(resolve_host_sync(cfg.host_sync, env.device, cfg.adamw_impl), self.opt,
                              ars_mode=cfg.ars, seed=cfg.seed, device=env.device)
         self.fisher = None
@@ -248,6 +254,8 @@ class RungTrainer:
         """Optimizer step `step` (1-based): forward and backward, the update, its record."""
         t0 = time.time()
         teacher_weight = self.distill.weight_at(step - 1) if self.distill else 0.0
+        if self.ramp is not None:
+            self.ramp.set(step)
         flags = self._forward_backward(teacher_weight)
         lr_mult = lr_multiplier(step - 1, self.total_steps, self.warmup, self.cfg.warmdown_frac, self.cfg.final_lr_frac)
         lr = self.groups[-1].lr * lr_mult
@@ -303,6 +311,8 @@ class RungTrainer:
                 lr_mult, damping=plan.damping, terms=terms,
                 fishers={n: local(b) for n, b in self.fisher.named_buffers().items()} if fishing else None,
                 fisher_scale=self.fisher.fisher_scale if fishing else 1.0, found_inf=plan.found_inf)
+            if self.correction is not None:
+                self.correction.apply(self.opt, lr_mult, plan.found_inf)
         return penalty if subspace_value is None else penalty + subspace_value
 
     def _record(self, step, lr, lr_mult, dt, flags, penalty, damping, teacher_weight) -> StepRecord:

@@ -14,8 +14,8 @@ import pytest
 from engine.inherit.ars import MODES as ARS_MODES
 from engine.inherit.growth import DEPTH_INITS, PLACEMENTS, WIDTH_INITS
 from engine.inherit.penalty import SCHEDULES as PENALTY_SCHEDULES, SUBSPACES
-from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, OPTIMIZER_STATES, RUN_FIELDS, TRAIN_SETTINGS,
-                                  LadderConfig, arm_dir_name)
+from engine.ladder.config import (DATA_ORDERS, FISHER_MODES, GROW_FROM, NEW_MOMENTS, OPTIMIZER_STATES, RUN_FIELDS,
+                                  TRAIN_SETTINGS, LadderConfig, arm_dir_name)
 from engine.ladder.run import RungPlan, _train_config
 from engine.runtime.distributed import DEVICES
 from engine.runtime.run_lock import LOCK_FILE, run_lock
@@ -86,7 +86,7 @@ def test_every_choice_is_the_owners_constant():
     want_ladder = {"schedule": SCHEDULES, "grow_from": GROW_FROM, "data_order": DATA_ORDERS, "depth_init": DEPTH_INITS,
                    "width_init": WIDTH_INITS, "optimizer_state": OPTIMIZER_STATES, "subspace": SUBSPACES,
                    "penalty_schedule": PENALTY_SCHEDULES, "ars": ARS_MODES, "fisher": FISHER_MODES,
-                   "placement": PLACEMENTS,
+                   "placement": PLACEMENTS, "new_moments": NEW_MOMENTS,
                    "recipe": sorted(RECIPES)}
     got = {k: a.choices for k, a in _actions(miniseries.build_parser()).items() if a.choices is not None}
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in {**want, **want_ladder}.items()}

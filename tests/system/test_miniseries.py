@@ -193,3 +193,19 @@ def test_recipe_knobs_share_scratch_and_do_what_they_say(ladder):
     scratch_m = [json.loads(line) for line in (out / "scratch/d2/stable/metrics.jsonl").read_text().splitlines()
                  if '"lr"' in line]
     assert m[-1]["lr"] == pytest.approx(2 * scratch_m[-1]["lr"])  # both at the constant peak
+
+
+def test_round3_levers_run_and_name_their_arm(ladder):
+    """--new-moments own-step and --ramp-frac (tests/engine/train/test_levers.py has their arithmetic)
+    through the launcher: their own directory beside the shared scratch rungs, the ramp's length in
+    steps and the correction recorded in the run's growth facts, every budget finished."""
+    out, _, _ = ladder
+    p = run_miniseries(out, ["--arms", "scratch,grow-only", "--depth-init", "copy", "--optimizer-state", "carry",
+                             "--new-moments", "own-step", "--ramp-frac", "0.25"])
+    assert "/scratch/" not in "".join(line for line in p.stdout.splitlines() if "steps ->" in line)
+    arm = out / "grow-only+optimizer_state=carry+depth_init=copy+new_moments=own-step+ramp_frac=0.25"
+    run = json.loads((arm / "d2/stable/final.json").read_text())
+    assert run["growth"]["ramp_steps"] == round(0.25 * 45) and run["growth"]["new_moments"] == "own-step"
+    s = json.loads((out / "summary.json").read_text())
+    rows = [r for r in s["arms"][arm.name] if r["depth"] == 2]
+    assert [r["budget_frac"] for r in rows] == [0.5, 1.0] and all(math.isfinite(r["val_loss"]) for r in rows)

@@ -17,7 +17,7 @@ CHANGED = dict(inherit_lr_mult=2.0, grow_from="stable", data_order="continue", i
                optimizer_state="carry", depth_init="copy", width_init="split", placement="middle", distill=0.5,
                distill_frac=0.25, lam=2e4, gamma=0.2, subspace="svd", svd_rank=4, svd_energy=0.9,
                penalty_schedule="linear", penalty_form="decoupled", penalty_decay_frac=0.5, fisher="posthoc",
-               fisher_batches=7, ars="detrended")
+               fisher_batches=7, ars="detrended", new_moments="own-step", ramp_frac=0.05)
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
 
 
