@@ -18,12 +18,16 @@ import json
 from pathlib import Path
 
 from engine.analysis.paired_eval import paired_stats, run_window_losses
-from engine.analysis.savings import BELOW_SMALLEST, NOT_REACHED, REACHED
+from engine.analysis.runs import rung_cost
+from engine.analysis.savings import BELOW_SMALLEST, NOT_REACHED, REACHED, rung_saving
 
 
-def _curve(rows: list[dict], depth: int, scratch_cost: float) -> list[tuple[float, float, float]]:
-    """(cost as a fraction of the scratch rung's, val loss, budget fraction) of a rung's runs, by cost."""
-    return sorted((r["cost"] / scratch_cost, r["val_loss"], r["budget_frac"]) for r in rows if r["depth"] == depth)
+def rung_curve(rung: Path, scratch_cost: float) -> list[tuple[float, float, float]]:
+    """(cost as a fraction of the scratch rung's, val loss, budget fraction) of every finished budget run
+    of a rung directory (b<frac>/final.json), by cost."""
+    finals = [(float(b.name[1:]), json.loads((b / "final.json").read_text()))
+              for b in rung.glob("b*") if (b / "final.json").exists()]
+    return sorted((rung_cost(f) / scratch_cost, f["val_loss"], frac) for frac, f in finals)
 
 
 def slope_at(curve: list[tuple[float, float, float]], x: float) -> float:
@@ -45,23 +49,28 @@ def noise_in_fraction(diff_se: float, slope: float) -> float:
 
 
 def screen_seed(out: Path, depth: int, baseline: str, eval_tokens: int, window_losses=run_window_losses) -> list[dict]:
-    """One row per lever arm of `out` (every grown arm but the baseline) at rung `depth`."""
-    s = json.loads((out / "summary.json").read_text())
+    """One row per lever arm of `out` (every grown arm directory but the baseline's) at rung `depth`,
+    read from the run directories (a miniseries' summary.json holds only its last invocation's arms)."""
     key = f"d{depth}"
-    if baseline not in s["answer"]:
-        raise ValueError(f"baseline arm {baseline!r} is not in {out}/summary.json (arms: {sorted(s['answer'])})")
-    base = s["answer"][baseline][key]
-    base_curve = _curve(s["arms"][baseline], depth, base["scratch_flops"])
+    scratch_runs = rung_curve(out / "scratch" / key, 1.0)
+    if not scratch_runs:
+        raise ValueError(f"{out}/scratch/{key} holds no finished budget run")
+    scratch_cost, scratch_loss, _ = scratch_runs[-1]
+    arms = sorted(p.parent.name for p in out.glob(f"*/{key}") if p.parent.name != "scratch")
+    if baseline not in arms:
+        raise ValueError(f"baseline arm {baseline!r} has no {key} in {out} (arms: {arms})")
+    curves = {a: rung_curve(out / a / key, scratch_cost) for a in arms}
+    answers = {a: rung_saving([(x, y) for x, y, _ in c], 1.0, scratch_loss, 0.0) for a, c in curves.items()}
+    base, base_curve = answers[baseline], curves[baseline]
     x = base["fraction"] if base["status"] == REACHED else base_curve[-1][0]
     budget = min(base_curve, key=lambda c: abs(c[0] - x))[2]
     slope = slope_at(base_curve, x)
-    base_run = out / baseline / key / f"b{budget:g}"
-    base_windows = window_losses(base_run, eval_tokens)
+    base_windows = window_losses(out / baseline / key / f"b{budget:g}", eval_tokens)
     rows = []
-    for arm, answer in sorted(s["answer"].items()):
+    for arm in arms:
         if arm == baseline:
             continue
-        a = answer[key]
+        a = answers[arm]
         paired = paired_stats(window_losses(out / arm / key / f"b{budget:g}", eval_tokens), base_windows)
         noise = noise_in_fraction(paired["diff_se"], slope)
         diff, beats = None, False
@@ -112,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows here")
     a = p.parse_args(argv)
     for out in a.outs:
-        if not (out / "summary.json").exists():
-            p.error(f"{out} holds no summary.json (not a finished miniseries OUT)")
+        if not (out / "scratch").is_dir():
+            p.error(f"{out} holds no scratch/ rungs (not a miniseries OUT)")
     rows = [r for out in a.outs for r in screen_seed(out, a.depth, a.baseline, a.eval_tokens)]
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

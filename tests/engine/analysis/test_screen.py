@@ -1,4 +1,4 @@
-"""The lever screen's arithmetic (engine/analysis/screen.py) on a hand-made two-arm summary: the match
+"""The lever screen's arithmetic (engine/analysis/screen.py) on hand-made run directories: the match
 points' difference, the paired noise converted at the baseline curve's slope, the admission verdict."""
 import json
 
@@ -8,13 +8,16 @@ import torch
 from engine.analysis.screen import admitted, noise_in_fraction, render_markdown, screen_seed, slope_at
 
 
-def _summary(tmp_path, lever_fraction, lever_status="reached"):
-    rows = lambda losses: [{"depth": 3, "budget_frac": b, "cost": c, "val_loss": v}  # noqa: E731
-                           for b, c, v in zip((0.5, 0.7), (50.0, 70.0), losses)]
-    s = {"arms": {"base": rows((4.0, 3.8)), "lever": rows((3.9, 3.7))},
-         "answer": {"base": {"d3": {"status": "reached", "fraction": 0.6, "scratch_flops": 100.0}},
-                    "lever": {"d3": {"status": lever_status, "fraction": lever_fraction, "scratch_flops": 100.0}}}}
-    (tmp_path / "summary.json").write_text(json.dumps(s))
+def _runs(tmp_path, lever_losses=(3.9, 3.7)):
+    """scratch d3 (full budget: cost 100, loss 3.85) and two grown arms, budgets 0.5 and 0.7 (cost 50, 70)."""
+    def write(arm, frac, cost, loss):
+        d = tmp_path / arm / "d3" / f"b{frac:g}"
+        d.mkdir(parents=True)
+        (d / "final.json").write_text(json.dumps({"flops": cost, "val_loss": loss}))
+    write("scratch", 1.0, 100.0, 3.85)
+    for arm, losses in (("base", (4.0, 3.8)), ("lever", lever_losses)):
+        for frac, cost, loss in zip((0.5, 0.7), (50.0, 70.0), losses):
+            write(arm, frac, cost, loss)
     return tmp_path
 
 
@@ -34,12 +37,15 @@ def test_slope_and_noise():
         slope_at(curve[:1], 0.5)
 
 
-@pytest.mark.parametrize("lever_fraction, beats", [(0.55, True), (0.5995, False), (0.65, False)])
-def test_screen_row_and_verdict(tmp_path, lever_fraction, beats):
-    out = _summary(tmp_path, lever_fraction)
+@pytest.mark.parametrize("lever_losses, beats", [((3.9, 3.7), True), ((4.0, 3.8), False), ((4.05, 3.84), False)])
+def test_screen_row_and_verdict(tmp_path, lever_losses, beats):
+    """The baseline matches scratch's 3.85 at cost 0.6 (interpolated in log FLOPs); the lever's curve
+    0.1 lower matches earlier, an equal one ties (not beating), a higher one later."""
+    out = _runs(tmp_path, lever_losses)
     (row,) = screen_seed(out, 3, "base", 1024, window_losses=_windows(-0.05))
-    assert row["arm"] == "lever" and row["paired_budget"] == 0.5  # the budget nearest the match point 0.6
-    assert row["diff"] == pytest.approx(lever_fraction - 0.6) and row["slope"] == pytest.approx(-1.0)
+    assert row["arm"] == "lever" and row["paired_budget"] == 0.7 and row["status"] == "reached"
+    assert row["baseline_fraction"] == pytest.approx(0.5 * 1.4 ** 0.75) and row["slope"] == pytest.approx(-1.0)
+    assert (row["diff"] < 0) is (lever_losses[0] < 4.0) and (row["diff"] == 0) is (lever_losses[0] == 4.0)
     assert row["loss_diff"] == pytest.approx(-0.05, abs=1e-3)
     assert row["noise"] == pytest.approx(row["loss_diff_se"]) and 1e-4 < row["noise"] < 2e-3
     assert row["beats"] is beats and admitted([row]) == {"lever": beats}
@@ -52,5 +58,5 @@ def test_a_lever_must_beat_on_every_seed(tmp_path):
 
 
 def test_unknown_baseline_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"baseline arm 'nope' is not in"):
-        screen_seed(_summary(tmp_path, 0.5), 3, "nope", 1024, window_losses=_windows(0.0))
+    with pytest.raises(ValueError, match=r"baseline arm 'nope' has no d3 in"):
+        screen_seed(_runs(tmp_path), 3, "nope", 1024, window_losses=_windows(0.0))
