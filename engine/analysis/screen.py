@@ -49,8 +49,9 @@ def noise_in_fraction(diff_se: float, slope: float) -> float:
 
 
 def screen_seed(out: Path, depth: int, baseline: str, eval_tokens: int, window_losses=run_window_losses) -> list[dict]:
-    """One row per lever arm of `out` (every grown arm directory but the baseline's) at rung `depth`,
-    read from the run directories (a miniseries' summary.json holds only its last invocation's arms)."""
+    """One row per lever arm of `out` (every grown arm directory but the baseline's whose budgets all
+    finished) at rung `depth`, read from the run directories (a miniseries' summary.json holds only its
+    last invocation's arms)."""
     key = f"d{depth}"
     scratch_runs = rung_curve(out / "scratch" / key, 1.0)
     if not scratch_runs:
@@ -60,6 +61,10 @@ def screen_seed(out: Path, depth: int, baseline: str, eval_tokens: int, window_l
     if baseline not in arms:
         raise ValueError(f"baseline arm {baseline!r} has no {key} in {out} (arms: {arms})")
     curves = {a: rung_curve(out / a / key, scratch_cost) for a in arms}
+    budgets = [frac for _, _, frac in curves[baseline]]
+    curves = {a: c for a, c in curves.items() if sorted(f for _, _, f in c) == sorted(budgets)}  # finished arms
+    if baseline not in curves or not budgets:
+        raise ValueError(f"baseline arm {baseline!r} has unfinished budgets in {out}")
     answers = {a: rung_saving([(x, y) for x, y, _ in c], 1.0, scratch_loss, 0.0) for a, c in curves.items()}
     base, base_curve = answers[baseline], curves[baseline]
     x = base["fraction"] if base["status"] == REACHED else base_curve[-1][0]
@@ -67,22 +72,27 @@ def screen_seed(out: Path, depth: int, baseline: str, eval_tokens: int, window_l
     slope = slope_at(base_curve, x)
     base_windows = window_losses(out / baseline / key / f"b{budget:g}", eval_tokens)
     rows = []
-    for arm in arms:
+    for arm in curves:
         if arm == baseline:
             continue
         a = answers[arm]
         paired = paired_stats(window_losses(out / arm / key / f"b{budget:g}", eval_tokens), base_windows)
         noise = noise_in_fraction(paired["diff_se"], slope)
-        diff, beats = None, False
+        diff, beats, estimated = None, False, False
         if base["status"] == REACHED and a["status"] in (REACHED, BELOW_SMALLEST):  # at or below: a bound above
             diff = a["fraction"] - base["fraction"]
+            beats = diff < -noise
+        elif base["status"] == a["status"] == NOT_REACHED and slope < 0:
+            # neither matched by the largest budget: the paired loss difference there, moved along the
+            # baseline's curve at its slope, estimates the shift of the match point (the noise's conversion)
+            diff, estimated = paired["diff"] / -slope, True
             beats = diff < -noise
         elif base["status"] == NOT_REACHED:  # the baseline never matched: any lever that did beats it
             beats = a["status"] != NOT_REACHED
         rows.append({"seed_out": str(out), "arm": arm, "fraction": a["fraction"], "status": a["status"],
                      "baseline_fraction": base["fraction"], "baseline_status": base["status"], "diff": diff,
                      "paired_budget": budget, "loss_diff": paired["diff"], "loss_diff_se": paired["diff_se"],
-                     "slope": slope, "noise": noise, "beats": beats})
+                     "slope": slope, "noise": noise, "beats": beats, "estimated": estimated})
     return rows
 
 
@@ -100,13 +110,16 @@ def render_markdown(rows: list[dict]) -> str:
     lines = ["| seed OUT | lever arm | lever | baseline | lever - baseline | noise (1 SE) | paired loss diff "
              "(budget) | beats |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lever = f(r["fraction"]) if r["status"] == REACHED else f"{r['status']} ({f(r['fraction'])})"
-        diff = "n/a" if r["diff"] is None else f"{r['diff']:+.3f}"
-        lines.append(f"| {Path(r['seed_out']).name} | `{r['arm']}` | {lever} | {f(r['baseline_fraction'])} | "
+        lever, base = (f(r[k]) if r[s] == REACHED else f"{r[s]} ({f(r[k])})"
+                       for k, s in (("fraction", "status"), ("baseline_fraction", "baseline_status")))
+        diff = "n/a" if r["diff"] is None else f"{'~' if r.get('estimated') else ''}{r['diff']:+.3f}"
+        lines.append(f"| {Path(r['seed_out']).name} | `{r['arm']}` | {lever} | {base} | "
                      f"{diff} | {r['noise']:.3f} | "
                      f"{r['loss_diff']:+.4f} +- {r['loss_diff_se']:.4f} (x{r['paired_budget']:g}) | "
                      f"{'yes' if r['beats'] else 'no'} |")
     verdict = admitted(rows)
+    lines += ["", "~: neither matched scratch by the largest budget; the paired loss difference there divided by "
+              "the baseline curve's slope."]
     lines += ["", "Admitted (below the baseline by more than the noise on every seed): "
               + (", ".join(f"`{a}`" for a, ok in verdict.items() if ok) or "none")]
     return "\n".join(lines)

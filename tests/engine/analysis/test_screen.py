@@ -60,3 +60,16 @@ def test_a_lever_must_beat_on_every_seed(tmp_path):
 def test_unknown_baseline_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"baseline arm 'nope' has no d3 in"):
         screen_seed(_runs(tmp_path), 3, "nope", 1024, window_losses=_windows(0.0))
+
+
+@pytest.mark.parametrize("shift, beats", [(-0.05, True), (0.05, False)])
+def test_neither_matches_the_loss_difference_is_moved_along_the_slope(tmp_path, shift, beats):
+    """Scratch's loss 3.5 is out of both arms' reach: the shift of the match point is estimated from
+    the paired loss difference at the largest budget over the baseline curve's slope (-1 per unit)."""
+    out = _runs(tmp_path, (4.0 + shift, 3.8 + shift))
+    final = out / "scratch" / "d3" / "b1" / "final.json"
+    final.write_text(json.dumps({"flops": 100.0, "val_loss": 3.5}))
+    (row,) = screen_seed(out, 3, "base", 1024, window_losses=_windows(shift))
+    assert row["status"] == row["baseline_status"] == "not reached" and row["estimated"]
+    assert row["diff"] == pytest.approx(shift, abs=1e-3) and row["beats"] is beats
+    assert "~" in render_markdown([row])
