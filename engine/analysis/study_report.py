@@ -60,4 +60,13 @@ def _preamble(sc, protocol: dict) -> list[str]:
             f"{protocol['commits'].get('tuned')}, measured with {', '.join(protocol['commits']['measured'])}); "
             f"tuned on seed {sc.tune_seed}, never reported. Scratch peak-LR multipliers: {scratch}. Grown rungs' "
             f"multipliers (of their depth's scratch peak): {grown}."
-            + (f" Brackets left at an edge (--accept-edge): {'; '.join(edges)}." if edges else ""), ""]
+            + (f" Brackets left at an edge (--accept-edge): {'; '.join(edges)}." if edges else ""), "",
+            _corpus_line(protocol["settings"].get("corpus") or {}), ""]
+
+
+def _corpus_line(corpus: dict) -> str:
+    """The corpus by its content: its cache key (a hash of the source's bytes), tokenizer and token counts."""
+    tokens = corpus.get("tokens") or {}
+    counts = ", ".join(f"{n:,} {split}" for split, n in tokens.items())
+    return (f"Corpus: `{corpus.get('data')}`, cache key `{corpus.get('cache_key')}` (its source's content), "
+            f"tokenizer `{str(corpus.get('tokenizer_hash'))[:16]}`, tokens: {counts or 'unknown'}.")

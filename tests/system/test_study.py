@@ -42,6 +42,9 @@ def test_a_whole_study_then_a_rerun_then_a_changed_setting(tmp_path):
                                                                                             "copy_continue_carry"}
     report = (out / "report.md").read_text().splitlines()
     assert report[0].startswith("# Study: d1..d2") and any(line.startswith("| d2 |") for line in report[:30])
+    corpus = protocol["settings"]["corpus"]
+    assert f"Corpus: `builtin`, cache key `{corpus['cache_key']}`" in "\n".join(report[:12])
+    assert f"{corpus['tokens']['train']:,} train" in "\n".join(report[:12])
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(map(int, summary["per_seed"])) == [1, 2]
     # the tuning seed's runs live apart and are never among the measured ones
