@@ -88,6 +88,20 @@ def _file_unit(path, rel: str) -> Unit:
     return Unit(rel, lambda: [_read_text(path)])
 
 
+def _split_source_files(base: str, rels: list[str], sizes: list[int]) -> tuple[list, list[Unit], list[Unit]]:
+    """The Python-source corpora (builtin, packages): files under `base` by relative path, in path order,
+    one document each, split by file with at least BUILTIN_MIN_VAL_BYTES to validation; returns
+    (content, train units, validation units)."""
+    order = sorted(range(len(rels)), key=lambda i: rels[i])
+    rels, sizes = [rels[i] for i in order], [sizes[i] for i in order]
+    val = split_by_file(rels, sizes, BUILTIN_MIN_VAL_BYTES)
+    # plain strings: 1800 pathlib joins cost ~0.1 s on the warm path
+    content = [(r, os.path.join(base, r)) for r in rels]
+    train = [_file_unit(os.path.join(base, r), r) for r in rels if r not in val]
+    vals = [_file_unit(os.path.join(base, r), r) for r in rels if r in val]
+    return content, train, vals
+
+
 # -- builtin ---------------------------------------------------------------------------------
 def _builtin() -> Source:
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -105,15 +119,9 @@ def _builtin() -> Source:
                 if stat.S_ISREG(st.st_mode):
                     rels.append(fn if rel_dir == "." else f"{rel_dir}/{fn}")
                     sizes.append(st.st_size)
-    order = sorted(range(len(rels)), key=lambda i: rels[i])
-    rels, sizes = [rels[i] for i in order], [sizes[i] for i in order]
     if not rels:
         raise ValueError(f"source 'builtin': no .py files under {root}")
-    val = split_by_file(rels, sizes, BUILTIN_MIN_VAL_BYTES)
-    base = str(root)  # plain strings: 1800 pathlib joins cost ~0.1 s on the warm path
-    content = [(r, os.path.join(base, r)) for r in rels]
-    train = [_file_unit(os.path.join(base, r), r) for r in rels if r not in val]
-    vals = [_file_unit(os.path.join(base, r), r) for r in rels if r in val]
+    content, train, vals = _split_source_files(str(root), rels, sizes)
     # The cache is keyed on these files' bytes, not on the interpreter's version; the manifest
     # records the version whose stdlib it is (and the fingerprint of its bytes).
     info = {"root": str(root), "python": platform.python_version(), "n_files": len(rels),
@@ -189,14 +197,8 @@ def _packages(pins: dict[str, str] | None = None, root: Path | None = None) -> S
                                  f"{size}: the corpus changed after it was installed; rerun `{CORPUS_INSTALL}`")
             rels.append(rel)
             sizes.append(size)
-    order = sorted(range(len(rels)), key=lambda i: rels[i])
-    rels, sizes = [rels[i] for i in order], [sizes[i] for i in order]
-    val = split_by_file(rels, sizes, BUILTIN_MIN_VAL_BYTES)
-    base = str(root)
-    content = [(r, os.path.join(base, r)) for r in rels]
-    train = [_file_unit(os.path.join(base, r), r) for r in rels if r not in val]
-    vals = [_file_unit(os.path.join(base, r), r) for r in rels if r in val]
-    info = {"root": base, "packages": {n: pins[n] for n in sorted(pins)}, "n_files": len(rels),
+    content, train, vals = _split_source_files(str(root), rels, sizes)
+    info = {"root": str(root), "packages": {n: pins[n] for n in sorted(pins)}, "n_files": len(rels),
             "bytes": sum(sizes), "included": "every .py file each pinned wheel's RECORD lists",
             "excluded": "generated scripts, non-.py files, anything else in the directory"}
     return Source("packages", "packages", content, train, vals, info)

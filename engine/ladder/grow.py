@@ -57,23 +57,24 @@ def build_inheritance(source: Path, prev_d: int, d: int, lc: LadderConfig, env: 
     loader_state = ckpt.read_json(source / ckpt.EXTRA)["loader"] if lc.data_order == "continue" else None
     distill = None
     if lc.distill > 0:
-        if scratch_steps is None:
-            raise ValueError("--distill needs the grown rung's scratch budget in steps (scratch_steps) for its "
-                             "schedule")
         distill = Distillation(prev_model.state_dict(), prev_model.config, lc.distill,
-                               max(1, round(lc.distill_frac * scratch_steps)))
+                               _rung_steps(lc.distill_frac, scratch_steps, "--distill"))
         info["distill"] = {"weight": lc.distill, "steps": distill.steps}
     ramp_steps = 0
     if lc.ramp_frac > 0:
-        if scratch_steps is None:
-            raise ValueError("--ramp-frac needs the grown rung's scratch budget in steps (scratch_steps)")
-        ramp_steps = max(1, round(lc.ramp_frac * scratch_steps))
-        info["ramp_steps"] = ramp_steps
+        ramp_steps = info["ramp_steps"] = _rung_steps(lc.ramp_frac, scratch_steps, "--ramp-frac")
     info["new_moments"] = lc.new_moments if moments is not None else None
     return Inheritance(state=res.model.state_dict(), anchor=res.anchor, mask=res.mask, fisher=res.fisher,
                        penalty=penalty, info=info, fisher_flops=fisher_flops, loader_state=loader_state,
                        moments=res.moments, optim_step=optim_step, distill=distill,
                        correct_new_moments=moments is not None and lc.new_moments == "own-step", ramp_steps=ramp_steps)
+
+
+def _rung_steps(frac: float, scratch_steps: int | None, flag: str) -> int:
+    """A schedule's length in the grown rung's steps: `frac` of its scratch budget's steps, at least 1."""
+    if scratch_steps is None:
+        raise ValueError(f"{flag} needs the grown rung's scratch budget in steps (scratch_steps) for its schedule")
+    return max(1, round(frac * scratch_steps))
 
 
 def _fisher_for(prev_run: Path, prev_model: GPT, lc: LadderConfig, env: DistEnv) -> tuple[dict, float]:
