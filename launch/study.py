@@ -4,6 +4,13 @@ report the saving three ways (per rung, per ladder, per chain). The phases: engi
     python launch/study.py                                    # the CPU default: d2:3, ratio 2, plain vs the best recipe
     python launch/study.py --depths 2:4 --ratio 8 --seeds 1001,1002,1003,1004 --out runs/study-r8
     torchrun --standalone --nproc_per_node=8 launch/study.py --preset nanochat --depths 10:14 --ratio 8 --jobs 1
+    python launch/study.py --replicate docs/results/X/protocol.json --data text:MY_CORPUS --seeds 7,8 --out runs/rep
+    python launch/study.py --replicate docs/results/X/protocol.json --reuse-tuned --seeds 7,8 --out runs/rep2
+
+--replicate FILE takes every setting of a committed protocol.json as the defaults (any flag given
+overrides it, and the new protocol names each setting that changed) and tunes again on its tuning seed;
+with --reuse-tuned it takes the file's tuned values instead and tunes nothing (the report says where
+they were tuned).
 
 Writes OUT/protocol.json (every setting and tuned value, before any measured run), OUT/report.md,
 OUT/summary.json and plots; training runs under OUT/tune/ and OUT/seed<k>/. Rerunning the same command
@@ -30,7 +37,8 @@ from launch.train import add_training_args  # noqa: E402
 from engine.analysis.study_report import write_study_report  # noqa: E402
 from engine.data import prepare_data  # noqa: E402
 from engine.ladder.config import TRAIN_SETTINGS  # noqa: E402
-from engine.ladder.protocol import freeze, note_measured, open_protocol, protocol_settings  # noqa: E402
+from engine.ladder.protocol import (freeze, note_measured, note_replicates, open_protocol,  # noqa: E402
+                                    protocol_settings, read_source, tuned_from)
 from engine.ladder.recipes import STUDY_DEFAULTS as DEFAULTS, recipe_names  # noqa: E402
 from engine.ladder.study import BASELINE, StudyConfig, labels, measure, tune, tuned_values  # noqa: E402
 from engine.runtime.diskspace import storage_guard  # noqa: E402
@@ -68,14 +76,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="training processes at once (default: 2 on a CPU with >= 2 cores, 1 under torchrun)")
     p.add_argument("--out", default=d["out"])
+    p.add_argument("--replicate", metavar="PROTOCOL_JSON",
+                   help="take every setting of this study protocol as the defaults (flags given override them)")
+    p.add_argument("--reuse-tuned", dest="reuse_tuned", action="store_true",
+                   help="with --replicate: take its tuned values instead of tuning again")
     add_training_args(p, rung=False)
     return p
+
+
+def protocol_argv(settings: dict) -> list[str]:
+    """A protocol's settings as this command's flags: put before the user's, which override them."""
+    argv = ["--depths", ",".join(map(str, settings["depths"])), "--recipes", ",".join(settings["recipes"])]
+    for k in ("tune_seed", "seeds", "preset", "ratio", "scratch_budgets", "inherit_budgets", "bracket_points",
+              "max_extend"):
+        v = settings[k]
+        argv += ["--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    argv += [f"--{k.replace('_', '-')}" for k in ("refine", "accept_edge") if settings.get(k)]
+    for k, v in settings.get("train", {}).items():
+        if k in ("progress", "profile"):  # on by default, each with a --no- flag only
+            argv += [] if v else [f"--no-{k}"]
+        elif isinstance(v, bool):
+            argv.append(f"--{'' if v else 'no-'}{k.replace('_', '-')}")
+        else:
+            argv += ["--" + k.replace("_", "-"), str(v)]
+    return argv
+
+
+def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, dict | None]:
+    """The parser, its namespace and the --replicate source protocol (None without one); with one, the
+    source's settings are parsed first, so each flag given overrides its value."""
+    p = build_parser()
+    ns = p.parse_args(argv)
+    if ns.reuse_tuned and not ns.replicate:
+        p.error("--reuse-tuned takes the tuned values of the protocol given by --replicate FILE; give one")
+    if not ns.replicate:
+        return p, ns, None
+    try:
+        source = read_source(ns.replicate)
+        ns = p.parse_args(protocol_argv(source["settings"]) + argv)
+        if ns.reuse_tuned:
+            ns.tuned_from = tuned_from(source, ns.replicate)
+    except ValueError as e:
+        p.error(str(e))
+    return p, ns, source
 
 
 def study_config(p: argparse.ArgumentParser, ns) -> StudyConfig:
     """The validated StudyConfig, or one sentence naming the bad value (argparse's exit 2)."""
     if ns.seed != TrainConfig.seed:
         p.error("--seed: a study's seeds are --tune-seed (tuning, never reported) and --seeds (measured)")
+    if ns.lr_mult is not None:  # a ladder's per-rung spec; a study tunes each rung around one centre
+        try:
+            ns.lr_mult = positive_float(ns.lr_mult)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"--lr-mult is the scratch brackets' centre in a study, one multiplier: {e}")
     try:
         names = recipe_names(ns.recipes)
         names = names if BASELINE in names else [BASELINE, *names]
@@ -84,7 +138,8 @@ def study_config(p: argparse.ArgumentParser, ns) -> StudyConfig:
                          seeds=ns.seeds, preset=ns.preset, ratio=ns.ratio, scratch_budgets=ns.scratch_budgets,
                          inherit_budgets=ns.inherit_budgets, bracket_points=ns.bracket_points,
                          max_extend=ns.max_extend, refine=ns.refine, accept_edge=ns.accept_edge, jobs=jobs,
-                         train={k: v for k, v in vars(ns).items() if k in TRAIN_SETTINGS and v is not None})
+                         train={k: v for k, v in vars(ns).items() if k in TRAIN_SETTINGS and v is not None},
+                         tuned_from=getattr(ns, "tuned_from", None))
         sc.validate()
     except ValueError as e:
         p.error(str(e))
@@ -110,14 +165,23 @@ def commit() -> str:
     return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def run_study(sc: StudyConfig, env, command: str, log=print) -> Path | None:
-    """The four phases; returns the report's path (on the main rank)."""
+def run_study(sc: StudyConfig, env, command: str, log=print, source: dict | None = None,
+              replicate: str | None = None) -> Path | None:
+    """The four phases; returns the report's path (on the main rank). `source`: the protocol read from
+    --replicate's file `replicate`."""
     out = Path(sc.out)
     protocol = open_protocol(out, protocol_settings(sc, corpus_key(sc)), commit()) if env.is_main else None
+    if env.is_main and source is not None:
+        protocol = note_replicates(out, protocol, source, replicate)
+        log(f"[study] replicating {replicate}; changed: {', '.join(protocol['replicates']['changed']) or 'nothing'}")
     protocol = _shared(protocol, env)
     if protocol["status"] != "frozen":
-        log("[study] tuning on seed", sc.tune_seed, "(never reported)")
-        tuned = tuned_values(tune(sc, env, log))
+        if sc.tuned_from:
+            log(f"[study] tuned values taken from {sc.tuned_from['file']} (--reuse-tuned); nothing tuned here")
+            tuned = sc.reused_tuned()
+        else:
+            log("[study] tuning on seed", sc.tune_seed, "(never reported)")
+            tuned = tuned_values(tune(sc, env, log))
         protocol = freeze(out, protocol, tuned, commit()) if env.is_main else None
         protocol = _shared(protocol, env)
         log(f"[study] protocol frozen: {out / 'protocol.json'}")
@@ -134,14 +198,14 @@ def _shared(obj, env):
 
 
 def main(argv=None):
-    p = build_parser()
-    ns = p.parse_args(argv)
+    p, ns, source = parse(sys.argv[1:] if argv is None else list(argv))
     sc = study_config(p, ns)
     env = init_distributed(ns.device)
     try:
         with run_lock(sc.out, env), storage_guard(sc.out):
             command = " ".join(["python", "launch/study.py", *(sys.argv[1:] if argv is None else argv)])
-            path = run_study(sc, env, command, log=print if env.is_main else (lambda *a: None))
+            path = run_study(sc, env, command, log=print if env.is_main else (lambda *a: None), source=source,
+                             replicate=ns.replicate)
             if path is not None:
                 print(f"[study] report: {path}\n")
                 print("\n".join(path.read_text().splitlines()[:30]))

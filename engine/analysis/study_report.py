@@ -58,10 +58,27 @@ def _preamble(sc, protocol: dict) -> list[str]:
     edges = tuned.get("edges") or []
     return [f"Protocol frozen before any measured run ({Path(sc.out) / 'protocol.json'}; code "
             f"{protocol['commits'].get('tuned')}, measured with {', '.join(protocol['commits']['measured'])}); "
-            f"tuned on seed {sc.tune_seed}, never reported. Scratch peak-LR multipliers: {scratch}. Grown rungs' "
+            f"{_tuned_where(sc)}. Scratch peak-LR multipliers: {scratch}. Grown rungs' "
             f"multipliers (of their depth's scratch peak): {grown}."
             + (f" Brackets left at an edge (--accept-edge): {'; '.join(edges)}." if edges else ""), "",
+            *_replication_lines(protocol.get("replicates")),
             _corpus_line(protocol["settings"].get("corpus") or {}), ""]
+
+
+def _tuned_where(sc) -> str:
+    if sc.tuned_from is None:
+        return f"tuned on seed {sc.tune_seed}, never reported"
+    src = sc.tuned_from
+    return (f"tuned values taken as they were frozen in {src['file']} (--reuse-tuned: tuned there on seed "
+            f"{src['tune_seed']}, corpus `{src['corpus']}`; nothing tuned here)")
+
+
+def _replication_lines(replicates: dict | None) -> list[str]:
+    if not replicates:
+        return []
+    changed = ", ".join(f"`{c}`" for c in replicates["changed"]) or "nothing"
+    return [f"Replicates the protocol {replicates['file']} (settings sha256 {replicates['settings_sha256'][:12]}); "
+            f"settings changed here: {changed}.", ""]
 
 
 def _corpus_line(corpus: dict) -> str:

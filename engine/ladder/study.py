@@ -56,6 +56,7 @@ class StudyConfig:
     accept_edge: bool = False  # go on with a bracket still at its edge (reported), instead of stopping
     jobs: int = 1
     train: dict = field(default_factory=dict)  # training settings every run shares (LadderConfig.train)
+    tuned_from: dict | None = None  # --reuse-tuned: another protocol's tuned values, taken instead of tuning
 
     def validate(self) -> None:
         """Every check that can fail before compute, one sentence each."""
@@ -72,10 +73,33 @@ class StudyConfig:
             raise ValueError(f"--tune-seed {self.tune_seed} is also a measured seed in --seeds {self.seeds}: a seed "
                              f"the protocol was tuned on is never reported; pick another")
         check_bracket(self.center(), self.bracket_points, self.max_extend)
+        if self.tuned_from is not None:
+            self._check_tuned_from()
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise ValueError(f"--jobs must be a positive integer, got {self.jobs!r}")
         for name in self.recipes:  # the ladder's own checks (budgets, ratio, training settings), per recipe
             self.ladder(name, self.depths, self.seeds[0], Path(self.out), {}, {}).validate()
+
+    def _check_tuned_from(self) -> None:
+        """Reused tuned values must cover every depth and recipe, and come from this tuning seed."""
+        src, tuned = self.tuned_from["file"], self.tuned_from["tuned"]
+        if self.tuned_from["tune_seed"] != self.tune_seed:
+            raise ValueError(f"--reuse-tuned: {src} was tuned on seed {self.tuned_from['tune_seed']}, not "
+                             f"--tune-seed {self.tune_seed}; leave --tune-seed out (it is the source's)")
+        missing = [f"scratch d{d}" for d in self.depths if str(d) not in tuned["scratch_lr_mult"]]
+        missing += [f"{r} d{d}" for r in self.recipes for d in self.depths[1:]
+                    if str(d) not in tuned["inherit_lr_mult"].get(r, {})]
+        if missing:
+            raise ValueError(f"--reuse-tuned: {src} has no tuned value for {', '.join(missing)}; ask only its "
+                             f"depths and recipes, or replicate without --reuse-tuned to tune them")
+
+    def reused_tuned(self) -> dict:
+        """The reused tuned values (--reuse-tuned) of this study's depths and recipes only."""
+        tuned = self.tuned_from["tuned"]
+        keep = {str(d) for d in self.depths}
+        return {**tuned, "scratch_lr_mult": {d: m for d, m in tuned["scratch_lr_mult"].items() if d in keep},
+                "inherit_lr_mult": {r: {d: m for d, m in tuned["inherit_lr_mult"][r].items() if d in keep}
+                                    for r in self.recipes}}
 
     def center(self) -> float:
         """The scratch bracket's centre: the given --lr-mult, else the preset's tuned multiplier."""

@@ -53,3 +53,14 @@ def test_a_whole_study_then_a_rerun_then_a_changed_setting(tmp_path):
     assert again.returncode == 0 and "stable run:" not in again.stdout, again.stdout[-2000:]
     changed = run_study(out, ["--ratio", "0.06"])
     assert changed.returncode == 1 and "ratio: 0.05 on disk, 0.06 asked" in changed.stderr, changed.stderr[-2000:]
+    # its committed protocol replicated on a fresh seed with its tuned values: nothing tuned, and said so
+    rep = subprocess.run([sys.executable, str(ROOT / "launch/study.py"), "--replicate", str(out / "protocol.json"),
+                          "--reuse-tuned", "--seeds", "3", "--out", str(tmp_path / "rep")], env=ENV, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    assert not (tmp_path / "rep" / "tune").exists() and (tmp_path / "rep" / "seed3").is_dir()
+    reprotocol = json.loads((tmp_path / "rep" / "protocol.json").read_text())
+    assert reprotocol["tuned"]["scratch_lr_mult"] == protocol["tuned"]["scratch_lr_mult"]
+    assert reprotocol["replicates"]["changed"] == ["seeds"], reprotocol["replicates"]
+    head = "\n".join((tmp_path / "rep" / "report.md").read_text().splitlines()[:12])
+    assert "--reuse-tuned: tuned there on seed 100" in head and "settings changed here: `seeds`" in head
