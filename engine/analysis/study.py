@@ -28,7 +28,7 @@ from scipy.stats import t as student_t
 from engine.analysis.savings import BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, bound_kind, mean_ci
 from models.config import model_config
 
-SAVING_KEYS = ("fraction", "marginal_saving", "standalone_saving", "whole_chain_saving")
+SAVING_KEYS = ("fraction", "marginal_saving", "standalone_saving", "whole_chain_saving", "transfer")
 LEVEL = 0.95
 # a prediction band that spans zero to this saving leaves the extrapolation undetermined (method.md 6)
 GOAL = 0.5
@@ -65,8 +65,21 @@ def _stat(values: list[float], kind: str) -> dict:
     return ci
 
 
+def transfer(answer: dict) -> float:
+    """The FLOPs a grown rung saved per FLOP of the run it was grown from: marginal saving over the
+    parent run's share of scratch's FLOPs (marginal - standalone). Above 1 the growth pays for its
+    parent (standalone saving > 0); with each rung at the same tokens-per-parameter ratio the parent's
+    share is about 1/g^2 (g: the growth factor in parameters), so marginal saving ~ transfer / g^2."""
+    parent_share = answer["marginal_saving"] - answer["standalone_saving"]
+    if not parent_share > 0:
+        raise ValueError(f"a grown rung's parent run must cost something: marginal - standalone saving = "
+                         f"{parent_share!r}")
+    return answer["marginal_saving"] / parent_share
+
+
 def _rung_row(recipe: str, arm: str, depth: int, by_seed: dict[int, dict]) -> dict:
     """One grown rung of one recipe over the seeds that measured it."""
+    by_seed = {seed: {**s, "transfer": transfer(s)} for seed, s in by_seed.items()}
     kind = bound_kind([Reach(s["status"], s["flops_to_match"]) for s in by_seed.values()])
     row = {"rung": f"d{depth}", "depth": depth, "recipe": recipe, "arm": arm, "seeds": sorted(by_seed),
            "n": len(by_seed), "statuses": {seed: s["status"] for seed, s in by_seed.items()},
@@ -325,18 +338,20 @@ def _seeds(row: dict) -> str:
 
 def answer_markdown(table: list[dict]) -> list[str]:
     """The answer table (one row per grown rung and recipe), then one line per recipe's ladder."""
-    lines = ["| rung | recipe | FLOPs-to-match [95% CI] | marginal saving | standalone | whole-chain | seeds | "
-             "against what |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| rung | recipe | FLOPs-to-match [95% CI] | marginal saving | standalone | whole-chain | transfer | "
+             "seeds | against what |", "|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in table if r["rung"] != "ladder"):
         fs, ss = _FRACTION_SIGN[r["kind"]], _SAVING_SIGN[r["kind"]]
         lines.append(f"| {r['rung']} (x{r['growth_factor']:.2f}) | {r['recipe']} | "
                      f"{_cell(r['fraction'], lambda x: f'{x:.3f}', fs)} | {_cell(r['marginal_saving'], _pct, ss)} | "
                      f"{_cell(r['standalone_saving'], _pct, ss)} | {_cell(r['whole_chain_saving'], _pct, ss)} | "
+                     f"{_cell(r['transfer'], lambda x: f'{x:.2f}', ss)} | "
                      f"{_seeds(r)} | scratch {r['rung']}'s full budget ({r['scratch_flops']:.3g} FLOPs, val loss "
                      f"{r['target_loss']:.4f}){'; a bound: no interval' if r['bound'] else ''} |")
     lines += ["", "FLOPs-to-match: a fraction of scratch's full-budget FLOPs. Marginal: the rung's own FLOPs; "
               "standalone: its parent's run added; whole-chain: every rung below it charged the run it was grown "
-              "from (the answer for one who wants only this model). Mean and 95% Student-t interval over seeds.", ""]
+              "from (the answer for one who wants only this model). Transfer: FLOPs saved per FLOP of the parent's "
+              "run (above 1, growth pays for its parent). Mean and 95% Student-t interval over seeds.", ""]
     for r in (r for r in table if r["rung"] == "ladder"):
         span = f" d{r['depths'][0]}..d{r['depths'][-1]}" if r["depths"] else ""
         lines.append(f"- **{r['recipe']} ladder{span}**: {_cell(r['ladder_saving'], _pct, _SAVING_SIGN[r['kind']])} "

@@ -23,7 +23,7 @@ from engine.analysis.report import summarize
 from engine.analysis.savings import NOT_REACHED
 from engine.analysis.study import (answer_table, growth_factor_fit, nanochat_growth_factors, paired_differences,
                                    plot_growth_factor_fit, predict, recipe_answers, reference_point,
-                                   render_study_markdown, saving_points, scratch_tuning_points)
+                                   render_study_markdown, saving_points, scratch_tuning_points, transfer)
 from models.config import model_config
 
 T1, T2 = 12.706204736174698, 4.302652729749464
@@ -108,6 +108,10 @@ def test_answer_table_per_rung_and_recipe():
     close(c4["marginal_saving"], 0.55, T1 * 0.05)
     close(c4["standalone_saving"], 0.38, T1 * 0.06)
     close(c4["whole_chain_saving"], 0.28, T1 * 0.06)
+    # transfer: FLOPs saved per FLOP of the parent run: d3 0.6 / 0.25 = 2.4 and 0.55 / 0.25 = 2.2;
+    # d4 0.6 / 0.16 = 3.75 and 0.5 / 0.18 = 2.777...
+    close(c3["transfer"], 2.3, T1 * 0.1)
+    close(c4["transfer"], (3.75 + 0.5 / 0.18) / 2, T1 * (3.75 - 0.5 / 0.18) / 2)
     assert c4["values"]["whole_chain_saving"] == pytest.approx({0: 0.34, 1: 0.22})
     # plain d4: 0.6 and 0.75
     close(rows[("d4", "plain")]["fraction"], 0.675, T1 * 0.075)
@@ -209,10 +213,10 @@ def test_render_study_markdown_shows_the_answer_first():
     md = "\n".join(lines)
     assert lines[:5] == ["# Growth study", "", "## The answer", "",
                          "| rung | recipe | FLOPs-to-match [95% CI] | marginal saving | standalone | whole-chain | "
-                         "seeds | against what |"]
+                         "transfer | seeds | against what |"]
     lo, hi = 0.425 - T1 * 0.025, 0.425 + T1 * 0.025
     assert f"| d3 (x2.00) | copy | 0.425 [{lo:.3f}, {hi:.3f}] | 57.5% [" in md
-    assert "| 0, 1 | scratch d3's full budget (4e+12 FLOPs, val loss 3.2000) |" in md
+    assert f"| 2.30 [{2.3 - T1 * 0.1:.2f}, {2.3 + T1 * 0.1:.2f}] | 0, 1 | scratch d3's full budget (4e+12 FLOPs, " in md
     assert f"- **copy ladder d2..d4**: 52.0% [{0.52 - T1 * 0.04:.1%}, {0.52 + T1 * 0.04:.1%}] of the scratch" in md
     assert "| d3 | copy - plain | FLOPs-to-match fraction | -0.125 [" in md and "| -0.100, -0.150 |" in md
     assert "undetermined: [" in md and "spans 0 to 50.0%" in md and "| x1.2 | x1.200 |" in md
@@ -255,3 +259,9 @@ def test_plot_growth_factor_fit(tmp_path):
     assert out.stat().st_size > 1000
     few = growth_factor_fit([(2.0, 0.6)], {"x1.47": 1.47})
     assert plot_growth_factor_fit(few, [(2.0, 0.6)], tmp_path / "few.png").exists()
+
+
+def test_transfer_needs_a_parent_that_cost_something():
+    assert transfer({"marginal_saving": 0.16, "standalone_saving": -0.03}) == pytest.approx(0.16 / 0.19)
+    with pytest.raises(ValueError, match="parent run must cost something: marginal - standalone saving = 0.0"):
+        transfer({"marginal_saving": 0.2, "standalone_saving": 0.2})
