@@ -45,7 +45,7 @@ def summarize(lc, results: dict[str, list[dict]]) -> dict:
         per_rung, reaches = {}, []
         for top, r in enumerate(rungs[1:], start=2):
             if r["depth"] in scratch:
-                s = per_rung[f"d{r['depth']}"] = _grown_rung_answer(rungs[:top], scratch[r["depth"]])
+                s = per_rung[f"d{r['depth']}"] = _grown_rung_answer(rungs[:top], scratch)
                 reaches.append(Reach(s["status"], s["flops_to_match"]))
         rungs_out[arm] = per_rung
         first_grown = next((r for r in rungs if r["depth"] != lo), None)
@@ -59,16 +59,20 @@ def summarize(lc, results: dict[str, list[dict]]) -> dict:
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 
-def _grown_rung_answer(chain: list[dict], scratch_rung: dict) -> dict:
+def _grown_rung_answer(chain: list[dict], scratch: dict[int, dict]) -> dict:
     """The answer for the grown rung chain[-1], `chain` its arm's rungs from the lowest up to it,
-    against `scratch_rung`, its scratch twin: FLOPs-to-match, marginal, standalone and whole-chain
-    savings, the iso-loss table, what it grew from, and its growth factor in scaling params."""
+    against its scratch twin in `scratch` (rungs by depth): FLOPs-to-match, marginal, standalone and
+    whole-chain savings, the iso-loss table, what it grew from, its growth factor in scaling params
+    and its parent depth's scratch full-budget FLOPs (the unit of engine/analysis/transfer.py)."""
     parent, rung = chain[-2], chain[-1]
+    scratch_rung = scratch[rung["depth"]]
     twin = full_budget(scratch_rung)
     s = rung_saving(curve(rung), rung_cost(twin), twin["val_loss"], rung["grown_from"]["cost"])
     s["iso_loss"] = iso_loss(curve(rung), curve(scratch_rung))
     s["grown_from"] = rung["grown_from"]
     s["growth_factor"] = rung["runs"][0]["scaling_params"] / parent["runs"][0]["scaling_params"]
+    if parent["depth"] in scratch:
+        s["parent_scratch_flops"] = rung_cost(full_budget(scratch[parent["depth"]]))
     # each rung below it is charged the run its child actually grew from
     chain_costs = [r["grown_from"]["cost"] for r in chain[1:]]
     s.update(whole_chain_saving(chain_costs, Reach(s["status"], s["flops_to_match"]), rung_cost(twin)))

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from scipy.stats import t as student_t
 
 from engine.analysis.savings import BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, bound_kind, mean_ci
+from engine.analysis.transfer import project_ladder, transfer, transfer_fit, transfer_markdown
 from models.config import model_config
 
 SAVING_KEYS = ("fraction", "marginal_saving", "standalone_saving", "whole_chain_saving", "transfer")
@@ -63,18 +64,6 @@ def _stat(values: list[float], kind: str) -> dict:
     if kind != "exact":
         ci.update(lo=None, hi=None, method=f"a bound ({kind}): some seed's value is a bound, so no interval")
     return ci
-
-
-def transfer(answer: dict) -> float:
-    """The FLOPs a grown rung saved per FLOP of the run it was grown from: marginal saving over the
-    parent run's share of scratch's FLOPs (marginal - standalone). Above 1 the growth pays for its
-    parent (standalone saving > 0); with each rung at the same tokens-per-parameter ratio the parent's
-    share is about 1/g^2 (g: the growth factor in parameters), so marginal saving ~ transfer / g^2."""
-    parent_share = answer["marginal_saving"] - answer["standalone_saving"]
-    if not parent_share > 0:
-        raise ValueError(f"a grown rung's parent run must cost something: marginal - standalone saving = "
-                         f"{parent_share!r}")
-    return answer["marginal_saving"] / parent_share
 
 
 def _rung_row(recipe: str, arm: str, depth: int, by_seed: dict[int, dict]) -> dict:
@@ -210,15 +199,16 @@ def paired_differences(per_seed: Mapping[int, Mapping[str, dict]], recipes: Mapp
 
 
 def saving_points(table: list[dict], recipe: str) -> tuple[list[dict], list[dict]]:
-    """The (seed, rung) points of one recipe's marginal saving against its growth factor, from
-    answer_table's rows: (points the fit can use, points left out because the seed's rung is a bound)."""
+    """The (seed, rung) points of one recipe's marginal saving (and transfer) against its growth
+    factor, from answer_table's rows: (points the fits can use, points left out because the seed's
+    rung is a bound)."""
     used, bounds = [], []
     for row in table:
         if row["recipe"] != recipe or row["rung"] == "ladder":
             continue
         for seed, saving in row["values"]["marginal_saving"].items():
             point = {"seed": seed, "depth": row["depth"], "growth_factor": row["growth_factor"], "saving": saving,
-                     "status": row["statuses"][seed]}
+                     "transfer": row["values"]["transfer"][seed], "status": row["statuses"][seed]}
             (used if point["status"] == REACHED else bounds).append(point)
     return used, bounds
 
@@ -350,8 +340,9 @@ def answer_markdown(table: list[dict]) -> list[str]:
                      f"{r['target_loss']:.4f}){'; a bound: no interval' if r['bound'] else ''} |")
     lines += ["", "FLOPs-to-match: a fraction of scratch's full-budget FLOPs. Marginal: the rung's own FLOPs; "
               "standalone: its parent's run added; whole-chain: every rung below it charged the run it was grown "
-              "from (the answer for one who wants only this model). Transfer: FLOPs saved per FLOP of the parent's "
-              "run (above 1, growth pays for its parent). Mean and 95% Student-t interval over seeds.", ""]
+              "from (the answer for one who wants only this model). Transfer: FLOPs saved per FLOP of the parent "
+              "depth's scratch training (marginal = transfer x the parent's share). Mean and 95% Student-t interval "
+              "over seeds.", ""]
     for r in (r for r in table if r["rung"] == "ladder"):
         span = f" d{r['depths'][0]}..d{r['depths'][-1]}" if r["depths"] else ""
         lines.append(f"- **{r['recipe']} ladder{span}**: {_cell(r['ladder_saving'], _pct, _SAVING_SIGN[r['kind']])} "
@@ -406,10 +397,21 @@ def tuning_markdown(points: Sequence[Mapping]) -> list[str]:
     return lines
 
 
+def transfer_section(table: list[dict], recipes: Sequence[str]) -> dict[str, dict]:
+    """{recipe: {"fit": its transfer line, "projection": nanochat d10..d20 on it, or None}}."""
+    out = {}
+    for recipe in recipes:
+        fit = transfer_fit([(p["growth_factor"], p["transfer"]) for p in saving_points(table, recipe)[0]])
+        out[recipe] = {"fit": fit, "projection": project_ladder(fit) if fit["determined"] else None}
+    return out
+
+
 def render_study_markdown(table: list[dict], paired: Sequence[dict] = (), fits: Mapping[str, dict] | None = None,
-                          tuning: Sequence[Mapping] = (), title: str = "Growth study") -> list[str]:
+                          tuning: Sequence[Mapping] = (), title: str = "Growth study",
+                          transfers: Mapping[str, dict] | None = None) -> list[str]:
     """The study's report: the answer table first, the ladder lines, the paired differences, the
-    saving against growth factor with prediction bands, and the appendix of tuning points."""
+    saving against growth factor with prediction bands, the transfer line and its projection, and
+    the appendix of tuning points."""
     lines = [f"# {title}", "", "## The answer", ""] + answer_markdown(table) + [""]
     if paired:
         lines += ["## Paired differences (same seed)", ""] + paired_markdown(list(paired)) + [""]
@@ -417,6 +419,13 @@ def render_study_markdown(table: list[dict], paired: Sequence[dict] = (), fits: 
         lines += ["## Saving against growth factor", ""]
         for recipe, fit in fits.items():
             lines += fit_markdown(recipe, fit)
+    if transfers:
+        lines += ["## Transfer against growth factor, and what it projects", "",
+                  "Transfer T: FLOPs saved per FLOP of the parent depth's scratch training; T - 1 = b ln g (a rung "
+                  "grown by g = 1 is its parent, T = 1). engine/analysis/transfer.py says what the projection "
+                  "assumes.", ""]
+        for recipe, tr in transfers.items():
+            lines += transfer_markdown(recipe, tr["fit"], tr["projection"])
     if tuning:
         lines += ["## Appendix: tuning points (tuning seeds; never reported as results)", ""]
         lines += tuning_markdown(tuning) + [""]

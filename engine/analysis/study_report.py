@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.analysis.report import summarize
 from engine.analysis.study import (answer_table, growth_factor_fit, nanochat_growth_factors, paired_differences,
-                                   plot_growth_factor_fit, render_study_markdown, saving_points)
+                                   plot_growth_factor_fit, render_study_markdown, saving_points, transfer_section)
 from engine.train.checkpoint import write_json_atomic
 
 def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str], baseline: str,
@@ -34,11 +34,13 @@ def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str
         plot_growth_factor_fit(fits[r], points, out / name, title=f"{r}: marginal saving against growth factor")
         plots.append(name)
     tuning = [{**row, "seed": sc.tune_seed} for row in protocol["tuned"]["tried"]]
-    lines = render_study_markdown(table, paired, fits, tuning, title=_title(sc))
+    transfers = transfer_section(table, sc.recipes)
+    lines = render_study_markdown(table, paired, fits, tuning, title=_title(sc), transfers=transfers)
     lines[2:2] = _preamble(sc, protocol) + [f"Regenerate: `{command}`", ""]
     lines += [f"![{p}]({p})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_json_atomic(out / "summary.json", {"command": command, "answer": table, "paired": paired, "fits": fits,
+                                             "transfers": transfers,
                                              "protocol": protocol, "per_seed": per_seed, "labels": labels,
                                              "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     return out / "report.md"
