@@ -6,6 +6,7 @@ report the saving three ways (per rung, per ladder, per chain). The phases: engi
     torchrun --standalone --nproc_per_node=8 launch/study.py --preset nanochat --depths 10:14 --ratio 8 --jobs 1
     python launch/study.py --replicate docs/results/X/protocol.json --data text:MY_CORPUS --seeds 7,8 --out runs/rep
     python launch/study.py --replicate docs/results/X/protocol.json --reuse-tuned --seeds 7,8 --out runs/rep2
+    python launch/study.py --status --out runs/study-r8        # how far it has got, while it runs
 
 --replicate FILE takes every setting of a committed protocol.json as the defaults (any flag given
 overrides it, and the new protocol names each setting that changed) and tunes again on its tuning seed;
@@ -35,6 +36,7 @@ except ImportError:
 from launch.argtypes import fractions, positive_float, positive_int, seed_list  # noqa: E402
 from launch.train import add_training_args  # noqa: E402
 from engine.analysis.study_report import write_study_report  # noqa: E402
+from engine.analysis.study_status import study_status  # noqa: E402
 from engine.data import prepare_data  # noqa: E402
 from engine.ladder.config import TRAIN_SETTINGS  # noqa: E402
 from engine.ladder.protocol import (freeze, note_measured, note_replicates, open_protocol,  # noqa: E402
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take every setting of this study protocol as the defaults (flags given override them)")
     p.add_argument("--reuse-tuned", dest="reuse_tuned", action="store_true",
                    help="with --replicate: take its tuned values instead of tuning again")
+    p.add_argument("--status", action="store_true",
+                   help="print how far the study in --out has got (runs finished, runs under way with the time "
+                        "they have left) and exit; safe beside a running study")
     add_training_args(p, rung=False)
     return p
 
@@ -199,6 +204,12 @@ def _shared(obj, env):
 
 def main(argv=None):
     p, ns, source = parse(sys.argv[1:] if argv is None else list(argv))
+    if ns.status:
+        try:
+            print("\n".join(study_status(ns.out)))
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        return
     sc = study_config(p, ns)
     env = init_distributed(ns.device)
     try:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.runtime.jsonl import read_jsonl
+import json
+import statistics
+
+from engine.runtime.jsonl import read_jsonl, read_jsonl_tail
 
 
 def full_budget(rung: dict) -> dict:
@@ -31,3 +34,16 @@ def last_eval(run: Path) -> dict:
     """The last metrics.jsonl line of a run that carries an evaluation, or {} when none does."""
     evals = eval_records(run)
     return evals[-1] if evals else {}
+
+
+def run_progress(run: Path) -> dict:
+    """How far a run (finished or not) has got, from its files alone: finished (final.json), the last
+    step logged, the steps it will take (run.json) and the median seconds per step over its last
+    logged steps (None before any)."""
+    run = Path(run)
+    meta = json.loads((run / "run.json").read_text())
+    tail = read_jsonl_tail(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
+    dts = [r["dt"] for r in tail[-100:] if isinstance(r.get("dt"), (int, float))]
+    return {"run": run, "finished": (run / "final.json").exists(), "total_steps": meta.get("total_steps"),
+            "step": max((r.get("step", 0) for r in tail), default=0),
+            "s_per_step": statistics.median(dts) if dts else None}

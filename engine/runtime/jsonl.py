@@ -22,3 +22,22 @@ def read_jsonl(path: Path) -> list[dict]:
             except ValueError:
                 continue  # a torn line: a kill in the middle of a write
     return records
+
+
+def read_jsonl_tail(path: Path, max_bytes: int = 65536) -> list[dict]:
+    """The objects of the complete JSON lines in the last `max_bytes` of `path` (the first line there
+    may be cut: it is dropped unless the window is the whole file), for a progress read of a long file."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - max_bytes))
+        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes:
+        lines = lines[1:]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict)]

@@ -51,6 +51,10 @@ def test_a_whole_study_then_a_rerun_then_a_changed_setting(tmp_path):
     assert (out / "tune").is_dir() and not (out / "seed100").exists()
     again = run_study(out)
     assert again.returncode == 0 and "stable run:" not in again.stdout, again.stdout[-2000:]
+    status = subprocess.run([sys.executable, str(ROOT / "launch/study.py"), "--status", "--out", str(out)], env=ENV,
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and f"study {out}: frozen" in status.stdout, status.stdout + status.stderr
+    assert "seed2: " in status.stdout and "0 under way or interrupted" in status.stdout
     changed = run_study(out, ["--ratio", "0.06"])
     assert changed.returncode == 1 and "ratio: 0.05 on disk, 0.06 asked" in changed.stderr, changed.stderr[-2000:]
     # its committed protocol replicated on a fresh seed with its tuned values: nothing tuned, and said so
