@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass
 from scipy.stats import t as student_t
 
 REACHED, BELOW_SMALLEST, NOT_REACHED = "reached", "reached at or below the smallest budget", "not reached"
+# the saving the project set out to test; a prediction band that spans zero to it leaves an
+# extrapolation undetermined (method.md section 6)
+GOAL = 0.5
 
 
 def monotone_envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -25,14 +25,12 @@ from collections.abc import Mapping, Sequence
 
 from scipy.stats import t as student_t
 
-from engine.analysis.savings import BELOW_SMALLEST, NOT_REACHED, REACHED, Reach, bound_kind, mean_ci
+from engine.analysis.savings import BELOW_SMALLEST, GOAL, NOT_REACHED, REACHED, Reach, bound_kind, mean_ci
 from engine.analysis.transfer import project_ladder, transfer, transfer_fit, transfer_markdown
 from models.config import model_config
 
 SAVING_KEYS = ("fraction", "marginal_saving", "standalone_saving", "whole_chain_saving", "transfer")
 LEVEL = 0.95
-# a prediction band that spans zero to this saving leaves the extrapolation undetermined (method.md 6)
-GOAL = 0.5
 
 
 # ------------------------------------------------------------------------------------------

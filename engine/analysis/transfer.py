@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 from scipy.stats import t as student_t
 
+from engine.analysis.savings import GOAL
 from models.config import model_config
 
 LEVEL = 0.95
@@ -134,15 +135,21 @@ def transfer_markdown(recipe: str, fit: dict, projection: dict | None) -> list[s
     span = f"d{p['lo']}..d{p['hi']}"
     lr, wr = p["ladder_range"], p["whole_chain_range"]
     lines += [f"  Projected on the line (a model, not a measurement) for {p['preset']} {span}, every rung at the "
-              f"same tokens per parameter: **ladder saving "
-              f"{p['ladder']:.1%}** ([{lr[0]:.1%}, {lr[1]:.1%}] over the slope's interval), the d{p['hi']} "
-              f"alone by the chain (whole chain) **{p['whole_chain']:.1%}** [{wr[0]:.1%}, {wr[1]:.1%}]"
+              f"same tokens per parameter: **ladder saving {p['ladder']:.1%}** (over the slope's interval: "
+              f"{_band(*lr)}), the d{p['hi']} alone by the chain (whole chain) **{p['whole_chain']:.1%}** "
+              f"({_band(*wr)})"
               + ("" if p["valid"] else "; some rung's cost went negative on the line: the model breaks there")
               + ".", "",
               "| step | growth factor | parent's share of the rung's scratch FLOPs | transfer (95% prediction) | "
               "marginal saving (95% prediction) |", "|---|---|---|---|---|"]
     for s in p["steps"]:
+        band = _band(s["marginal_lo"], s["marginal_hi"])
         lines.append(f"| {s['label']} | x{s['growth_factor']:.3f} | {s['parent_share']:.3f} | {s['transfer']:.2f} "
-                     f"[{s['lo']:.2f}, {s['hi']:.2f}] | {s['marginal']:.1%} [{s['marginal_lo']:.1%}, "
-                     f"{s['marginal_hi']:.1%}] |")
+                     f"[{s['lo']:.2f}, {s['hi']:.2f}] | {s['marginal']:.1%} {band} |")
     return lines + [""]
+
+
+def _band(lo: float, hi: float) -> str:
+    """An interval of savings, marked undetermined when it spans zero to the goal (method.md 6)."""
+    band = f"[{lo:.1%}, {hi:.1%}]"
+    return f"undetermined: {band} spans 0 to {GOAL:.0%}" if lo <= 0 and hi >= GOAL else band

@@ -67,7 +67,15 @@ def test_a_larger_slope_saves_more_and_the_interval_is_its_ends():
     assert lo < p["ladder"] < hi and p["whole_chain_range"][0] < p["whole_chain"] < p["whole_chain_range"][1]
     md = "\n".join(transfer_markdown("copy", fit, p))
     assert "- **copy**: transfer = 1 + 0.600 ln g over 2 (seed, rung) points (mean transfer 2.00)" in md
-    assert f"**ladder saving {p['ladder']:.1%}** ([{lo:.1%}, {hi:.1%}]" in md and "| d3->d4 | x" in md
+    assert lo < 0 and hi > 0.5  # two points, df 1: t = 12.7
+    assert (f"**ladder saving {p['ladder']:.1%}** (over the slope's interval: undetermined: [{lo:.1%}, {hi:.1%}] "
+            f"spans 0 to 50%)") in md
+    assert "| d3->d4 | x" in md
+    # a narrow band is printed as it is
+    tight = transfer_fit([(E, 2.0), (E2, 3.0)])  # exact: s = 0
+    tp = project_ladder(tight, preset="cpu-tiny", lo=2, hi=4)
+    assert f"**ladder saving {tp['ladder']:.1%}** (over the slope's interval: [{tp['ladder']:.1%}, " in "\n".join(
+        transfer_markdown("copy", tight, tp))
     assert transfer_markdown("copy", transfer_fit([]), None) == [
         "- **copy**: undetermined: 0 point(s) (the line through T = 1 at g = 1 needs 2 points or more, some at "
         "g != 1).", ""]
