@@ -135,7 +135,8 @@ def transfer_markdown(recipe: str, fit: dict, projection: dict | None) -> list[s
     span = f"d{p['lo']}..d{p['hi']}"
     lr, wr = p["ladder_range"], p["whole_chain_range"]
     lines += [f"  Projected on the line (a model, not a measurement) for {p['preset']} {span}, every rung at the "
-              f"same tokens per parameter: **ladder saving {p['ladder']:.1%}** (over the slope's interval: "
+              f"same tokens per parameter (the ranges cover the slope's interval only, not the line's own error): "
+              f"**ladder saving {p['ladder']:.1%}** (over the slope's interval: "
               f"{_band(*lr)}), the d{p['hi']} alone by the chain (whole chain) **{p['whole_chain']:.1%}** "
               f"({_band(*wr)})"
               + ("" if p["valid"] else "; some rung's cost went negative on the line: the model breaks there")
