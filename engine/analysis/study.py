@@ -191,6 +191,31 @@ def paired_differences(per_seed: Mapping[int, Mapping[str, dict]], recipes: Mapp
     return rows
 
 
+def equal_budget_differences(per_seed: Mapping[int, Mapping[str, dict]], recipes: Mapping[str, str], recipe: str,
+                             budget: float = 1.0) -> list[dict]:
+    """Per grown rung of `recipe`: its cooled val loss at budget fraction `budget` minus its scratch
+    twin's at the same budget (the same tokens and FLOPs), on the same seed; mean and 95% Student-t
+    interval over the seeds that ran both. Negative: at equal compute the grown rung is better.
+    Rows in paired_differences' form (baseline "scratch")."""
+    arm, rows = recipes[recipe], []
+    answers = recipe_answers(per_seed, recipes, recipe)
+    for depth in sorted({int(d[1:]) for a in answers.values() for d in a}):
+        got = {}
+        for seed, summaries in sorted(per_seed.items()):
+            summary = summaries.get(recipe)
+            if summary is None:
+                continue
+            grown, scratch = (_loss_at(summary, a, depth, budget) for a in (arm, "scratch"))
+            if grown is not None and scratch is not None:
+                got[seed] = grown - scratch
+        if got:
+            rows.append({"rung": f"d{depth}", "depth": depth, "recipe": recipe, "baseline": "scratch",
+                         "measure": f"cooled val loss at budget {budget:g}", "seeds": sorted(got), "n": len(got),
+                         "values": got, "kinds": {s: "exact" for s in got}, "kind": "exact", "bound": False,
+                         "difference": mean_ci(list(got.values()), LEVEL), "exact": None})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------
 # saving against growth factor
 # ------------------------------------------------------------------------------------------
@@ -406,13 +431,18 @@ def transfer_section(table: list[dict], recipes: Sequence[str]) -> dict[str, dic
 
 def render_study_markdown(table: list[dict], paired: Sequence[dict] = (), fits: Mapping[str, dict] | None = None,
                           tuning: Sequence[Mapping] = (), title: str = "Growth study",
-                          transfers: Mapping[str, dict] | None = None) -> list[str]:
+                          transfers: Mapping[str, dict] | None = None, equal_budget: Sequence[dict] = ()) -> list[str]:
     """The study's report: the answer table first, the ladder lines, the paired differences, the
-    saving against growth factor with prediction bands, the transfer line and its projection, and
-    the appendix of tuning points."""
+    losses at equal budget, the saving against growth factor with prediction bands, the transfer
+    line and its projection, and the appendix of tuning points."""
     lines = [f"# {title}", "", "## The answer", ""] + answer_markdown(table) + [""]
     if paired:
         lines += ["## Paired differences (same seed)", ""] + paired_markdown(list(paired)) + [""]
+    if equal_budget:
+        lines += ["## At equal compute (grown minus scratch, same seed)", "",
+                  "The grown rung's cooled val loss at the scratch rung's full budget (same tokens, same FLOPs) "
+                  "minus scratch's; negative: growth ends better for the same compute.", ""]
+        lines += paired_markdown(list(equal_budget)) + [""]
     if fits:
         lines += ["## Saving against growth factor", ""]
         for recipe, fit in fits.items():

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from engine.analysis.report import summarize
-from engine.analysis.study import (answer_table, growth_factor_fit, nanochat_growth_factors, paired_differences,
-                                   plot_growth_factor_fit, render_study_markdown, saving_points, transfer_section)
+from engine.analysis.study import (answer_table, equal_budget_differences, growth_factor_fit, nanochat_growth_factors,
+                                   paired_differences, plot_growth_factor_fit, render_study_markdown, saving_points,
+                                   transfer_section)
 from engine.train.checkpoint import write_json_atomic
 
 def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str], baseline: str,
@@ -35,12 +36,14 @@ def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str
         plots.append(name)
     tuning = [{**row, "seed": sc.tune_seed} for row in protocol["tuned"]["tried"]]
     transfers = transfer_section(table, sc.recipes)
-    lines = render_study_markdown(table, paired, fits, tuning, title=_title(sc), transfers=transfers)
+    equal = [row for r in sc.recipes for row in equal_budget_differences(per_seed, labels, r)]
+    lines = render_study_markdown(table, paired, fits, tuning, title=_title(sc), transfers=transfers,
+                                  equal_budget=equal)
     lines[2:2] = _preamble(sc, protocol) + [f"Regenerate: `{command}`", ""]
     lines += [f"![{p}]({p})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_json_atomic(out / "summary.json", {"command": command, "answer": table, "paired": paired, "fits": fits,
-                                             "transfers": transfers,
+                                             "transfers": transfers, "equal_budget": equal,
                                              "protocol": protocol, "per_seed": per_seed, "labels": labels,
                                              "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     return out / "report.md"

@@ -21,9 +21,10 @@ from scipy import stats
 
 from engine.analysis.report import summarize
 from engine.analysis.savings import NOT_REACHED
-from engine.analysis.study import (answer_table, growth_factor_fit, nanochat_growth_factors, paired_differences,
-                                   plot_growth_factor_fit, predict, recipe_answers, reference_point,
-                                   render_study_markdown, saving_points, scratch_tuning_points)
+from engine.analysis.study import (answer_table, equal_budget_differences, growth_factor_fit,
+                                   nanochat_growth_factors, paired_differences, plot_growth_factor_fit, predict,
+                                   recipe_answers, reference_point, render_study_markdown, saving_points,
+                                   scratch_tuning_points)
 from models.config import model_config
 
 T1, T2 = 12.706204736174698, 4.302652729749464
@@ -259,3 +260,16 @@ def test_plot_growth_factor_fit(tmp_path):
     assert out.stat().st_size > 1000
     few = growth_factor_fit([(2.0, 0.6)], {"x1.47": 1.47})
     assert plot_growth_factor_fit(few, [(2.0, 0.6)], tmp_path / "few.png").exists()
+
+
+def test_equal_budget_differences_pair_each_grown_rung_with_its_scratch_twin():
+    # budget 0.5: grown d3 ends at 3.2, scratch d3 at 3.5 (-0.3); grown d4 at 2.8 (plain seed 1: 2.9), scratch 3.0
+    rows = {r["rung"]: r for r in equal_budget_differences(per_seed(plain_d4_last_seed1=2.9), RECIPES, "plain", 0.5)}
+    assert rows["d3"]["values"] == pytest.approx({0: -0.3, 1: -0.3}) and rows["d3"]["baseline"] == "scratch"
+    close(rows["d4"]["difference"], -0.15, T1 * 0.05)
+    assert rows["d4"]["measure"] == "cooled val loss at budget 0.5"
+    assert equal_budget_differences(per_seed(), RECIPES, "plain", 1.0) == []  # no grown run at the full budget
+    md = "\n".join(render_study_markdown(answer_table(per_seed(), RECIPES, [3, 4]),
+                                         equal_budget=list(rows.values())))
+    assert "## At equal compute (grown minus scratch, same seed)" in md
+    assert "| d4 | plain - scratch | cooled val loss at budget 0.5 | -0.1500 [" in md
