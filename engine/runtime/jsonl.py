@@ -12,16 +12,8 @@ from pathlib import Path
 
 def read_jsonl(path: Path) -> list[dict]:
     """The objects of every complete JSON line of `path`; a missing file raises OSError as open() does."""
-    records = []
     with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a torn line: a kill in the middle of a write
-    return records
+        return _objects(f)
 
 
 def read_jsonl_tail(path: Path, max_bytes: int = 65536) -> list[dict]:
@@ -32,12 +24,17 @@ def read_jsonl_tail(path: Path, max_bytes: int = 65536) -> list[dict]:
         size = f.tell()
         f.seek(max(0, size - max_bytes))
         lines = f.read().decode("utf-8", errors="replace").splitlines()
-    if size > max_bytes:
-        lines = lines[1:]
+    return [r for r in _objects(lines[1:] if size > max_bytes else lines) if isinstance(r, dict)]
+
+
+def _objects(lines) -> list:
+    """json.loads of each line, a blank or torn one (a kill in the middle of a write) dropped."""
     records = []
     for line in lines:
+        if not line.strip():
+            continue
         try:
             records.append(json.loads(line))
         except ValueError:
-            continue
-    return [r for r in records if isinstance(r, dict)]
+            continue  # a torn line: a kill in the middle of a write
+    return records
