@@ -7,6 +7,7 @@ report the saving three ways (per rung, per ladder, per chain). The phases: engi
     python launch/study.py --replicate docs/results/X/protocol.json --data text:MY_CORPUS --seeds 7,8 --out runs/rep
     python launch/study.py --replicate docs/results/X/protocol.json --reuse-tuned --seeds 7,8 --out runs/rep2
     python launch/study.py --status --out runs/study-r8        # how far it has got, while it runs
+    python launch/study.py --interim --out runs/study-r8       # the report of the seeds finished so far
 
 --replicate FILE takes every setting of a committed protocol.json as the defaults (any flag given
 overrides it, and the new protocol names each setting that changed) and tunes again on its tuning seed;
@@ -16,14 +17,18 @@ they were tuned).
 Writes OUT/protocol.json (every setting and tuned value, before any measured run), OUT/report.md,
 OUT/summary.json and plots; training runs under OUT/tune/ and OUT/seed<k>/. Rerunning the same command
 skips finished runs and resumes an interrupted one; a different setting asked of the same OUT is
-refused, by name (a new protocol needs a new --out); more measured seeds may be added later.
+refused, by name (a new protocol needs a new --out); more measured seeds may be added later. A study
+that spans sessions commits its protocol and, with --interim, the report of the seeds finished so far
+(OUT/interim/, trained and written by nothing else).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,7 +47,8 @@ from engine.ladder.config import TRAIN_SETTINGS  # noqa: E402
 from engine.ladder.protocol import (freeze, note_measured, note_replicates, open_protocol,  # noqa: E402
                                     protocol_settings, read_source, tuned_from)
 from engine.ladder.recipes import STUDY_DEFAULTS as DEFAULTS, recipe_names  # noqa: E402
-from engine.ladder.study import BASELINE, StudyConfig, labels, measure, tune, tuned_values  # noqa: E402
+from engine.ladder.study import (BASELINE, StudyConfig, labels, measure, measured_so_far, tune,  # noqa: E402
+                                 tuned_values)
 from engine.runtime.diskspace import storage_guard  # noqa: E402
 from engine.runtime.distributed import destroy, init_distributed  # noqa: E402
 from engine.runtime.run_lock import run_lock  # noqa: E402
@@ -51,6 +57,7 @@ from engine.train.config import USER_ERRORS, TrainConfig  # noqa: E402
 from models.config import model_config, parse_depths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+INTERIM = "interim"  # OUT/interim/: the report of the measured seeds finished so far (--interim)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true",
                    help="print how far the study in --out has got (runs finished, runs under way with the time "
                         "they have left) and exit; safe beside a running study")
+    p.add_argument("--interim", action="store_true",
+                   help=f"write the report of the measured seeds finished so far to OUT/{INTERIM}/ (its settings "
+                        "are the frozen protocol's; trains nothing) and exit; safe beside a running study")
     add_training_args(p, rung=False)
     return p
 
@@ -197,6 +207,31 @@ def run_study(sc: StudyConfig, env, command: str, log=print, source: dict | None
     return write_study_report(sc, protocol, measured, labels(sc, measured), BASELINE, command)
 
 
+def interim_report(out: str) -> Path:
+    """--interim: the study's report over the measured seeds whose ladders all finished, written to
+    OUT/interim/ and said so in its first line; settings and tuned values from OUT/protocol.json. Trains
+    and changes nothing of the study (the final report, OUT/report.md, covers every seed)."""
+    path = Path(out) / "protocol.json"
+    if not path.is_file():
+        raise ValueError(f"{out} holds no study (no protocol.json): give the --out of a study")
+    protocol = json.loads(path.read_text())
+    if protocol["status"] != "frozen":
+        raise ValueError(f"the study in {out} is still {protocol['status']}: its protocol is not frozen, so no "
+                         "measured seed has run yet (--status shows where it is)")
+    p, ns, _ = parse(protocol_argv(protocol["settings"]) + ["--out", out])
+    ns.tuned_from = protocol["settings"].get("tuned_from")
+    sc = study_config(p, ns)
+    done, waiting = measured_so_far(sc, protocol["tuned"], init_distributed("cpu"))
+    if not done:
+        raise ValueError(f"no measured seed of {out} has finished yet (seed {sc.seeds[0]} is at "
+                         f"{waiting[sc.seeds[0]]})")
+    said = ", ".join(f"{s} (at {Path(run).relative_to(out)})" for s, run in waiting.items()) or "none"
+    note = (f"Interim report: {len(done)} of {len(sc.seeds)} measured seeds finished (seeds "
+            f"{', '.join(map(str, done))}); still to finish: {said}. The study's own report replaces it.")
+    return write_study_report(replace(sc, seeds=list(done)), protocol, done, labels(sc, done), BASELINE,
+                              f"python launch/study.py --interim --out {out}", dest=Path(out) / INTERIM, note=note)
+
+
 def _shared(obj, env):
     """The main rank's `obj` on every rank (the protocol: written by rank 0, read by all)."""
     return broadcast_object(obj, env) if env.distributed else obj
@@ -204,9 +239,12 @@ def _shared(obj, env):
 
 def main(argv=None):
     p, ns, source = parse(sys.argv[1:] if argv is None else list(argv))
-    if ns.status:
+    if ns.status or ns.interim:
         try:
-            print("\n".join(study_status(ns.out)))
+            if ns.status:
+                print("\n".join(study_status(ns.out)))
+            else:
+                print(f"[study] interim report: {interim_report(ns.out)}")
         except ValueError as e:
             sys.exit(f"error: {e}")
         return

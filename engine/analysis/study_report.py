@@ -18,10 +18,12 @@ from engine.analysis.study import (answer_table, equal_budget_differences, growt
 from engine.train.checkpoint import write_json_atomic
 
 def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str], baseline: str,
-                       command: str) -> Path:
-    """Write the report files; return report.md's path. Every recipe but `baseline` is paired against it;
-    `command` is the command line that regenerates the report (rerunning it trains nothing new)."""
-    out = Path(sc.out)
+                       command: str, dest: Path | None = None, note: str | None = None) -> Path:
+    """Write the report files into `dest` (default sc.out); return report.md's path. Every recipe but
+    `baseline` is paired against it; `command` is the command line that regenerates the report (rerunning
+    it trains nothing new); `note`, when given, opens the report (an interim report says so there)."""
+    out = Path(dest or sc.out)
+    out.mkdir(parents=True, exist_ok=True)
     per_seed = {seed: {r: summarize(lc, results) for r, (lc, results) in by_recipe.items()}
                 for seed, by_recipe in measured.items()}
     table = answer_table(per_seed, labels, sc.depths)
@@ -39,11 +41,11 @@ def write_study_report(sc, protocol: dict, measured: dict, labels: dict[str, str
     equal = [row for r in sc.recipes for row in equal_budget_differences(per_seed, labels, r)]
     lines = render_study_markdown(table, paired, fits, tuning, title=_title(sc), transfers=transfers,
                                   equal_budget=equal)
-    lines[2:2] = _preamble(sc, protocol) + [f"Regenerate: `{command}`", ""]
+    lines[2:2] = ([f"**{note}**", ""] if note else []) + _preamble(sc, protocol) + [f"Regenerate: `{command}`", ""]
     lines += [f"![{p}]({p})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_json_atomic(out / "summary.json", {"command": command, "answer": table, "paired": paired, "fits": fits,
-                                             "transfers": transfers, "equal_budget": equal,
+                                             "transfers": transfers, "equal_budget": equal, "note": note,
                                              "protocol": protocol, "per_seed": per_seed, "labels": labels,
                                              "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     return out / "report.md"

@@ -53,6 +53,14 @@ from engine.train.trainer import train_rung
 IDENTITY_FILE = "identity.json"  # in a rung directory: the ladder settings its runs were trained with
 
 
+class Unfinished(Exception):
+    """A read-only ladder (run_ladder(read_only=True)) met a run that is not finished: `run` names it."""
+
+    def __init__(self, run: Path):
+        super().__init__(f"{run} is not finished")
+        self.run = run
+
+
 def rung_dir(out: Path, arm: str, depth: int, lc: LadderConfig) -> Path:
     """The directory of one rung of one arm: its budget runs live below it (stable/, b<frac>/). The
     lowest rung is the scratch arm's (base/ when `scratch` is not an arm), shared by every arm."""
@@ -169,16 +177,22 @@ def _finished(run: Path, cfg: TrainConfig) -> dict | None:
     return json.loads(final.read_text())
 
 
-def _train_rung_curve(lc: LadderConfig, plan: RungPlan, env: DistEnv, log, inherit_fn=None) -> list[dict]:
+def _train_rung_curve(lc: LadderConfig, plan: RungPlan, env: DistEnv, log, inherit_fn=None,
+                      read_only: bool = False) -> list[dict]:
     """Train (or skip, when finished) every run of one rung; return the budget runs' final dicts,
     each with its budget fraction and run dir. `inherit_fn()` builds the Inheritance of a grown
-    rung, once, and only if some run still has to train."""
+    rung, once, and only if some run still has to train. `read_only`: train and write nothing; a run
+    not finished raises Unfinished."""
     inherit, finals = None, []
+    if read_only and not (plan.root / IDENTITY_FILE).exists():
+        raise Unfinished(plan.root)
     check_identity(plan.root, plan.identity, env)
     barrier(env)
     for frac, run, cfg in _runs_of(lc, plan):
         final = _finished(run, cfg) if env.is_main else None
         final = ckpt.broadcast_object(final, env) if env.distributed else final  # every rank skips, or none
+        if final is None and read_only:
+            raise Unfinished(run)
         if final is None:
             if inherit_fn is not None and inherit is None:
                 inherit = inherit_fn()
@@ -226,7 +240,8 @@ def _fisher_steps(lc: LadderConfig, depth: int) -> int:
     return lc.fisher_batches if (lc.fisher == "online" and grows and depth != lc.depths[-1]) else 0
 
 
-def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: DistEnv, log) -> dict[str, list[dict]]:
+def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: DistEnv, log,
+                         read_only: bool = False) -> dict[str, list[dict]]:
     """The shared lowest rung and the rest of the scratch arm: {arm label: [rung]}, every grown arm
     starting with the lowest rung."""
     growers = [a for a in lc.arms if ARMS[a][0]]
@@ -236,7 +251,7 @@ def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: D
         root = rung_dir(Path(lc.out), "scratch" if "scratch" in lc.arms else growers[0], d, lc)
         plan = RungPlan(d, root, scratch_steps[d], list(lc.scratch_budgets), max(1, round(0.02 * scratch_steps[d])),
                         1.0, _fisher_steps(lc, d) if d == lo else 0, "off", rung_identity("scratch", lc, d))
-        rung = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log), "grown_from": None,
+        rung = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, read_only=read_only), "grown_from": None,
                 "scratch_steps": scratch_steps[d]}
         for arm in (["scratch"] if "scratch" in lc.arms else []) + (growers if d == lo else []):
             results.setdefault(arm_label(arm, lc), []).append(rung)
@@ -244,7 +259,7 @@ def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: D
 
 
 def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[int, dict],
-                     scratch_steps: dict[int, int], env: DistEnv, log) -> None:
+                     scratch_steps: dict[int, int], env: DistEnv, log, read_only: bool = False) -> None:
     """Grow `arm` rung by rung from its lowest rung (rungs[0]), each rung from its parent's chosen
     budget run; append each grown rung to `rungs`. `twin`: the scratch arm's rungs by depth."""
     _, use_penalty, use_ars = ARMS[arm]
@@ -263,19 +278,21 @@ def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[i
                 f"growth logit error {inherit.info['growth_max_abs_logit_diff']:.2e}")
             return inherit
 
-        parent = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, make), "grown_from": source,
+        parent = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, make, read_only), "grown_from": source,
                   "scratch_steps": scratch_steps[d]}
         rungs.append(parent)
 
 
-def run_ladder(lc: LadderConfig, env: DistEnv, log=print) -> dict:
+def run_ladder(lc: LadderConfig, env: DistEnv, log=print, read_only: bool = False) -> dict:
     """Train every run of every rung of every arm that is not finished yet. Returns
     {arm label: [rung]} with rung = {"depth", "runs": [final dicts, one per budget], "grown_from",
-    "scratch_steps"}, labelled by arm_label."""
+    "scratch_steps"}, labelled by arm_label. `read_only`: the results of a finished ladder, read while
+    another process may still be training it; nothing is trained or written, and the first run not
+    finished raises Unfinished."""
     lc.validate()
     scratch_steps = _scratch_steps(lc)
-    results = _train_scratch_rungs(lc, scratch_steps, env, log)  # 1. the shared lowest rung, the scratch arm
+    results = _train_scratch_rungs(lc, scratch_steps, env, log, read_only)  # 1. the shared lowest rung, the scratch arm
     twin = {r["depth"]: r for r in results.get("scratch", [])}
     for arm in (a for a in lc.arms if ARMS[a][0]):  # 2. the growing arms, rung by rung
-        _train_grown_arm(lc, arm, results[arm_label(arm, lc)], twin, scratch_steps, env, log)
+        _train_grown_arm(lc, arm, results[arm_label(arm, lc)], twin, scratch_steps, env, log, read_only)
     return results

@@ -30,7 +30,7 @@ from engine.analysis.runs import full_budget, rung_cost
 from engine.analysis.savings import NOT_REACHED, rung_saving
 from engine.ladder.config import ARMS, LadderConfig
 from engine.ladder.recipes import recipe
-from engine.ladder.run import arm_label, run_ladder
+from engine.ladder.run import Unfinished, arm_label, run_ladder
 from engine.ladder.tune import BracketResult, bracket_search, check_bracket, drive
 from engine.runtime.distributed import DistEnv, init_distributed
 from engine.train.config import TRAIN_PRESETS
@@ -227,16 +227,35 @@ def _rung(rungs: list[dict], depth: int) -> dict:
 
 # ---------------------------------------------------------------- measuring ------------------------
 
+def _seed_ladders(sc: StudyConfig, tuned: dict, seed: int) -> list[LadderConfig]:
+    """One measured seed's ladders at the tuned values, one per recipe, in sc.recipes' order."""
+    lr = {int(d): m for d, m in tuned["scratch_lr_mult"].items()}
+    return [sc.ladder(r, sc.depths, seed, Path(sc.out) / f"seed{seed}", lr,
+                      {int(d): m for d, m in tuned["inherit_lr_mult"][r].items()}) for r in sc.recipes]
+
+
 def measure(sc: StudyConfig, tuned: dict, env: DistEnv, log) -> dict[int, dict[str, tuple]]:
     """Phase 3: {seed: {recipe: (LadderConfig, results)}}; one job per seed, its recipes in order (the
     first trains the seed's scratch rungs, the others find them finished)."""
-    lr = {int(d): m for d, m in tuned["scratch_lr_mult"].items()}
-    jobs = [[sc.ladder(r, sc.depths, s, Path(sc.out) / f"seed{s}", lr,
-                       {int(d): m for d, m in tuned["inherit_lr_mult"][r].items()}) for r in sc.recipes]
-            for s in sc.seeds]
+    jobs = [_seed_ladders(sc, tuned, s) for s in sc.seeds]
     log(f"[study] measuring seeds {sc.seeds}: scratch and {', '.join(sc.recipes)}")
     outs = run_jobs(jobs, sc, env, log)
     return {s: {r: (lc, res) for r, lc, res in zip(sc.recipes, job, out)} for s, job, out in zip(sc.seeds, jobs, outs)}
+
+
+def measured_so_far(sc: StudyConfig, tuned: dict, env: DistEnv) -> tuple[dict, dict[int, Path]]:
+    """The measured seeds finished so far, read without training or writing (safe beside the running
+    study): (measure()'s {seed: {recipe: (LadderConfig, results)}} for every seed whose ladders all
+    finished, {seed: its first run not finished} for the others)."""
+    done, waiting = {}, {}
+    for s in sc.seeds:
+        ladders = _seed_ladders(sc, tuned, s)
+        try:
+            done[s] = {r: (lc, run_ladder(lc, env, log=lambda *a: None, read_only=True))
+                       for r, lc in zip(sc.recipes, ladders)}
+        except Unfinished as e:
+            waiting[s] = e.run
+    return done, waiting
 
 
 def labels(sc: StudyConfig, measured: dict) -> dict[str, str]:

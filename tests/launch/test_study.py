@@ -6,7 +6,7 @@ import json
 import pytest
 
 from engine.ladder.protocol import PROTOCOL_FILE, freeze, open_protocol, protocol_settings
-from launch.study import parse, study_config
+from launch.study import interim_report, parse, study_config
 from tests.helpers import ROOT
 
 CORPUS = {"data": "packages", "cache_key": "packages-abc-v2048", "tokenizer_hash": "t", "tokens": {"train": 1}}
@@ -78,3 +78,20 @@ def test_tuned_values_of_an_unfinished_protocol_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse(["--replicate", path, "--reuse-tuned", "--seeds", "7"])
     assert "no final tuned values (status 'tuning')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen, message", [
+    (None, "holds no study (no protocol.json)"),
+    (False, "is still tuning: its protocol is not frozen"),
+    (True, "no measured seed of {src} has finished yet (seed 2101 is at {src}/seed2101/scratch"),
+])
+def test_an_interim_report_needs_a_frozen_study_with_a_finished_seed(tmp_path, frozen, message):
+    src = tmp_path / "src"
+    if frozen is None:
+        src.mkdir()
+    else:
+        _written(tmp_path, frozen)
+    with pytest.raises(ValueError) as e:
+        interim_report(str(src))
+    assert message.format(src=src) in str(e.value)
+    assert not (src / "seed2101").exists() and not (src / "interim").exists()  # read, nothing written

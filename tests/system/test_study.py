@@ -1,6 +1,7 @@
 """launch/study.py as a user runs it, tiny (d1 -> d2, 64-token context): bad input refused in one
 sentence before anything trains; a whole study tunes, freezes its protocol before measuring, reports
-the answer table first, skips everything on a rerun, and refuses a changed setting by name."""
+the answer table first, skips everything on a rerun, writes an interim report of the seeds finished,
+and refuses a changed setting by name."""
 import json
 import subprocess
 import sys
@@ -18,6 +19,11 @@ TINY = ["--depths", "1:2", "--ratio", "0.05", "--preset", "cpu-tiny", "--seq-len
 def run_study(out, extra=(), timeout=600):
     return subprocess.run([sys.executable, str(ROOT / "launch/study.py"), *TINY, *extra, "--out", str(out)], env=ENV,
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _interim(out):
+    return subprocess.run([sys.executable, str(ROOT / "launch/study.py"), "--interim", "--out", str(out)], env=ENV,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -55,6 +61,17 @@ def test_a_whole_study_then_a_rerun_then_a_changed_setting(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and f"study {out}: frozen" in status.stdout, status.stdout + status.stderr
     assert "seed2: " in status.stdout and "0 under way or interrupted" in status.stdout
+    # the interim report of a finished study answers as the study's own; a seed not finished is left out
+    interim = _interim(out)
+    assert interim.returncode == 0 and "2 of 2 measured seeds finished" in (out / "interim" / "report.md").read_text()
+    assert json.loads((out / "interim" / "summary.json").read_text())["answer"] == summary["answer"]
+    last = sorted((out / "seed2").rglob("final.json"))[-1]
+    last.rename(last.with_suffix(".aside"))
+    interim = _interim(out)
+    head = (out / "interim" / "report.md").read_text().splitlines()[2]
+    assert interim.returncode == 0 and "1 of 2 measured seeds finished (seeds 1); still to finish: 2" in head, head
+    assert sorted(json.loads((out / "interim" / "summary.json").read_text())["per_seed"]) == ["1"]
+    last.with_suffix(".aside").rename(last)
     changed = run_study(out, ["--ratio", "0.06"])
     assert changed.returncode == 1 and "ratio: 0.05 on disk, 0.06 asked" in changed.stderr, changed.stderr[-2000:]
     # its committed protocol replicated on a fresh seed with its tuned values: nothing tuned, and said so
