@@ -63,8 +63,10 @@ def _preamble(sc, protocol: dict) -> list[str]:
     grown = "; ".join(f"{r}: " + ", ".join(f"d{d} x{m:g}" for d, m in per.items())
                       for r, per in tuned["inherit_lr_mult"].items())
     edges = tuned.get("edges") or []
+    measured = protocol["commits"]["measured"]  # the study's commit(s) once every seed finished; none before
     return [f"Protocol frozen before any measured run ({Path(sc.out) / 'protocol.json'}; code "
-            f"{protocol['commits'].get('tuned')}, measured with {', '.join(protocol['commits']['measured'])}); "
+            f"{protocol['commits'].get('tuned')}, "
+            f"{'measured with ' + ', '.join(measured) if measured else 'measured seeds still training'}); "
             f"{_tuned_where(sc)}. Scratch peak-LR multipliers: {scratch}. Grown rungs' "
             f"multipliers (of their depth's scratch peak): {grown}."
             + (f" Brackets left at an edge (--accept-edge): {'; '.join(edges)}." if edges else ""), "",
