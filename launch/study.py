@@ -207,10 +207,9 @@ def run_study(sc: StudyConfig, env, command: str, log=print, source: dict | None
     return write_study_report(sc, protocol, measured, labels(sc, measured), BASELINE, command)
 
 
-def interim_report(out: str) -> Path:
-    """--interim: the study's report over the measured seeds whose ladders all finished, written to
-    OUT/interim/ and said so in its first line; settings and tuned values from OUT/protocol.json. Trains
-    and changes nothing of the study (the final report, OUT/report.md, covers every seed)."""
+def seeds_so_far(out: str) -> tuple[StudyConfig, dict, dict, dict]:
+    """The frozen study in `out` read without training: (its StudyConfig, its protocol, measure()'s
+    results for every measured seed whose ladders all finished, {seed: its first run not finished})."""
     path = Path(out) / "protocol.json"
     if not path.is_file():
         raise ValueError(f"{out} holds no study (no protocol.json): give the --out of a study")
@@ -221,7 +220,14 @@ def interim_report(out: str) -> Path:
     p, ns, _ = parse(protocol_argv(protocol["settings"]) + ["--out", out])
     ns.tuned_from = protocol["settings"].get("tuned_from")
     sc = study_config(p, ns)
-    done, waiting = measured_so_far(sc, protocol["tuned"], init_distributed("cpu"))
+    return sc, protocol, *measured_so_far(sc, protocol["tuned"], init_distributed("cpu"))
+
+
+def interim_report(out: str) -> Path:
+    """--interim: the study's report over the measured seeds whose ladders all finished, written to
+    OUT/interim/ and said so in its first line; settings and tuned values from OUT/protocol.json. Trains
+    and changes nothing of the study (the final report, OUT/report.md, covers every seed)."""
+    sc, protocol, done, waiting = seeds_so_far(out)
     if not done:
         raise ValueError(f"no measured seed of {out} has finished yet (seed {sc.seeds[0]} is at "
                          f"{waiting[sc.seeds[0]]})")
@@ -230,6 +236,18 @@ def interim_report(out: str) -> Path:
             f"{', '.join(map(str, done))}); still to finish: {said}. The study's own report replaces it.")
     return write_study_report(replace(sc, seeds=list(done)), protocol, done, labels(sc, done), BASELINE,
                               f"python launch/study.py --interim --out {out}", dest=Path(out) / INTERIM, note=note)
+
+
+def status_lines(out: str) -> list[str]:
+    """--status: study_status's lines, and for a frozen study which measured seeds have finished (the ones
+    --interim would report)."""
+    lines = study_status(out)  # refuses a directory without a study
+    if json.loads((Path(out) / "protocol.json").read_text())["status"] != "frozen":  # no measured seed yet
+        return lines
+    _, _, done, _ = seeds_so_far(out)
+    if done:
+        lines.append(f"measured seeds finished: {', '.join(map(str, done))} (`--interim --out {out}` reports them)")
+    return lines
 
 
 def _shared(obj, env):
@@ -242,7 +260,7 @@ def main(argv=None):
     if ns.status or ns.interim:
         try:
             if ns.status:
-                print("\n".join(study_status(ns.out)))
+                print("\n".join(status_lines(ns.out)))
             else:
                 print(f"[study] interim report: {interim_report(ns.out)}")
         except ValueError as e:

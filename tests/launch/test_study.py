@@ -6,7 +6,7 @@ import json
 import pytest
 
 from engine.ladder.protocol import PROTOCOL_FILE, freeze, open_protocol, protocol_settings
-from launch.study import interim_report, parse, study_config
+from launch.study import interim_report, parse, status_lines, study_config
 from tests.helpers import ROOT
 
 CORPUS = {"data": "packages", "cache_key": "packages-abc-v2048", "tokenizer_hash": "t", "tokens": {"train": 1}}
@@ -95,3 +95,12 @@ def test_an_interim_report_needs_a_frozen_study_with_a_finished_seed(tmp_path, f
         interim_report(str(src))
     assert message.format(src=src) in str(e.value)
     assert not (src / "seed2101").exists() and not (src / "interim").exists()  # read, nothing written
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_status_names_finished_seeds_only_once_some_finished(tmp_path, frozen):
+    _written(tmp_path, frozen)
+    lines = status_lines(str(tmp_path / "src"))
+    assert lines[0].startswith(f"study {tmp_path / 'src'}: {'frozen' if frozen else 'tuning'}")
+    assert not any("measured seeds finished" in line for line in lines)
+    assert not (tmp_path / "src" / "seed2101").exists()

@@ -61,6 +61,7 @@ def test_a_whole_study_then_a_rerun_then_a_changed_setting(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and f"study {out}: frozen" in status.stdout, status.stdout + status.stderr
     assert "seed2: " in status.stdout and "0 under way or interrupted" in status.stdout
+    assert "measured seeds finished: 1, 2 (`--interim" in status.stdout
     # the interim report of a finished study answers as the study's own; a seed not finished is left out
     interim = _interim(out)
     assert interim.returncode == 0 and "2 of 2 measured seeds finished" in (out / "interim" / "report.md").read_text()
