@@ -24,7 +24,6 @@ that spans sessions commits its protocol and, with --interim, the report of the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -41,7 +40,7 @@ except ImportError:
 from launch.argtypes import fractions, positive_float, positive_int, seed_list  # noqa: E402
 from launch.train import add_training_args  # noqa: E402
 from engine.analysis.study_report import write_study_report  # noqa: E402
-from engine.analysis.study_status import study_status  # noqa: E402
+from engine.analysis.study_status import read_study_protocol, study_status  # noqa: E402
 from engine.data import prepare_data  # noqa: E402
 from engine.ladder.config import TRAIN_SETTINGS  # noqa: E402
 from engine.ladder.protocol import (freeze, note_measured, note_replicates, open_protocol,  # noqa: E402
@@ -207,31 +206,28 @@ def run_study(sc: StudyConfig, env, command: str, log=print, source: dict | None
     return write_study_report(sc, protocol, measured, labels(sc, measured), BASELINE, command)
 
 
-def seeds_so_far(out: str) -> tuple[StudyConfig, dict, dict, dict]:
-    """The frozen study in `out` read without training: (its StudyConfig, its protocol, measure()'s
+def seeds_so_far(out: str, protocol: dict) -> tuple[StudyConfig, dict, dict]:
+    """The frozen study in `out` (its `protocol`) read without training: (its StudyConfig, measure()'s
     results for every measured seed whose ladders all finished, {seed: its first run not finished})."""
-    path = Path(out) / "protocol.json"
-    if not path.is_file():
-        raise ValueError(f"{out} holds no study (no protocol.json): give the --out of a study")
-    protocol = json.loads(path.read_text())
-    if protocol["status"] != "frozen":
-        raise ValueError(f"the study in {out} is still {protocol['status']}: its protocol is not frozen, so no "
-                         "measured seed has run yet (--status shows where it is)")
     p, ns, _ = parse(protocol_argv(protocol["settings"]) + ["--out", out])
     ns.tuned_from = protocol["settings"].get("tuned_from")
     sc = study_config(p, ns)
-    return sc, protocol, *measured_so_far(sc, protocol["tuned"], init_distributed("cpu"))
+    return sc, *measured_so_far(sc, protocol["tuned"], init_distributed("cpu"))
 
 
 def interim_report(out: str) -> Path:
     """--interim: the study's report over the measured seeds whose ladders all finished, written to
     OUT/interim/ and said so in its first line; settings and tuned values from OUT/protocol.json. Trains
     and changes nothing of the study (the final report, OUT/report.md, covers every seed)."""
-    sc, protocol, done, waiting = seeds_so_far(out)
+    protocol = read_study_protocol(out)
+    if protocol["status"] != "frozen":
+        raise ValueError(f"the study in {out} is still {protocol['status']}: its protocol is not frozen, so no "
+                         "measured seed has run yet (--status shows where it is)")
+    sc, done, waiting = seeds_so_far(out, protocol)
     if not done:
         raise ValueError(f"no measured seed of {out} has finished yet (seed {sc.seeds[0]} is at "
                          f"{waiting[sc.seeds[0]]})")
-    said = ", ".join(f"{s} (at {Path(run).relative_to(out)})" for s, run in waiting.items()) or "none"
+    said = ", ".join(f"{s} (at {run.relative_to(out)})" for s, run in waiting.items()) or "none"
     note = (f"Interim report: {len(done)} of {len(sc.seeds)} measured seeds finished (seeds "
             f"{', '.join(map(str, done))}); still to finish: {said}. The study's own report replaces it.")
     return write_study_report(replace(sc, seeds=list(done)), protocol, done, labels(sc, done), BASELINE,
@@ -242,9 +238,10 @@ def status_lines(out: str) -> list[str]:
     """--status: study_status's lines, and for a frozen study which measured seeds have finished (the ones
     --interim would report)."""
     lines = study_status(out)  # refuses a directory without a study
-    if json.loads((Path(out) / "protocol.json").read_text())["status"] != "frozen":  # no measured seed yet
+    protocol = read_study_protocol(out)
+    if protocol["status"] != "frozen":  # no measured seed yet
         return lines
-    _, _, done, _ = seeds_so_far(out)
+    _, done, _ = seeds_so_far(out, protocol)
     if done:
         lines.append(f"measured seeds finished: {', '.join(map(str, done))} (`--interim --out {out}` reports them)")
     return lines

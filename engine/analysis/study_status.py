@@ -35,14 +35,19 @@ def _run_line(p: dict, out: Path, now: float) -> str:
     return f"  {p['run'].relative_to(out)}: step {p['step']}/{p['total_steps']}{left}{wrote}"
 
 
+def read_study_protocol(out) -> dict:
+    """OUT/protocol.json of the study in `out`; a directory without one is refused by name."""
+    path = Path(out) / "protocol.json"
+    if not path.is_file():
+        raise ValueError(f"{out} holds no study (no protocol.json): give the --out of a study")
+    return json.loads(path.read_text())
+
+
 def study_status(out) -> list[str]:
     """The status lines of the study in `out` (module docstring); a directory without a study's
     protocol.json is refused by name."""
     out = Path(out)
-    path = out / "protocol.json"
-    if not path.is_file():
-        raise ValueError(f"{out} holds no study (no protocol.json): give the --out of a study")
-    protocol = json.loads(path.read_text())
+    protocol = read_study_protocol(out)
     settings = protocol["settings"]
     lines = [f"study {out}: {protocol['status']}; depths {settings['depths']}, recipes "
              f"{', '.join(settings['recipes'])}, tuning seed {settings['tune_seed']}, measured seeds "
