@@ -374,6 +374,32 @@ def answer_markdown(table: list[dict]) -> list[str]:
     return lines
 
 
+# what the per-seed table shows of each row: (label, key in row["values"], format)
+_PER_SEED_RUNG = (("per rung", "marginal_saving", _pct), ("whole chain", "whole_chain_saving", _pct),
+                  ("transfer", "transfer", lambda x: f"{x:.2f}"))
+_PER_SEED_LADDER = (("ladder", "ladder_saving", _pct),)
+
+
+def per_seed_markdown(table: list[dict]) -> list[str]:
+    """Each seed's own value of every saving in the answer table (a seed's column empty where it did
+    not measure the rung); a value that is a bound names its seed's status, as the answer rows do."""
+    seeds = sorted({s for r in table for s in r["seeds"]})
+    lines = ["| rung | recipe | saving | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|" + "---|" * len(seeds)]
+    for r in table:
+        ladder = r["rung"] == "ladder"
+        rung = f"d{r['depths'][0]}..d{r['depths'][-1]}" if ladder and r["depths"] else r["rung"]
+        marks = r.get("kinds") if ladder else r.get("statuses")
+        for label, key, fmt in _PER_SEED_LADDER if ladder else _PER_SEED_RUNG:
+            cells = []
+            for s in seeds:
+                v, mark = r["values"][key].get(s), (marks or {}).get(s)
+                note = "" if v is None or mark in (REACHED, "exact", None) else f" ({mark})"
+                cells.append("" if v is None else fmt(v) + note)
+            lines.append(f"| {rung} | {r['recipe']} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def paired_markdown(paired: list[dict]) -> list[str]:
     """A table of paired differences (paired_differences' rows, of one or more pairs)."""
     lines = ["| rung | recipe - baseline | measure | mean [95% CI] | seeds | per seed |", "|---|---|---|---|---|---|"]
@@ -432,10 +458,12 @@ def transfer_section(table: list[dict], recipes: Sequence[str]) -> dict[str, dic
 def render_study_markdown(table: list[dict], paired: Sequence[dict] = (), fits: Mapping[str, dict] | None = None,
                           tuning: Sequence[Mapping] = (), title: str = "Growth study",
                           transfers: Mapping[str, dict] | None = None, equal_budget: Sequence[dict] = ()) -> list[str]:
-    """The study's report: the answer table first, the ladder lines, the paired differences, the
-    losses at equal budget, the saving against growth factor with prediction bands, the transfer
-    line and its projection, and the appendix of tuning points."""
+    """The study's report: the answer table first, the ladder lines, each seed's values, the paired
+    differences, the losses at equal budget, the saving against growth factor with prediction bands,
+    the transfer line and its projection, and the appendix of tuning points."""
     lines = [f"# {title}", "", "## The answer", ""] + answer_markdown(table) + [""]
+    if table:
+        lines += ["### Per seed", ""] + per_seed_markdown(table) + [""]
     if paired:
         lines += ["## Paired differences (same seed)", ""] + paired_markdown(list(paired)) + [""]
     if equal_budget:

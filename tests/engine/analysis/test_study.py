@@ -23,8 +23,8 @@ from engine.analysis.report import summarize
 from engine.analysis.savings import NOT_REACHED
 from engine.analysis.study import (answer_table, equal_budget_differences, growth_factor_fit,
                                    nanochat_growth_factors, paired_differences, plot_growth_factor_fit, predict,
-                                   recipe_answers, reference_point, render_study_markdown, saving_points,
-                                   scratch_tuning_points)
+                                   per_seed_markdown, recipe_answers, reference_point, render_study_markdown,
+                                   saving_points, scratch_tuning_points)
 from models.config import model_config
 
 T1, T2 = 12.706204736174698, 4.302652729749464
@@ -158,6 +158,10 @@ def test_a_rung_not_reached_in_one_seed_makes_the_row_a_bound():
     assert ("| 0, 1 (not reached) | scratch d4's full budget (1e+13 FLOPs, val loss 2.8000); "
             "a bound: no interval |") in md
     assert "≤ -0.225; over the 1 seed(s) where both reached: -0.200 (1 seed)" in md
+    # each seed's own values, the bound one marked with its status: seed 1 ladder 1 - (1 + 2.4 + 7.5)/15
+    assert "| rung | recipe | saving | seed 0 | seed 1 |" in md
+    assert "| d4 | plain | per rung | 40.0% | 25.0% (not reached) |" in md
+    assert "| d2..d4 | plain | ladder | 40.0% | 27.3% (at most) |" in md
 
 
 def test_growth_factor_fit_against_scipy_and_by_hand():
@@ -220,6 +224,10 @@ def test_render_study_markdown_shows_the_answer_first():
     assert f"| 2.30 [{2.3 - T1 * 0.1:.2f}, {2.3 + T1 * 0.1:.2f}] | 0, 1 | scratch d3's full budget (4e+12 FLOPs, " in md
     assert f"- **copy ladder d2..d4**: 52.0% [{0.52 - T1 * 0.04:.1%}, {0.52 + T1 * 0.04:.1%}] of the scratch" in md
     assert "| d3 | copy - plain | FLOPs-to-match fraction | -0.125 [" in md and "| -0.100, -0.150 |" in md
+    at = lines.index("### Per seed")
+    assert lines[at + 3:at + 6] == ["|---|---|---|---|---|", "| d3 | plain | per rung | 50.0% | 40.0% |",
+                                    "| d3 | plain | whole chain | 25.0% | 15.0% |"]
+    assert "| d3 | copy | transfer | 2.40 | 2.20 |" in md and "| d2..d4 | copy | ladder | 56.0% | 48.0% |" in md
     assert "undetermined: [" in md and "spans 0 to 50.0%" in md and "| x1.2 | x1.200 |" in md
     assert "| scratch LR | d2 | scratch | x0.5 | 1 | 4.0000 |  | 9 |" in md
     assert "| grown LR | d4 | copy | x2 |  |  | 0.412 | 9 |" in md
@@ -273,3 +281,10 @@ def test_equal_budget_differences_pair_each_grown_rung_with_its_scratch_twin():
                                          equal_budget=list(rows.values())))
     assert "## At equal compute (grown minus scratch, same seed)" in md
     assert "| d4 | plain - scratch | cooled val loss at budget 0.5 | -0.1500 [" in md
+
+
+def test_per_seed_table_leaves_a_seed_that_did_not_measure_a_recipe_empty():
+    ps = per_seed()
+    del ps[1]["copy"]
+    md = per_seed_markdown(answer_table(ps, RECIPES, [3, 4]))
+    assert "| d3 | copy | per rung | 60.0% |  |" in md and "| d3 | plain | per rung | 50.0% | 40.0% |" in md
