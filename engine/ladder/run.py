@@ -248,14 +248,22 @@ def _train_scratch_rungs(lc: LadderConfig, scratch_steps: dict[int, int], env: D
     lo = lc.depths[0]
     results: dict[str, list[dict]] = {}
     for d in lc.depths if "scratch" in lc.arms else [lo]:
-        root = rung_dir(Path(lc.out), "scratch" if "scratch" in lc.arms else growers[0], d, lc)
-        plan = RungPlan(d, root, scratch_steps[d], list(lc.scratch_budgets), max(1, round(0.02 * scratch_steps[d])),
-                        1.0, _fisher_steps(lc, d) if d == lo else 0, "off", rung_identity("scratch", lc, d))
-        rung = {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, read_only=read_only), "grown_from": None,
-                "scratch_steps": scratch_steps[d]}
+        rung = scratch_rung(lc, d, scratch_steps, env, log, read_only)
         for arm in (["scratch"] if "scratch" in lc.arms else []) + (growers if d == lo else []):
             results.setdefault(arm_label(arm, lc), []).append(rung)
     return results
+
+
+def scratch_rung(lc: LadderConfig, d: int, scratch_steps: dict[int, int], env: DistEnv, log,
+                 read_only: bool = False) -> dict:
+    """One scratch rung (the lowest rung when `scratch` is not an arm) with its budget curve, trained
+    where not finished (or only read: `read_only`)."""
+    growers = [a for a in lc.arms if ARMS[a][0]]
+    root = rung_dir(Path(lc.out), "scratch" if "scratch" in lc.arms else growers[0], d, lc)
+    plan = RungPlan(d, root, scratch_steps[d], list(lc.scratch_budgets), max(1, round(0.02 * scratch_steps[d])),
+                    1.0, _fisher_steps(lc, d) if d == lc.depths[0] else 0, "off", rung_identity("scratch", lc, d))
+    return {"depth": d, "runs": _train_rung_curve(lc, plan, env, log, read_only=read_only), "grown_from": None,
+            "scratch_steps": scratch_steps[d]}
 
 
 def _train_grown_arm(lc: LadderConfig, arm: str, rungs: list[dict], twin: dict[int, dict],
