@@ -99,20 +99,18 @@ class ScratchWhenFinished(dict):
 
 def split_top_branches(lc, arm: str, only: set[float]) -> None:
     """Let two processes share the top rung's budget runs (cooldown branches): this one trains only the
-    branches in `only` and takes the others as trained elsewhere (their results are never read here).
-    Allowed once the top rung's stable run is finished, so no two processes ever train the same run."""
+    branches in `only`, leaving the others out of its plan (its results are never read). Allowed once
+    the top rung's stable run is finished, so no two processes ever train the same run."""
     top = rung_dir(Path(lc.out), arm, lc.depths[-1], lc)
     if not (top / "stable" / "final.json").exists():
         raise SystemExit(f"{top}/stable is not finished: split the branches only after it")
-    trains_here = run_module._finished
+    every_run = run_module._runs_of
 
-    def finished(run: Path, cfg):
-        final = trains_here(run, cfg)
-        if final is None and run.parent == top and run.name != "stable" and float(run.name[1:]) not in only:
-            return {"trained_elsewhere": True}
-        return final
+    def runs_of(lc_, plan):
+        runs = every_run(lc_, plan)
+        return runs if plan.root != top else [(f, run, cfg) for f, run, cfg in runs if f is None or f in only]
 
-    run_module._finished = finished
+    run_module._runs_of = runs_of
 
 
 def train_grown(seed: int, recipe: str, only: set[float] | None = None) -> None:
